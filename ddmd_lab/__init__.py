@@ -1,0 +1,1 @@
+"""ddmd_lab: a research harness for Decoupled DMD."""

@@ -1,0 +1,42 @@
+"""The one small interface every backbone sits behind.
+
+Everything above an adapter (objective, rollout, DistillModule, evaluation)
+speaks the paper's time (t = 0 noise, 1 clean) and x0 predictions in float32;
+the adapter converts to whatever its network was trained with.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class Backbone(nn.Module):
+    """A denoiser: predicts x0 from (x_t, t, condition).
+
+    Conditions are opaque to callers; the adapter knows how to make the null
+    (unconditional) one and how to batch several together, which is what lets
+    the teacher's cond / uncond evaluations of one step go out as one call.
+    """
+
+    sample_shape: tuple[int, ...]
+
+    def x0(self, x_t: Tensor, t: Tensor, cond: Any) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def null_condition(self, cond: Any) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def cat_conditions(self, conds: list[Any]) -> Any:
+        return torch.cat(conds, dim=0)
+
+
+def batched_x0(model: Backbone, queries: list[tuple[Tensor, Tensor, Any]]) -> list[Tensor]:
+    """Evaluate several (x_t, t, cond) queries with one network call."""
+    if len(queries) == 1:
+        x, t, c = queries[0]
+        return [model.x0(x, t, c)]
+    xs, ts, cs = zip(*queries)
+    out = model.x0(torch.cat(xs), torch.cat(ts), model.cat_conditions(list(cs)))
+    return list(out.split([x.shape[0] for x in xs]))

@@ -1,0 +1,49 @@
+"""A small MLP flow model for 2-D points, conditioned on a class label.
+
+It predicts the velocity d x_t/dt = x0 - noise (as Z-Image and Lumina2 do) and
+exposes x0 = x_t + (1 - t) v.  Label ``num_classes`` is the null label used by
+label dropout, so one network gives both the cond and the uncond prediction.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..flow import x0_from_velocity
+from .base import Backbone
+
+
+class FourierTime(nn.Module):
+    def __init__(self, dim: int = 32, max_freq: float = 64.0):
+        super().__init__()
+        self.register_buffer("freqs", torch.exp(torch.linspace(0, math.log(max_freq), dim // 2)) * math.pi)
+
+    def forward(self, t: Tensor) -> Tensor:
+        angles = t.float()[:, None] * self.freqs[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class ToyFlowMLP(Backbone):
+    def __init__(self, num_classes: int = 4, hidden: int = 256, depth: int = 3, dim: int = 2):
+        super().__init__()
+        self.num_classes = num_classes
+        self.sample_shape = (dim,)
+        self.time = FourierTime(32)
+        self.label = nn.Embedding(num_classes + 1, 32)
+        layers: list[nn.Module] = [nn.Linear(dim + 64, hidden), nn.SiLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+        layers.append(nn.Linear(hidden, dim))
+        self.net = nn.Sequential(*layers)
+
+    def velocity(self, x_t: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+        h = torch.cat([x_t.float(), self.time(t), self.label(labels)], dim=1)
+        return self.net(h)
+
+    def x0(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        return x0_from_velocity(x_t.float(), self.velocity(x_t, t, cond), t)
+
+    def null_condition(self, cond: Tensor) -> Tensor:
+        return torch.full_like(cond, self.num_classes)

@@ -1,0 +1,109 @@
+"""Command line: ``python -m ddmd_lab <command>`` (the Makefile's targets call these)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import UserError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", default="toy2d")
+    p.add_argument("--steps", type=int, help="training steps (critic steps); generator steps = ceil(steps/ttur)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, value read as YAML (repeatable), e.g. --set alpha=4 --set arm.normaliser=per_term")
+
+
+def _config(args, arm: str):
+    from .config import load_config, parse_overrides
+
+    overrides = parse_overrides(args.overrides)
+    for key in ("steps", "seed"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    return load_config(args.scale, arm, overrides)
+
+
+def cmd_teacher(args) -> None:
+    from .scales import get_scale
+
+    cfg = _config(args, "decoupled_hybrid")
+    scale = get_scale(cfg.scale)
+    folder = scale.teacher_dir(cfg)
+    if (folder / "teacher.pt").is_file() and not args.retrain:
+        print(f"teacher cached at {folder} (use --retrain to train again)")
+    else:
+        folder = scale.train_teacher(cfg)
+        print(f"teacher trained and saved to {folder}")
+    print((folder / "teacher.json").read_text())
+
+
+def cmd_ablation(args) -> None:
+    from .run import print_summary, run_ablation
+
+    print_summary(run_ablation(_config(args, args.arm)))
+
+
+def cmd_sweep(args) -> None:
+    from .arms import REGISTRY
+    from .run import print_summary, run_ablation
+
+    arms = args.arms.split(",") if args.arms else list(REGISTRY)
+    configs = [_config(args, a) for a in arms]  # validate every arm before the first run starts
+    for cfg in configs:
+        print(f"\n=== {cfg.arm.name} ===")
+        print_summary(run_ablation(cfg))
+
+
+def cmd_tables(args) -> None:
+    from .report.tables import ablation_table
+
+    print(ablation_table(args.runs_dir, args.scale))
+
+
+def cmd_bench(args) -> None:
+    from .bench import main as bench_main
+
+    bench_main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ddmd_lab", description=__doc__)
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("teacher", help="train (or show the cached) teacher of a scale")
+    _common(p)
+    p.add_argument("--retrain", action="store_true")
+    p.set_defaults(func=cmd_teacher)
+
+    p = sub.add_parser("ablation", help="distil with one arm into a new run folder")
+    p.add_argument("--arm", default="decoupled_hybrid")
+    _common(p)
+    p.set_defaults(func=cmd_ablation)
+
+    p = sub.add_parser("sweep", help="run every registry arm (or --arms a,b,c)")
+    p.add_argument("--arms", default="")
+    _common(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("tables", help="markdown table of the latest run of each arm")
+    p.add_argument("--scale", default="toy2d")
+    p.add_argument("--runs-dir", default="runs")
+    p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("bench", help="step time against the network-evaluation floor, per arm")
+    _common(p)
+    p.add_argument("--repeats", type=int, default=30)
+    p.set_defaults(func=cmd_bench)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as exc:
+        if args.traceback:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,162 @@
+"""Run configuration: scale YAML + arm (+ the arm's overrides) + user overrides.
+
+Every key is declared here with its type, so a misspelt or mistyped key stops
+the run with one sentence instead of being silently ignored.  The resolved
+config (with the arm spelled out) is what a run folder's config.yaml holds,
+and loading that file gives back the same run.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .arms import Arm, resolve_arm
+from .errors import UserError
+
+
+@dataclass
+class RunConfig:
+    scale: str = "toy2d"
+    arm: Arm = field(default_factory=lambda: resolve_arm("decoupled_hybrid")[0])
+    seed: int = 0
+    # -- length and cadence: one "step" = one critic update; the generator is
+    # updated on every ttur-th step (DMD2's TTUR), so a run of S steps makes
+    # ceil(S / ttur) generator updates.
+    steps: int = 2000
+    ttur: int = 5
+    batch_size: int = 256
+    # -- the objective
+    alpha: float = 3.0  # standard CFG scale: uncond + alpha*(cond - uncond)
+    shift: float = 1.0  # time shift s (1 = none)
+    student_steps: int = 4
+    tau_clamp: list = field(default_factory=lambda: [0.02, 0.98])  # DMD2's clamp
+    normaliser_eps: float = 1e-5
+    critic_target: str = "x0"  # x0 | velocity
+    meanvar_mu: float = 0.0
+    meanvar_var: float = 1.0
+    meanvar_scope: str = "sample"  # sample (per image) | batch (per feature)
+    # -- optimisation
+    lr_generator: float = 1e-4
+    lr_fake: float = 1e-4
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.01
+    grad_clip: float = 10.0
+    max_nonfinite_in_row: int = 20
+    # -- evaluation, logging, outputs
+    eval_every: int = 100  # in steps
+    eval_samples: int = 2000
+    wandb: str = "offline"  # offline | online | off
+    runs_dir: str = "runs"
+    cache_dir: str = "artifacts"
+    accelerator: str = "cpu"
+    devices: Any = 1
+    progress_bar: bool = True
+    teacher: dict = field(default_factory=dict)  # scale-specific teacher settings
+    data: dict = field(default_factory=dict)  # scale-specific data settings
+
+    def __post_init__(self):
+        checks = [
+            (self.steps >= 1, "steps must be at least 1"),
+            (self.ttur >= 1, "ttur must be at least 1"),
+            (self.student_steps >= 1, "student_steps must be at least 1"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.shift > 0, "shift must be positive"),
+            (len(self.tau_clamp) == 2 and 0 <= self.tau_clamp[0] <= self.tau_clamp[1] <= 1,
+             "tau_clamp must be [lo, hi] with 0 <= lo <= hi <= 1"),
+            (self.critic_target in ("x0", "velocity"), "critic_target must be x0 or velocity"),
+            (self.meanvar_scope in ("sample", "batch"), "meanvar_scope must be sample or batch"),
+            (self.wandb in ("offline", "online", "off"), "wandb must be offline, online or off"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"config: {message}.")
+
+    @property
+    def generator_steps(self) -> int:
+        return -(-self.steps // self.ttur)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["arm"] = self.arm.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "config") -> "RunConfig":
+        data = dict(data)
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise UserError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}.")
+        if isinstance(data.get("arm"), dict):
+            data["arm"] = Arm.from_dict(data["arm"])
+        for name in data:  # type check against the declared default's type
+            if name not in ("arm", "devices"):
+                data[name] = _coerce(name, data[name], type(getattr(_DEFAULTS, name)), where)
+        return cls(**data)
+
+
+def _coerce(name: str, value: Any, kind: type, where: str) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads 1e-4 as a string
+        except ValueError:
+            pass
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UserError(f"{where}: {name} must be {kind.__name__}, got {value!r}.")
+    return value
+
+
+_DEFAULTS = RunConfig()
+
+
+def experiments_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "experiments"
+
+
+def known_scales() -> list[str]:
+    return sorted(p.stem for p in (experiments_dir() / "scales").glob("*.yaml"))
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``key=value`` strings (value parsed as YAML; dotted keys nest)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not key=value; write e.g. --set alpha=4.")
+        key, raw = item.split("=", 1)
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(raw)
+    return out
+
+
+def load_config(scale: str, arm: str, overrides: dict | None = None) -> RunConfig:
+    path = experiments_dir() / "scales" / f"{scale}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown scale {scale!r}; known scales: {', '.join(known_scales())}.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML ({exc.__class__.__name__}); fix the file.") from None
+    arm_obj, arm_overrides = resolve_arm(arm)
+    overrides = dict(overrides or {})
+    arm_changes = overrides.pop("arm", None)
+    if arm_changes:
+        arm_obj = arm_obj.with_overrides(**arm_changes)
+    merged = {**data, **arm_overrides, **overrides, "scale": scale, "arm": arm_obj}
+    return RunConfig.from_dict(merged, where=f"{path.name} + overrides")
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def read_config(path: Path) -> RunConfig:
+    return RunConfig.from_dict(yaml.safe_load(Path(path).read_text()), where=str(path))

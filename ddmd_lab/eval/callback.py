@@ -1,0 +1,53 @@
+"""Evaluation during distillation: fixed noise, one metrics.csv row per point.
+
+The scale supplies ``evaluate(module) -> dict``; this callback decides when to
+call it (before the first step, every ``every`` steps, at the end), appends a
+row to metrics.csv and writes summary.json from the last row.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Callable
+
+import pytorch_lightning as pl
+
+from ..io import atomic_write_text
+
+
+class EvalCallback(pl.Callback):
+    def __init__(self, evaluate: Callable, run_dir: Path, every: int):
+        self.evaluate, self.run_dir, self.every = evaluate, Path(run_dir), every
+        self.rows: list[dict] = []
+
+    def _record(self, module) -> dict:
+        was_training = module.training
+        module.eval()
+        metrics = self.evaluate(module)
+        module.train(was_training)
+        row = {"step": module.step_count, "generator_steps": module.generator_step_count, **metrics}
+        self.rows.append(row)
+        path = self.run_dir / "metrics.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        for logger in module.loggers:
+            logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=module.step_count)
+        return row
+
+    def on_train_start(self, trainer, module):
+        if module.step_count == 0:
+            self._record(module)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if module.step_count % self.every == 0:
+            self._record(module)
+
+    def on_train_end(self, trainer, module):
+        last = self.rows[-1] if self.rows and self.rows[-1]["step"] == module.step_count else self._record(module)
+        summary = {**last, "skipped_steps": module.skipped_steps, "critic_steps": module.critic_step_count}
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))

@@ -1,0 +1,37 @@
+"""Files that must never be half-written or overwritten."""
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename over the
+    target, so a kill mid-write leaves the previous version intact."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def new_run_dir(root: Path, scale: str, arm: str, seed: int) -> Path:
+    """runs/<scale>/<arm>/<time>-s<seed>-<random>; created exclusively, so two
+    runs started in the same second never share (or overwrite) a folder."""
+    parent = Path(root) / scale / arm
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-s{seed}-{secrets.token_hex(2)}"
+        path = parent / run_id
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
+def latest_run(parent: Path) -> Path | None:
+    """The newest finished run (has summary.json) under runs/<scale>/<arm>/."""
+    runs = sorted(p for p in Path(parent).glob("*/summary.json"))
+    return runs[-1].parent if runs else None

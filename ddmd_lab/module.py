@@ -1,0 +1,149 @@
+"""DistillModule: one arm's distillation run as a LightningModule.
+
+Frozen teacher, trainable generator and fake model (both copies of the
+teacher), manual optimisation with TTUR.  The cadence is counted here, not
+read from trainer.global_step, because Lightning counts every optimiser's
+step there (a critic and a generator step make global_step advance by two).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from .config import RunConfig
+from .flow import renoise
+from .objective import critic_loss, meanvar_kl, proxy_loss
+from .rollout import backward_simulate, sample_student, student_times
+from .tau import TauRule, sample_tau
+from .update import UpdateSettings, generator_update
+
+CRITIC_TAU = TauRule("uniform", 0.0, 1.0)  # tau' ~ U(0,1) for the fake model's denoising loss
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+class DistillModule(pl.LightningModule):
+    def __init__(self, teacher, cfg: RunConfig):
+        super().__init__()
+        self.cfg, self.arm = cfg, cfg.arm
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.generator = copy.deepcopy(teacher).train().requires_grad_(True)
+        self.fake = copy.deepcopy(teacher).train().requires_grad_(True) if self.arm.train_fake else None
+        self.automatic_optimization = False
+        self.register_buffer("times", student_times(cfg.student_steps, cfg.shift), persistent=False)
+        self.settings = UpdateSettings(cfg.alpha, cfg.shift, tuple(cfg.tau_clamp), cfg.normaliser_eps)
+        # Counters that define the run; saved in checkpoints.
+        self.step_count = 0
+        self.generator_step_count = 0
+        self.critic_step_count = 0
+        self.skipped_steps = 0
+        self.nonfinite_in_row = 0
+
+    # ---- pieces -----------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # the teacher never leaves eval mode
+        return self
+
+    def sample(self, noise: Tensor, cond) -> Tensor:
+        """The student's few-step sample (no gradients)."""
+        return sample_student(self.generator, noise, cond, self.times)
+
+    def _student_input(self, cond, batch: int) -> tuple[Tensor, Tensor]:
+        """Draw a step index k and the student's input at t_k (backward simulation)."""
+        k = int(torch.randint(len(self.times), ()).item())
+        noise = torch.randn(batch, *self.generator.sample_shape, device=self.device)
+        x_t = backward_simulate(self.generator, noise, cond, self.times, k)
+        return x_t, self.times[k].expand(batch)
+
+    def configure_optimizers(self):
+        c = self.cfg
+        opt_g = torch.optim.AdamW(self.generator.parameters(), lr=c.lr_generator, betas=tuple(c.betas), weight_decay=c.weight_decay)
+        if self.fake is None:
+            return [opt_g]
+        opt_f = torch.optim.AdamW(self.fake.parameters(), lr=c.lr_fake, betas=tuple(c.betas), weight_decay=c.weight_decay)
+        return [opt_g, opt_f]
+
+    # ---- one step -----------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        cond = batch[0] if isinstance(batch, (list, tuple)) else batch
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        logs: dict[str, float] = {}
+        sample = None
+        if self.step_count % self.cfg.ttur == 0:
+            sample = self._generator_step(cond, opts[0], logs)
+        if self.fake is not None:
+            self._critic_step(cond, sample, opts[1], logs)
+        self.step_count += 1
+        logs.update(step=float(self.step_count), generator_steps=float(self.generator_step_count),
+                    skipped_steps=float(self.skipped_steps))
+        self.log_dict(logs, on_step=True, prog_bar=False)
+
+    def _generator_step(self, cond, opt, logs) -> tuple[Tensor, Tensor]:
+        x_t, t = self._student_input(cond, cond.shape[0])
+        x = self.generator.x0(x_t, t, cond)
+        update, ulogs = generator_update(self.arm, x, cond, t, self.teacher, self.fake, self.settings)
+        loss = proxy_loss(x, update)
+        if self.arm.meanvar_weight:
+            reg = meanvar_kl(x, self.cfg.meanvar_mu, self.cfg.meanvar_var, self.cfg.meanvar_scope)
+            logs["loss_meanvar"] = reg.item()
+            loss = loss + self.arm.meanvar_weight * reg
+        nonfinite = int((~torch.isfinite(update)).sum()) + int((~torch.isfinite(x.detach())).sum())
+        logs.update({f"gen/{k}": v for k, v in ulogs.items()})
+        logs.update({"loss_generator": loss.item(), "nonfinite": float(nonfinite),
+                     "gen/out_mean": x.detach().mean().item(), "gen/out_std": x.detach().std().item()})
+        if self._guard(loss, nonfinite):
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            self.clip_gradients(opt, gradient_clip_val=self.cfg.grad_clip, gradient_clip_algorithm="norm")
+            opt.step()
+            self.generator_step_count += 1
+        return x.detach(), t
+
+    def _critic_step(self, cond, sample, opt, logs) -> None:
+        if sample is None:  # a critic-only step: the fake model needs a fresh sample
+            with torch.no_grad():
+                x_t, t = self._student_input(cond, cond.shape[0])
+                sample = (self.generator.x0(x_t, t, cond), t)
+        x0 = sample[0]
+        tau = sample_tau(CRITIC_TAU, sample[1], 1.0, tuple(self.cfg.tau_clamp)).to(x0.device)
+        x_tau = renoise(x0, torch.randn_like(x0), tau)
+        loss = critic_loss(self.fake.x0(x_tau, tau, cond), x0, tau, self.cfg.critic_target)
+        logs["loss_critic"] = loss.item()
+        if self._guard(loss, 0):
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            self.clip_gradients(opt, gradient_clip_val=self.cfg.grad_clip, gradient_clip_algorithm="norm")
+            opt.step()
+            self.critic_step_count += 1
+
+    def _guard(self, loss: Tensor, nonfinite: int) -> bool:
+        """Skip a step whose loss or update is not finite; stop after too many in a row."""
+        if math.isfinite(loss.item()) and nonfinite == 0:
+            self.nonfinite_in_row = 0
+            return True
+        self.skipped_steps += 1
+        self.nonfinite_in_row += 1
+        if self.nonfinite_in_row >= self.cfg.max_nonfinite_in_row:
+            raise NonFiniteError(
+                f"{self.nonfinite_in_row} steps in a row had non-finite losses or updates at step {self.step_count}; "
+                "lower the learning rates or alpha, or raise normaliser_eps, then resume from the last checkpoint.")
+        return False
+
+    # ---- checkpoints ----------------------------------------------------------
+    COUNTERS = ("step_count", "generator_step_count", "critic_step_count", "skipped_steps", "nonfinite_in_row")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["ddmd_counters"] = {k: getattr(self, k) for k in self.COUNTERS}
+        checkpoint["ddmd_config"] = self.cfg.to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        for k, v in checkpoint.get("ddmd_counters", {}).items():
+            setattr(self, k, v)

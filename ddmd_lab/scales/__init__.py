@@ -1,0 +1,18 @@
+"""Scales: what a run distils (teacher, conditions, evaluation) at one size.
+
+A scale module provides ``load_teacher(cfg)``, ``condition_loader(cfg)`` and
+``make_evaluator(cfg)``; nothing else in a run knows which scale it is.
+"""
+from __future__ import annotations
+
+import importlib
+
+from ..errors import UserError
+
+SCALES = {"toy2d": "ddmd_lab.scales.toy2d"}
+
+
+def get_scale(name: str):
+    if name not in SCALES:
+        raise UserError(f"unknown scale {name!r}; known scales: {', '.join(sorted(SCALES))}.")
+    return importlib.import_module(SCALES[name])

@@ -1,0 +1,148 @@
+"""toy2d: a class-conditional 2-D Gaussian mixture with exact denoisers.
+
+Because E[x0 | x_t, c] is known in closed form, the exact CFG-guided target
+(the guided ODE's samples) and the unguided conditional are both available,
+so every arm's output can be measured against both.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from ..backbones.toy import ToyFlowMLP
+from ..config import RunConfig
+from ..data.toy2d import ToyMixture
+from ..eval.distances import classwise_energy_distance
+from ..io import atomic_write_text
+from ..rollout import teacher_cfg_sample
+from ..teacher_module import TeacherModule
+
+TEACHER_DEFAULTS = {"hidden": 256, "depth": 3, "steps": 3000, "batch_size": 1024, "lr": 2e-3,
+                    "p_uncond": 0.1, "seed": 0, "data_size": 200_000}
+DATA_DEFAULTS = {"num_classes": 4, "comps_per_class": 2, "radius": 1.5, "std": 0.35}
+EVAL_SEED = 1234  # the evaluation noise and labels are the same for every run
+
+
+def mixture(cfg: RunConfig) -> ToyMixture:
+    return ToyMixture(**{**DATA_DEFAULTS, **cfg.data})
+
+
+def teacher_settings(cfg: RunConfig) -> dict:
+    unknown = set(cfg.teacher) - set(TEACHER_DEFAULTS)
+    if unknown:
+        from ..errors import UserError
+        raise UserError(f"teacher: unknown key(s) {sorted(unknown)}; known: {sorted(TEACHER_DEFAULTS)}.")
+    return {**TEACHER_DEFAULTS, **cfg.teacher}
+
+
+def teacher_dir(cfg: RunConfig) -> Path:
+    spec = {"teacher": teacher_settings(cfg), "data": {**DATA_DEFAULTS, **cfg.data}}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(cfg.cache_dir) / "teachers" / "toy2d" / key
+
+
+def build_backbone(cfg: RunConfig) -> ToyFlowMLP:
+    t = teacher_settings(cfg)
+    return ToyFlowMLP(num_classes=mixture(cfg).num_classes, hidden=t["hidden"], depth=t["depth"])
+
+
+def train_teacher(cfg: RunConfig) -> Path:
+    """Train the teacher (flow matching, label dropout) and cache it with its metrics."""
+    t, mix = teacher_settings(cfg), mixture(cfg)
+    folder = teacher_dir(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(t["seed"])
+    labels = torch.randint(mix.num_classes, (t["data_size"],), generator=gen)
+    x0 = mix.sample(labels, gen)
+    pl.seed_everything(t["seed"], verbose=False)
+    backbone = build_backbone(cfg)
+    module = TeacherModule(backbone, lr=t["lr"], p_uncond=t["p_uncond"], total_steps=t["steps"])
+    loader = DataLoader(TensorDataset(x0, labels), batch_size=t["batch_size"], shuffle=True, drop_last=True)
+    trainer = pl.Trainer(max_steps=t["steps"], accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, enable_progress_bar=cfg.progress_bar)
+    trainer.fit(module, loader)
+    tmp = folder / "teacher.pt.tmp"
+    torch.save(backbone.state_dict(), tmp)
+    tmp.replace(folder / "teacher.pt")
+    metrics = teacher_metrics(cfg, backbone)
+    atomic_write_text(folder / "teacher.json", json.dumps({"settings": t, "metrics": metrics}, indent=2))
+    return folder
+
+
+def load_teacher(cfg: RunConfig) -> ToyFlowMLP:
+    """The cached teacher for this config, trained first if it is not there."""
+    path = teacher_dir(cfg) / "teacher.pt"
+    if not path.is_file():
+        train_teacher(cfg)
+    backbone = build_backbone(cfg)
+    backbone.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return backbone
+
+
+@torch.no_grad()
+def teacher_metrics(cfg: RunConfig, teacher: ToyFlowMLP, ode_steps: int = 100) -> dict:
+    """How close the teacher's many-step CFG ODE is to the exact one, at alpha 1 and cfg.alpha."""
+    ev = Evaluator(cfg)
+    out = {}
+    for alpha in sorted({1.0, cfg.alpha}):
+        samples = teacher_cfg_sample(teacher.eval(), ev.noise, ev.labels, alpha, ode_steps)
+        m = ev.metrics(samples)
+        out[f"alpha_{alpha:g}"] = m
+    return out
+
+
+def condition_loader(cfg: RunConfig) -> DataLoader:
+    """The labels of every training step: exactly ``steps`` batches."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    labels = torch.randint(mixture(cfg).num_classes, (cfg.steps * cfg.batch_size,), generator=gen)
+    return DataLoader(TensorDataset(labels), batch_size=cfg.batch_size, shuffle=False)
+
+
+class Evaluator:
+    """Metrics of a student on fixed noise and labels, against exact references."""
+
+    def __init__(self, cfg: RunConfig):
+        self.mix = mixture(cfg)
+        n = cfg.eval_samples
+        gen = torch.Generator().manual_seed(EVAL_SEED)
+        self.labels = torch.arange(n) % self.mix.num_classes
+        self.noise = torch.randn(n, 2, generator=gen)
+        ref_noise = torch.randn(n, 2, generator=gen)
+        self.cfg_target = self.mix.cfg_ode_sample(ref_noise, self.labels, cfg.alpha, steps=200)
+        self.conditional = self.mix.sample(self.labels, gen)
+
+    def metrics(self, x: torch.Tensor) -> dict:
+        x = x.detach().float().cpu()
+        finite = torch.isfinite(x).all(dim=1)
+        xf, lf = x[finite], self.labels[finite]
+        if len(xf) == 0:
+            return {"out_mean": float("nan"), "out_std": float("nan"), "nonfinite_samples": float(len(x))}
+        precision = (self.mix.class_log_likelihood(xf).argmax(1) == lf).float().mean()
+        return {
+            "out_mean": x.mean().item(),
+            "out_std": x.std().item(),
+            "dist_cfg_target": classwise_energy_distance(xf, self.cfg_target, lf, self.labels),
+            "dist_conditional": classwise_energy_distance(xf, self.conditional, lf, self.labels),
+            "class_precision": precision.item(),
+            "outside_support": self.mix.outside_support(xf).float().mean().item(),
+            "nonfinite_samples": float((~finite).sum()),
+        }
+
+    def __call__(self, module) -> dict:
+        return self.metrics(module.sample(self.noise.to(module.device), self.labels.to(module.device)))
+
+
+def make_evaluator(cfg: RunConfig) -> Evaluator:
+    return Evaluator(cfg)
+
+
+def reference_rows(cfg: RunConfig) -> dict[str, dict]:
+    """Rows for tables: the exact targets measured with the same metrics."""
+    ev = Evaluator(cfg)
+    return {"exact CFG-ODE (alpha={:g})".format(cfg.alpha): ev.metrics(ev.cfg_target),
+            "exact conditional (alpha=1)": ev.metrics(ev.conditional)}

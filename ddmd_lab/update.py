@@ -1,0 +1,126 @@
+"""The generator's update direction for one arm: draws, network calls, math.
+
+This is the only place that turns an arm (which terms, which tau rules,
+shared or independent draws) into network evaluations.  The teacher's queries
+of one step (cond at tau_DM, cond and uncond at tau_CA) go out as one batched
+call; the fake model is called once, at tau_DM, and never with CFG.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .arms import Arm
+from .backbones.base import batched_x0
+from .flow import renoise
+from .guidance import cfg
+from .objective import ca_vector, dm_vector, dmd_normaliser, per_sample_norm
+from .tau import sample_tau
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    alpha: float
+    shift: float = 1.0
+    tau_clamp: tuple[float, float] = (0.02, 0.98)
+    normaliser_eps: float = 1e-5
+
+
+@dataclass
+class Draws:
+    """Re-noising draws of one step; tests pass their own to pin identities."""
+
+    tau_ca: Tensor | None
+    noise_ca: Tensor | None
+    tau_dm: Tensor | None
+    noise_dm: Tensor | None
+
+
+def draw(arm: Arm, x: Tensor, t_student: Tensor, s: UpdateSettings) -> Draws:
+    def one(rule):
+        tau = sample_tau(rule, t_student, s.shift, s.tau_clamp).to(x.device)
+        return tau, torch.randn_like(x)
+
+    tau_ca, noise_ca = one(arm.tau_ca) if arm.uses_ca else (None, None)
+    if arm.uses_dm and arm.shared_draw and arm.uses_ca:
+        tau_dm, noise_dm = tau_ca, noise_ca
+    else:
+        tau_dm, noise_dm = one(arm.tau_dm) if arm.uses_dm else (None, None)
+    return Draws(tau_ca, noise_ca, tau_dm, noise_dm)
+
+
+@torch.no_grad()
+def generator_update(
+    arm: Arm,
+    x: Tensor,
+    cond: Any,
+    t_student: Tensor,
+    teacher,
+    fake,
+    s: UpdateSettings,
+    draws: Draws | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """Return the x0-space update Delta for generator output x, and logs."""
+    x = x.detach().float()
+    d = draws or draw(arm, x, t_student, s)
+    shared = arm.shared_draw and arm.uses_ca and arm.uses_dm
+    queries: dict[str, tuple] = {}
+    if arm.uses_dm:
+        x_dm = renoise(x, d.noise_dm, d.tau_dm)
+        queries["cond_dm"] = (x_dm, d.tau_dm, cond)
+    if arm.uses_ca:
+        x_ca = renoise(x, d.noise_ca, d.tau_ca)
+        if not shared:  # with one shared draw, cond@tau_CA is cond@tau_DM
+            queries["cond_ca"] = (x_ca, d.tau_ca, cond)
+        queries["uncond_ca"] = (x_ca, d.tau_ca, teacher.null_condition(cond))
+    real = dict(zip(queries, batched_x0(teacher, list(queries.values()))))
+    if shared:
+        real["cond_ca"] = real["cond_dm"]
+
+    logs: dict[str, float] = {}
+    ca = dm = None
+    if arm.uses_ca:
+        ca = ca_vector(real["cond_ca"], real["uncond_ca"], s.alpha)
+        logs["tau_ca_mean"] = d.tau_ca.mean().item()
+    if arm.uses_dm:
+        fake_cond = fake.x0(x_dm, d.tau_dm, cond)
+        dm = dm_vector(real["cond_dm"], fake_cond)
+        logs["tau_dm_mean"] = d.tau_dm.mean().item()
+
+    norm_ca, norm_dm = _normalisers(arm, x, real, s)
+    update = torch.zeros_like(x)
+    if ca is not None:
+        ca_term = arm.ca_weight * ca / norm_ca
+        update += ca_term
+        logs["update_norm_ca"] = per_sample_norm(ca_term).mean().item()
+        logs["normaliser_ca"] = norm_ca.mean().item()
+    if dm is not None:
+        dm_term = arm.dm_weight * dm / norm_dm
+        update += dm_term
+        logs["update_norm_dm"] = per_sample_norm(dm_term).mean().item()
+        logs["normaliser_dm"] = norm_dm.mean().item()
+    logs["update_norm"] = per_sample_norm(update).mean().item()
+    return update, logs
+
+
+def _normalisers(arm: Arm, x: Tensor, real: dict[str, Tensor], s: UpdateSettings) -> tuple[Tensor, Tensor]:
+    if arm.normaliser == "none":
+        one = torch.ones(x.shape[0], *([1] * (x.ndim - 1)), device=x.device)
+        return one, one
+    if arm.normaliser == "per_term":
+        n_ca = dmd_normaliser(x, real["cond_ca"], s.normaliser_eps) if arm.uses_ca else None
+        n_dm = dmd_normaliser(x, real["cond_dm"], s.normaliser_eps) if arm.uses_dm else None
+        return n_ca, n_dm
+    # shared (DMD2): one scale from the guided teacher prediction.  It is taken
+    # where the CA term looks (the guided prediction exists only there), or at
+    # tau_DM without CA (alpha = 1, guided == cond).  With a shared draw this is
+    # exactly DMD2's mean|x - x0_real_cfg|.
+    if arm.uses_ca:
+        guided = cfg(real["cond_ca"], real["uncond_ca"], s.alpha)
+    else:
+        guided = real["cond_dm"]
+    n = dmd_normaliser(x, guided, s.normaliser_eps)
+    return n, n
