@@ -48,7 +48,7 @@ class RunConfig:
     # -- evaluation, logging, outputs
     eval_every: int = 100  # in steps
     eval_samples: int = 2000
-    wandb: str = "offline"  # offline | online | off
+    wandb: str = "offline"  # offline | online | disabled (W&B's own mode names)
     runs_dir: str = "runs"
     cache_dir: str = "artifacts"
     accelerator: str = "cpu"
@@ -68,7 +68,7 @@ class RunConfig:
              "tau_clamp must be [lo, hi] with 0 <= lo <= hi <= 1"),
             (self.critic_target in ("x0", "velocity"), "critic_target must be x0 or velocity"),
             (self.meanvar_scope in ("sample", "batch"), "meanvar_scope must be sample or batch"),
-            (self.wandb in ("offline", "online", "off"), "wandb must be offline, online or off"),
+            (self.wandb in ("offline", "online", "disabled"), "wandb must be offline, online or disabled"),
         ]
         for ok, message in checks:
             if not ok:

@@ -18,7 +18,7 @@ from .scales import get_scale
 
 def make_loggers(cfg: RunConfig, run_dir: Path) -> list:
     loggers: list = [CSVLogger(run_dir, name="logs", version="")]
-    if cfg.wandb != "off":
+    if cfg.wandb != "disabled":
         # Offline unless the user asked for online: nothing may wait on the network.
         if cfg.wandb == "offline":
             os.environ["WANDB_MODE"] = "offline"

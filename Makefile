@@ -1,0 +1,43 @@
+# ddmd_lab -- every target creates the virtual environment first if it is missing.
+#   make ablation ARM=decoupled_hybrid [SCALE=toy2d] [STEPS=N] [SEED=S] [SET="k=v k=v"]
+#   make test
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+ARM    ?= decoupled_hybrid
+SCALE  ?= toy2d
+SEED   ?=
+STEPS  ?=
+ARMS   ?=
+SET    ?=
+RUN_ARGS = --scale $(SCALE) $(if $(STEPS),--steps $(STEPS)) $(if $(SEED),--seed $(SEED)) $(foreach kv,$(SET),--set $(kv))
+
+# W&B never waits on the network unless the user sets WANDB_MODE=online.
+export WANDB_MODE ?= offline
+
+.PHONY: setup ablation sweep teacher tables bench test clean-cache
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+ablation: setup
+	$(PY) -m ddmd_lab ablation --arm $(ARM) $(RUN_ARGS)
+
+sweep: setup
+	$(PY) -m ddmd_lab sweep $(if $(ARMS),--arms $(ARMS)) $(RUN_ARGS)
+
+teacher: setup
+	$(PY) -m ddmd_lab teacher $(RUN_ARGS)
+
+tables: setup
+	$(PY) -m ddmd_lab tables --scale $(SCALE)
+
+bench: setup
+	$(PY) -m ddmd_lab bench $(RUN_ARGS)
+
+test: setup
+	$(PY) -m pytest tests
