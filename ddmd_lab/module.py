@@ -76,12 +76,14 @@ class DistillModule(pl.LightningModule):
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
         logs: dict[str, float] = {}
+        self._step_had_nonfinite = False
         sample = None
         if self.step_count % self.cfg.ttur == 0:
             sample = self._generator_step(cond, opts[0], logs)
         if self.fake is not None:
             self._critic_step(cond, sample, opts[1], logs)
         self.step_count += 1
+        self._count_nonfinite_run()
         logs.update(step=float(self.step_count), generator_steps=float(self.generator_step_count),
                     skipped_steps=float(self.skipped_steps))
         self.log_dict(logs, on_step=True, prog_bar=False)
@@ -125,17 +127,20 @@ class DistillModule(pl.LightningModule):
             self.critic_step_count += 1
 
     def _guard(self, loss: Tensor, nonfinite: int) -> bool:
-        """Skip a step whose loss or update is not finite; stop after too many in a row."""
+        """False (skip this update) when its loss or update is not finite."""
         if math.isfinite(loss.item()) and nonfinite == 0:
-            self.nonfinite_in_row = 0
             return True
         self.skipped_steps += 1
-        self.nonfinite_in_row += 1
+        self._step_had_nonfinite = True
+        return False
+
+    def _count_nonfinite_run(self) -> None:
+        """Stop after max_nonfinite_in_row training steps in a row had a skipped update."""
+        self.nonfinite_in_row = self.nonfinite_in_row + 1 if self._step_had_nonfinite else 0
         if self.nonfinite_in_row >= self.cfg.max_nonfinite_in_row:
             raise NonFiniteError(
                 f"{self.nonfinite_in_row} steps in a row had non-finite losses or updates at step {self.step_count}; "
                 "lower the learning rates or alpha, or raise normaliser_eps, then resume from the last checkpoint.")
-        return False
 
     # ---- checkpoints ----------------------------------------------------------
     COUNTERS = ("step_count", "generator_step_count", "critic_step_count", "skipped_steps", "nonfinite_in_row")
