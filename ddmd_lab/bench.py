@@ -1,0 +1,108 @@
+"""``make bench``: a step's time against the network evaluations it must make.
+
+The floor of one training step is the sum of its network evaluations (see
+ARCHITECTURE.md's cost table), each timed here at the same batch size, in the
+same process, just before the steps are timed.  The ratio step / floor is the
+harness's overhead: optimiser updates, the math, Lightning's loop.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import replace
+
+import pytorch_lightning as pl
+import torch
+
+from .arms import REGISTRY
+from .module import DistillModule
+from .scales import get_scale
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def evaluation_costs(model, cond, batch: int, repeats: int) -> dict[str, float]:
+    """Seconds for one no-grad forward at batch B, 2B, 3B and one forward+backward at B."""
+    shape = model.sample_shape
+    x = torch.randn(batch, *shape)
+    t = torch.rand(batch)
+    out = {}
+    for k in (1, 2, 3):
+        xs, ts, cs = x.repeat(k, *[1] * len(shape)), t.repeat(k), model.cat_conditions([cond] * k)
+
+        def fwd(xs=xs, ts=ts, cs=cs):
+            with torch.no_grad():
+                model.x0(xs, ts, cs)
+
+        out[f"fwd{k}"] = _median_time(fwd, repeats)
+
+    def fwd_bwd():
+        model.zero_grad(set_to_none=True)
+        model.x0(x, t, cond).square().mean().backward()
+
+    out["fwd_bwd"] = _median_time(fwd_bwd, repeats)
+    return out
+
+
+def step_floor(arm, cost: dict[str, float], ttur: int, student_steps: int) -> float:
+    """Mean seconds of network evaluation per training step for this arm."""
+    backsim = (student_steps - 1) / 2 * cost["fwd1"]  # k ~ U{0..N-1} no-grad generator calls
+    teacher_queries = (2 if arm.shared_draw else 3) if (arm.uses_ca and arm.uses_dm) else (2 if arm.uses_ca else 1)
+    gen_step = backsim + cost["fwd_bwd"] + cost[f"fwd{teacher_queries}"] + (cost["fwd1"] if arm.uses_dm else 0.0)
+    critic_only = (backsim + cost["fwd1"] + cost["fwd_bwd"]) if arm.train_fake else 0.0
+    critic_on_gen_step = cost["fwd_bwd"] if arm.train_fake else 0.0
+    return (gen_step + critic_on_gen_step + (ttur - 1) * critic_only) / ttur
+
+
+class StepTimer(pl.Callback):
+    def __init__(self, warmup: int):
+        self.warmup, self.times, self._t0 = warmup, [], 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx >= self.warmup:
+            self.times.append(time.perf_counter() - self._t0)
+
+
+def bench_arm(teacher, cfg, loader, warmup: int) -> float:
+    timer = StepTimer(warmup)
+    trainer = pl.Trainer(max_epochs=1, accelerator=cfg.accelerator, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
+    trainer.fit(DistillModule(teacher, cfg), loader)
+    return statistics.mean(timer.times)
+
+
+def main(args) -> None:
+    from .cli import _config
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)  # keep the table readable
+    base = _config(args, "decoupled_hybrid")
+    steps = args.steps or 20 * base.ttur
+    base = replace(base, steps=steps, wandb="disabled", progress_bar=False)
+    scale = get_scale(base.scale)
+    teacher = scale.load_teacher(base)
+    loader = scale.condition_loader(base)
+    cond = next(iter(loader))[0]
+    torch.manual_seed(0)
+    cost = evaluation_costs(teacher, cond, base.batch_size, args.repeats)
+    print(f"scale {base.scale}, batch {base.batch_size}, {base.student_steps}-step student, ttur {base.ttur}, "
+          f"{steps} steps per arm, torch threads {torch.get_num_threads()}")
+    print("network evaluations (median ms): " + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in cost.items()))
+    print("| arm | steps/s | generator steps/s | step ms | floor ms | step / floor |")
+    print("|---|---|---|---|---|---|")
+    for name, arm in REGISTRY.items():
+        cfg = replace(base, arm=arm)
+        step = bench_arm(teacher, cfg, loader, warmup=base.ttur)
+        floor = step_floor(arm, cost, cfg.ttur, cfg.student_steps)
+        print(f"| {name} | {1 / step:.1f} | {1 / step / cfg.ttur:.1f} | {step * 1e3:.2f} | {floor * 1e3:.2f} | {step / floor:.2f} |")
