@@ -46,10 +46,10 @@ def cmd_ablation(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from .arms import REGISTRY
+    from .arms import known_arm_names
     from .run import print_summary, run_ablation
 
-    arms = args.arms.split(",") if args.arms else list(REGISTRY)
+    arms = args.arms.split(",") if args.arms else known_arm_names()
     configs = [_config(args, a) for a in arms]  # validate every arm before the first run starts
     for cfg in configs:
         print(f"\n=== {cfg.arm.name} ===")
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     p.set_defaults(func=cmd_ablation)
 
-    p = sub.add_parser("sweep", help="run every registry arm (or --arms a,b,c)")
+    p = sub.add_parser("sweep", help="run every known arm, registry and experiments/arms/ variants (or --arms a,b,c)")
     p.add_argument("--arms", default="")
     _common(p)
     p.set_defaults(func=cmd_sweep)

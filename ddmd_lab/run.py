@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -28,6 +29,10 @@ def make_loggers(cfg: RunConfig, run_dir: Path) -> list:
                                    offline=cfg.wandb == "offline", config=cfg.to_dict(),
                                    group=f"{cfg.scale}/{cfg.arm.name}"))
     return loggers
+
+
+# The frozen teacher is in eval mode on purpose; Lightning warns about it.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 def run_ablation(cfg: RunConfig) -> Path:

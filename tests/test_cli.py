@@ -1,0 +1,28 @@
+import pytest
+
+from ddmd_lab.cli import main
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["ablation", "--arm", "nope"], "unknown arm 'nope'; known arms: ca_meanvar, ca_only, coupled"),
+    (["ablation", "--scale", "toy3d"], "unknown scale 'toy3d'"),
+    (["ablation", "--set", "alpha"], "is not key=value"),
+    (["ablation", "--set", "lr_generatr=1e-4"], "unknown key(s) ['lr_generatr']"),
+    (["teacher", "--set", "teacher={depht: 3}"], "teacher: unknown key(s) ['depht']"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, fragment, capsys, tmp_path):
+    code = main(argv + ["--set", f"runs_dir={tmp_path}/runs", "--set", f"cache_dir={tmp_path}/cache"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and fragment in err and "\n" not in err
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_offline_wandb_run_writes_locally(tmp_path, capsys):
+    code = main(["ablation", "--arm", "ca_only", "--steps", "4",
+                 "--set", f"runs_dir={tmp_path}/runs", "--set", f"cache_dir={tmp_path}/cache", "--set", "progress_bar=false",
+                 "--set", "teacher={steps: 20, data_size: 2048}", "--set", "eval_every=2", "--set", "eval_samples=100",
+                 "--set", "wandb=offline"])
+    assert code == 0
+    run = next((tmp_path / "runs" / "toy2d" / "ca_only").iterdir())
+    assert list((run / "wandb").glob("offline-run-*"))
+    assert "run folder:" in capsys.readouterr().out
