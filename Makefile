@@ -1,16 +1,18 @@
 # ddmd_lab -- every target creates the virtual environment first if it is missing.
 #   make ablation ARM=decoupled_hybrid [SCALE=toy2d] [STEPS=N] [SEED=S] [SET="k=v k=v"]
+#   make ablation RESUME=runs/<scale>/<arm>/<run-id>   (or RESUME=auto ARM=<arm>)
 #   make test
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-ARM    ?= decoupled_hybrid
-SCALE  ?= toy2d
+ARM    ?=
+SCALE  ?=
+RESUME ?=
 SEED   ?=
 STEPS  ?=
 ARMS   ?=
 SET    ?=
-RUN_ARGS = --scale $(SCALE) $(if $(STEPS),--steps $(STEPS)) $(if $(SEED),--seed $(SEED)) $(foreach kv,$(SET),--set $(kv))
+RUN_ARGS = $(if $(SCALE),--scale $(SCALE)) $(if $(STEPS),--steps $(STEPS)) $(if $(SEED),--seed $(SEED)) $(foreach kv,$(SET),--set $(kv))
 
 # W&B never waits on the network unless the user sets WANDB_MODE=online.
 export WANDB_MODE ?= offline
@@ -25,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 ablation: setup
-	$(PY) -m ddmd_lab ablation --arm $(ARM) $(RUN_ARGS)
+	$(PY) -m ddmd_lab ablation $(if $(ARM),--arm $(ARM)) $(if $(RESUME),--resume $(RESUME)) $(RUN_ARGS)
 
 sweep: setup
 	$(PY) -m ddmd_lab sweep $(if $(ARMS),--arms $(ARMS)) $(RUN_ARGS)
@@ -34,7 +36,7 @@ teacher: setup
 	$(PY) -m ddmd_lab teacher $(RUN_ARGS)
 
 tables: setup
-	$(PY) -m ddmd_lab tables --scale $(SCALE)
+	$(PY) -m ddmd_lab tables $(if $(SCALE),--scale $(SCALE))
 
 bench: setup
 	$(PY) -m ddmd_lab bench $(RUN_ARGS)

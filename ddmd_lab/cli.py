@@ -4,11 +4,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import UserError
+from .errors import NonFiniteError, UserError
+
+
+DEFAULT_ARM = "decoupled_hybrid"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scale", default="toy2d")
+    p.add_argument("--scale", default=None, help="scale (default toy2d)")
     p.add_argument("--steps", type=int, help="training steps (critic steps); generator steps = ceil(steps/ttur)")
     p.add_argument("--seed", type=int)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -22,7 +25,7 @@ def _config(args, arm: str):
     for key in ("steps", "seed"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    return load_config(args.scale, arm, overrides)
+    return load_config(args.scale or "toy2d", arm, overrides)
 
 
 def cmd_teacher(args) -> None:
@@ -40,9 +43,20 @@ def cmd_teacher(args) -> None:
 
 
 def cmd_ablation(args) -> None:
-    from .run import print_summary, run_ablation
+    from .run import print_summary, resume_ablation, run_ablation
 
-    print_summary(run_ablation(_config(args, args.arm)))
+    if not args.resume:
+        print_summary(run_ablation(_config(args, args.arm or DEFAULT_ARM)))
+        return
+    if args.overrides or args.steps is not None or args.seed is not None:
+        raise UserError("RESUME continues a run exactly as configured; drop STEPS, SEED and SET, or start a new run.")
+    target = args.resume
+    if target == "auto":
+        from .checkpointing import latest_unfinished_run
+        from .config import RunConfig
+
+        target = str(latest_unfinished_run(RunConfig.runs_dir, args.scale or "toy2d", args.arm or DEFAULT_ARM))
+    print_summary(resume_ablation(target, args.scale, args.arm))
 
 
 def cmd_sweep(args) -> None:
@@ -79,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_teacher)
 
     p = sub.add_parser("ablation", help="distil with one arm into a new run folder")
-    p.add_argument("--arm", default="decoupled_hybrid")
+    p.add_argument("--arm", default=None, help=f"arm name (default {DEFAULT_ARM})")
     _common(p)
+    p.add_argument("--resume", help="a run folder or .ckpt to continue, or 'auto' for the newest interrupted run of the arm")
     p.set_defaults(func=cmd_ablation)
 
     p = sub.add_parser("sweep", help="run every known arm, registry and experiments/arms/ variants (or --arms a,b,c)")
@@ -101,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except UserError as exc:
+    except (UserError, NonFiniteError) as exc:
         if args.traceback:
             raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(exc, UserError) else 3
     return 0

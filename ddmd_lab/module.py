@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import copy
 import math
+import random
+
+import numpy as np
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
 from .config import RunConfig
+from .errors import NonFiniteError
 from .flow import renoise
 from .objective import critic_loss, meanvar_kl, proxy_loss
 from .rollout import backward_simulate, sample_student, student_times
@@ -24,8 +28,6 @@ from .update import UpdateSettings, generator_update
 CRITIC_TAU = TauRule("uniform", 0.0, 1.0)  # tau' ~ U(0,1) for the fake model's denoising loss
 
 
-class NonFiniteError(RuntimeError):
-    pass
 
 
 class DistillModule(pl.LightningModule):
@@ -101,11 +103,7 @@ class DistillModule(pl.LightningModule):
         logs.update({f"gen/{k}": v for k, v in ulogs.items()})
         logs.update({"loss_generator": loss.item(), "nonfinite": float(nonfinite),
                      "gen/out_mean": x.detach().mean().item(), "gen/out_std": x.detach().std().item()})
-        if self._guard(loss, nonfinite):
-            opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            self.clip_gradients(opt, gradient_clip_val=self.cfg.grad_clip, gradient_clip_algorithm="norm")
-            opt.step()
+        if self._guard(loss, nonfinite) and self._backward_and_step(loss, opt, self.generator, logs, "generator"):
             self.generator_step_count += 1
         return x.detach(), t
 
@@ -119,12 +117,21 @@ class DistillModule(pl.LightningModule):
         x_tau = renoise(x0, torch.randn_like(x0), tau)
         loss = critic_loss(self.fake.x0(x_tau, tau, cond), x0, tau, self.cfg.critic_target)
         logs["loss_critic"] = loss.item()
-        if self._guard(loss, 0):
-            opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            self.clip_gradients(opt, gradient_clip_val=self.cfg.grad_clip, gradient_clip_algorithm="norm")
-            opt.step()
+        if self._guard(loss, 0) and self._backward_and_step(loss, opt, self.fake, logs, "fake"):
             self.critic_step_count += 1
+
+    def _backward_and_step(self, loss: Tensor, opt, net, logs: dict, name: str) -> bool:
+        """Backward, clip, step -- unless the gradient is not finite (then skip)."""
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), self.cfg.grad_clip)
+        logs[f"grad_norm_{name}"] = grad_norm.item()
+        if not torch.isfinite(grad_norm):
+            opt.zero_grad(set_to_none=True)
+            self._guard(grad_norm, 1)  # counts the skip
+            return False
+        opt.step()
+        return True
 
     def _guard(self, loss: Tensor, nonfinite: int) -> bool:
         """False (skip this update) when its loss or update is not finite."""
@@ -148,7 +155,37 @@ class DistillModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ddmd_counters"] = {k: getattr(self, k) for k in self.COUNTERS}
         checkpoint["ddmd_config"] = self.cfg.to_dict()
+        checkpoint["ddmd_rng"] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         for k, v in checkpoint.get("ddmd_counters", {}).items():
             setattr(self, k, v)
+        # Applied just before the next step, not now: Lightning draws from the
+        # global RNG between restoring and the first step (e.g. the DataLoader's
+        # base seed), which an uninterrupted run does not do at that point.
+        self._pending_rng = checkpoint.get("ddmd_rng")
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if getattr(self, "_pending_rng", None) is not None:
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+
+
+def rng_state() -> dict:
+    # numpy's state is stored as a tensor + plain values so that checkpoints
+    # load with torch.load(weights_only=True).
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -3,22 +3,25 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
+import torch
 from pytorch_lightning.loggers import CSVLogger
 
-from .config import RunConfig, save_config
+from .checkpointing import AtomicCheckpoint, resolve_resume
+from .config import RunConfig, read_config, save_config
+from .errors import UserError
 from .eval.callback import EvalCallback
-from .io import new_run_dir
+from .io import atomic_write_text, new_run_dir
 from .module import DistillModule
 from .scales import get_scale
 
 
 def make_loggers(cfg: RunConfig, run_dir: Path) -> list:
-    loggers: list = [CSVLogger(run_dir, name="logs", version="")]
+    loggers: list = [CSVLogger(run_dir, name="logs")]  # logs/version_<k>: a resume never overwrites
     if cfg.wandb != "disabled":
         # Offline unless the user asked for online: nothing may wait on the network.
         if cfg.wandb == "offline":
@@ -33,29 +36,68 @@ def make_loggers(cfg: RunConfig, run_dir: Path) -> list:
 
 # The frozen teacher is in eval mode on purpose; Lightning warns about it.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+# Resuming mid-epoch is exact here (data.steps.ResumeSampler); Lightning cannot know that.
+warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def run_ablation(cfg: RunConfig) -> Path:
-    scale = get_scale(cfg.scale)
-    teacher = scale.load_teacher(cfg)
+    """A new run in a new folder."""
     run_dir = new_run_dir(Path(cfg.runs_dir), cfg.scale, cfg.arm.name, cfg.seed)
     save_config(cfg, run_dir / "config.yaml")
+    return _fit(cfg, run_dir)
+
+
+def resume_ablation(target: str, scale: str | None = None, arm: str | None = None) -> Path:
+    """Continue an interrupted run in its own folder, from its last checkpoint."""
+    run_dir, ckpt = resolve_resume(target)
+    cfg = read_config(run_dir / "config.yaml")
+    if (scale and scale != cfg.scale) or (arm and arm != cfg.arm.name):
+        raise UserError(f"RESUME={target} is a run of arm {cfg.arm.name!r} at scale {cfg.scale!r}, not "
+                        f"{arm or cfg.arm.name!r} at {scale or cfg.scale!r}; drop ARM/SCALE or pass the run's own.")
+    try:
+        step = torch.load(ckpt, map_location="cpu", weights_only=False)["ddmd_counters"]["step_count"]
+    except Exception as exc:
+        raise UserError(f"checkpoint {ckpt} cannot be read ({exc.__class__.__name__}); resume from another "
+                        "checkpoint of the run, or start a new run.") from None
+    _drop_rows_after(run_dir / "metrics.csv", step)
+    for partial in (run_dir / "checkpoints").glob(".*.tmp"):  # half-written by the killed process
+        partial.unlink()
+    return _fit(cfg, run_dir, ckpt_path=ckpt, start_step=step)
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Rows written after the checkpoint will be recomputed; the full file is kept aside."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
+    if len(keep) < len(lines):
+        n = len(list(path.parent.glob("metrics.csv.before-resume-*")))
+        shutil.copyfile(path, path.with_name(f"metrics.csv.before-resume-{n + 1}"))
+        atomic_write_text(path, "".join(keep))
+
+
+def _fit(cfg: RunConfig, run_dir: Path, ckpt_path: Path | None = None, start_step: int = 0) -> Path:
+    scale = get_scale(cfg.scale)
+    teacher = scale.load_teacher(cfg)
     pl.seed_everything(cfg.seed, verbose=False)
     module = DistillModule(teacher, cfg)
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
+    checkpoints = AtomicCheckpoint(run_dir / "checkpoints", cfg.checkpoint_every)
     trainer = pl.Trainer(
         max_epochs=1,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         logger=make_loggers(cfg, run_dir),
+        # order matters: the checkpoint after a step already holds that step's evaluation
         callbacks=[EvalCallback(scale.make_evaluator(cfg), run_dir, cfg.eval_every), checkpoints],
         log_every_n_steps=10,
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
+        enable_checkpointing=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, scale.condition_loader(cfg))
-    trainer.save_checkpoint(run_dir / "checkpoints" / "final.ckpt")
+    trainer.fit(module, scale.condition_loader(cfg, start_step), ckpt_path=ckpt_path)
+    checkpoints.save(trainer, "final.ckpt")
     return run_dir
 
 

@@ -80,7 +80,7 @@ def test_backward_simulation_matches_sampling():
 
 
 def test_nonfinite_steps_are_skipped_then_stop():
-    from ddmd_lab.module import NonFiniteError
+    from ddmd_lab.errors import NonFiniteError
 
     with pytest.raises(NonFiniteError, match="non-finite"):
         _fit(REGISTRY["coupled"], 10, 1, alpha=float("nan"), max_nonfinite_in_row=3)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytorch_lightning as pl
+import torch
 
 from ..io import atomic_write_text
 
@@ -24,7 +25,11 @@ class EvalCallback(pl.Callback):
     def _record(self, module) -> dict:
         was_training = module.training
         module.eval()
-        metrics = self.evaluate(module)
+        # Evaluation must not move the training RNG: how often a run is
+        # evaluated then never changes its training, and resumes stay exact.
+        cuda = [module.device.index or 0] if module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            metrics = self.evaluate(module)
         module.train(was_training)
         row = {"step": module.step_count, "generator_steps": module.generator_step_count, **metrics}
         self.rows.append(row)

@@ -16,7 +16,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..backbones.toy import ToyFlowMLP
 from ..config import RunConfig
+from ..data.steps import step_loader
 from ..data.toy2d import ToyMixture
+from ..errors import UserError
 from ..eval.distances import classwise_energy_distance
 from ..io import atomic_write_text
 from ..rollout import teacher_cfg_sample
@@ -35,7 +37,6 @@ def mixture(cfg: RunConfig) -> ToyMixture:
 def teacher_settings(cfg: RunConfig) -> dict:
     unknown = set(cfg.teacher) - set(TEACHER_DEFAULTS)
     if unknown:
-        from ..errors import UserError
         raise UserError(f"teacher: unknown key(s) {sorted(unknown)}; known: {sorted(TEACHER_DEFAULTS)}.")
     return {**TEACHER_DEFAULTS, **cfg.teacher}
 
@@ -80,7 +81,11 @@ def load_teacher(cfg: RunConfig) -> ToyFlowMLP:
     if not path.is_file():
         train_teacher(cfg)
     backbone = build_backbone(cfg)
-    backbone.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        backbone.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:  # truncated file, wrong architecture, not a state dict
+        raise UserError(f"the teacher weights at {path} cannot be loaded ({exc.__class__.__name__}); "
+                        f"delete {path.parent} or run `make teacher SCALE=toy2d SET=...` again with --retrain.") from None
     return backbone
 
 
@@ -96,11 +101,10 @@ def teacher_metrics(cfg: RunConfig, teacher: ToyFlowMLP, ode_steps: int = 100) -
     return out
 
 
-def condition_loader(cfg: RunConfig) -> DataLoader:
-    """The labels of every training step: exactly ``steps`` batches."""
-    gen = torch.Generator().manual_seed(cfg.seed)
-    labels = torch.randint(mixture(cfg).num_classes, (cfg.steps * cfg.batch_size,), generator=gen)
-    return DataLoader(TensorDataset(labels), batch_size=cfg.batch_size, shuffle=False)
+def condition_loader(cfg: RunConfig, start_step: int = 0):
+    """The labels of training steps start_step .. steps-1, one batch per step."""
+    k, b = mixture(cfg).num_classes, cfg.batch_size
+    return step_loader(lambda g: torch.randint(k, (b,), generator=g), cfg.seed, start_step, cfg.steps)
 
 
 class Evaluator:
