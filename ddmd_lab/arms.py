@@ -124,7 +124,10 @@ def resolve_arm(name: str, directory: Path | None = None) -> tuple[Arm, dict]:
     path = directory / f"{name}.yaml"
     if not path.is_file():
         raise UserError(f"unknown arm {name!r}; known arms: {', '.join(known_arm_names(directory))}.")
-    spec = yaml.safe_load(path.read_text()) or {}
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML ({exc.__class__.__name__}); fix the file.") from None
     extra = set(spec) - {"base", "arm", "overrides", "description"}
     if extra or "base" not in spec:
         raise UserError(f"{path}: an arm variant needs 'base' and may have 'arm', 'overrides', 'description'; found {sorted(spec)}.")

@@ -7,12 +7,26 @@ import time
 from pathlib import Path
 
 
+def _tmp_beside(path: Path) -> Path:
+    # unique per writer, so two processes writing the same target never share a temp file
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder and rename over the
     target, so a kill mid-write leaves the previous version intact."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = _tmp_beside(path)
     tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    import torch
+
+    path = Path(path)
+    tmp = _tmp_beside(path)
+    torch.save(obj, tmp)
     os.replace(tmp, path)
 
 

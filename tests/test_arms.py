@@ -69,3 +69,12 @@ def test_unknown_scale():
 
 def test_generator_step_count_is_ceil():
     assert RunConfig(steps=11, ttur=5).generator_steps == 3
+
+
+def test_malformed_arm_yaml_is_a_clear_error(tmp_path):
+    (tmp_path / "broken.yaml").write_text("base: ca_only\narm: {tau_ca: [unclosed\n")
+    with pytest.raises(UserError, match="is not valid YAML"):
+        resolve_arm("broken", tmp_path)
+    (tmp_path / "nobase.yaml").write_text("arm: {ca_weight: 2}\n")
+    with pytest.raises(UserError, match="needs 'base'"):
+        resolve_arm("nobase", tmp_path)

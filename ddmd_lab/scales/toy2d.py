@@ -20,7 +20,7 @@ from ..data.steps import step_loader
 from ..data.toy2d import ToyMixture
 from ..errors import UserError
 from ..eval.distances import classwise_energy_distance
-from ..io import atomic_write_text
+from ..io import atomic_torch_save, atomic_write_text
 from ..rollout import teacher_cfg_sample
 from ..teacher_module import TeacherModule
 
@@ -67,9 +67,7 @@ def train_teacher(cfg: RunConfig) -> Path:
     trainer = pl.Trainer(max_steps=t["steps"], accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_model_summary=False, enable_progress_bar=cfg.progress_bar)
     trainer.fit(module, loader)
-    tmp = folder / "teacher.pt.tmp"
-    torch.save(backbone.state_dict(), tmp)
-    tmp.replace(folder / "teacher.pt")
+    atomic_torch_save(backbone.state_dict(), folder / "teacher.pt")
     metrics = teacher_metrics(cfg, backbone)
     atomic_write_text(folder / "teacher.json", json.dumps({"settings": t, "metrics": metrics}, indent=2))
     return folder
