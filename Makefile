@@ -20,7 +20,15 @@ export WANDB_MODE ?= offline
 .PHONY: setup ablation sweep teacher tables bench test clean-cache
 setup: $(VENV)/.installed
 
+FASHION_DIR ?= /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 $(VENV)/.installed: pyproject.toml
+	@# Fashion-MNIST comes from Debian; elsewhere set data.root to a folder with its IDX files.
+	@if [ ! -d $(FASHION_DIR) ] && command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get install -y -q dataset-fashion-mnist || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; } || \
+	  echo "warning: could not install dataset-fashion-mnist; the fashion scale will ask for it"; fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'

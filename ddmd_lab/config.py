@@ -48,6 +48,7 @@ class RunConfig:
     # -- evaluation, logging, outputs
     eval_every: int = 100  # in steps
     eval_samples: int = 2000
+    fid_samples: int = 0  # Inception FID at the end of a run on this many samples (0 = none)
     checkpoint_every: int = 500  # in steps; 0 = only the final checkpoint
     wandb: str = "offline"  # offline | online | disabled (W&B's own mode names)
     runs_dir: str = "runs"

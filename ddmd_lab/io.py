@@ -21,6 +21,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = _tmp_beside(path)
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     import torch
 

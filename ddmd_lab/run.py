@@ -89,7 +89,7 @@ def _fit(cfg: RunConfig, run_dir: Path, ckpt_path: Path | None = None, start_ste
         devices=cfg.devices,
         logger=make_loggers(cfg, run_dir),
         # order matters: the checkpoint after a step already holds that step's evaluation
-        callbacks=[EvalCallback(scale.make_evaluator(cfg), run_dir, cfg.eval_every), checkpoints],
+        callbacks=[EvalCallback(scale.make_evaluator(cfg, run_dir), run_dir, cfg.eval_every), checkpoints],
         log_every_n_steps=10,
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,

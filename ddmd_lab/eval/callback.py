@@ -54,5 +54,12 @@ class EvalCallback(pl.Callback):
 
     def on_train_end(self, trainer, module):
         last = self.rows[-1] if self.rows and self.rows[-1]["step"] == module.step_count else self._record(module)
-        summary = {**last, "skipped_steps": module.skipped_steps, "critic_steps": module.critic_step_count}
+        final = getattr(self.evaluate, "final", None)  # expensive end-of-run metrics (Inception FID)
+        extra = {}
+        if final is not None:
+            was_training = module.training
+            module.eval()
+            extra = final(module)
+            module.train(was_training)
+        summary = {**last, **extra, "skipped_steps": module.skipped_steps, "critic_steps": module.critic_step_count}
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))

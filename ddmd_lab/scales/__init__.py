@@ -9,7 +9,7 @@ import importlib
 
 from ..errors import UserError
 
-SCALES = {"toy2d": "ddmd_lab.scales.toy2d"}
+SCALES = {"toy2d": "ddmd_lab.scales.toy2d", "fashion": "ddmd_lab.scales.images", "mnist": "ddmd_lab.scales.images"}
 
 
 def get_scale(name: str):

@@ -139,7 +139,7 @@ class Evaluator:
         return self.metrics(module.sample(self.noise.to(module.device), self.labels.to(module.device)))
 
 
-def make_evaluator(cfg: RunConfig) -> Evaluator:
+def make_evaluator(cfg: RunConfig, run_dir: Path | None = None) -> Evaluator:
     return Evaluator(cfg)
 
 

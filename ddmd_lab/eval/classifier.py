@@ -1,0 +1,103 @@
+"""A small classifier trained on the same data: class adherence of generated
+images and a cheap domain Frechet distance on its penultimate features (for
+curves during training, where Inception FID would be too slow on a CPU).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from ..errors import UserError
+from ..io import atomic_torch_save, atomic_write_text
+from .fid import fid_from_stats, stats
+
+
+class SmallClassifier(nn.Module):
+    def __init__(self, num_classes: int = 10, channels: int = 1, width: int = 32):
+        super().__init__()
+        c = width
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, c, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 2 * c, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(2 * c * 16, 128), nn.SiLU(),
+        )
+        self.head = nn.Linear(128, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+
+class ClassifierModule(pl.LightningModule):
+    def __init__(self, net: SmallClassifier, lr: float = 2e-3):
+        super().__init__()
+        self.net, self.lr = net, lr
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        x = x + 0.05 * torch.randn_like(x)  # slightly robust to generator noise
+        loss = F.cross_entropy(self.net(x), y)
+        self.log("classifier_loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.net.parameters(), lr=self.lr)
+
+
+@torch.no_grad()
+def accuracy(net: SmallClassifier, images: Tensor, labels: Tensor, batch: int = 512) -> float:
+    net.eval()
+    hits = sum((net(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum().item() for i in range(0, len(images), batch))
+    return hits / len(images)
+
+
+@torch.no_grad()
+def features(net: SmallClassifier, images: Tensor, batch: int = 512) -> np.ndarray:
+    net.eval()
+    return torch.cat([net.features(images[i:i + batch]) for i in range(0, len(images), batch)]).double().numpy()
+
+
+def train_classifier(train_images: Tensor, train_labels: Tensor, test_images: Tensor, test_labels: Tensor,
+                     folder: Path, num_classes: int, epochs: int = 2, seed: int = 0, progress: bool = True) -> Path:
+    pl.seed_everything(seed, verbose=False)
+    net = SmallClassifier(num_classes, channels=train_images.shape[1])
+    loader = DataLoader(TensorDataset(train_images, train_labels), batch_size=256, shuffle=True)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, enable_progress_bar=progress)
+    trainer.fit(ClassifierModule(net), loader)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(net.state_dict(), folder / "classifier.pt")
+    acc = accuracy(net, test_images, test_labels)
+    atomic_write_text(folder / "classifier.json", json.dumps({"test_accuracy": acc, "epochs": epochs}, indent=2))
+    return folder
+
+
+def load_classifier(folder: Path, num_classes: int, channels: int = 1) -> SmallClassifier:
+    path = Path(folder) / "classifier.pt"
+    net = SmallClassifier(num_classes, channels)
+    try:
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:
+        raise UserError(f"the classifier at {path} cannot be loaded ({exc.__class__.__name__}); "
+                        f"delete {path.parent} and run `make classifier` again.") from None
+    return net.eval()
+
+
+class ClassifierMetrics:
+    """Adherence (accuracy on requested labels) and domain FD against real test images."""
+
+    def __init__(self, net: SmallClassifier, real_images: Tensor):
+        self.net = net
+        self.real_stats = stats(features(net, real_images))
+
+    def __call__(self, images: Tensor, labels: Tensor) -> dict[str, float]:
+        x = images.detach().float().clamp(-1, 1)
+        return {"class_adherence": accuracy(self.net, x, labels),
+                "domain_fd": fid_from_stats(stats(features(self.net, x)), self.real_stats)}

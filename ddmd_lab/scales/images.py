@@ -1,0 +1,226 @@
+"""Image scale on a CPU: Fashion-MNIST (or MNIST-5k), a small class-conditional
+diffusers UNet teacher trained by the harness, classes as prompts.
+
+Cached artefacts live under ``cache_dir``: the teacher (a diffusers folder
+plus teacher.json with its CFG sweep), the classifier, and Inception
+reference statistics.  The scale name selects the dataset (``fashion`` or
+``mnist``).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from ..backbones.class_unet import ClassUNet, build_unet
+from ..config import RunConfig
+from ..data.images import ImageSet, load_image_set
+from ..data.steps import step_loader
+from ..errors import UserError
+from ..eval.classifier import ClassifierMetrics, load_classifier, train_classifier
+from ..eval.fid import InceptionFeatures, cached_reference_stats, fid_from_stats, stats
+from ..eval.grid import save_grid
+from ..eval.spectra import high_frequency_excess, raps, spectral_centroid
+from ..eval.stats import output_stats
+from ..io import atomic_write_bytes, atomic_write_text
+from ..rollout import teacher_cfg_sample
+from ..teacher_module import TeacherModule
+
+TEACHER_DEFAULTS = {"size": "small", "steps": 3000, "batch_size": 128, "lr": 1e-3, "p_uncond": 0.1, "seed": 0,
+                    "eval_samples": 1000, "ode_steps": 40, "alphas": [1.0, 1.5, 2.0, 3.0, 4.0]}
+DATA_DEFAULTS = {
+    "root": None,                  # folder with the IDX files (fashion); None = Debian's location
+    "real_eval_images": 2000,      # test images for the classifier FD and the reference spectrum
+    "fid_reference_images": 10000,  # test images behind the cached Inception statistics
+    "classifier_epochs": 2,
+}
+EVAL_SEED = 1234
+
+
+def _settings(given: dict, defaults: dict, what: str) -> dict:
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise UserError(f"{what}: unknown key(s) {sorted(unknown)}; known: {sorted(defaults)}.")
+    return {**defaults, **given}
+
+
+def teacher_settings(cfg: RunConfig) -> dict:
+    return _settings(cfg.teacher, TEACHER_DEFAULTS, "teacher")
+
+
+def data_settings(cfg: RunConfig) -> dict:
+    return _settings(cfg.data, DATA_DEFAULTS, "data")
+
+
+@functools.lru_cache(maxsize=4)
+def _image_set(name: str, root: str | None, split: str) -> ImageSet:
+    return load_image_set(name, root, split)
+
+
+def image_set(cfg: RunConfig, split: str = "train") -> ImageSet:
+    return _image_set(cfg.scale, data_settings(cfg)["root"], split)
+
+
+def teacher_dir(cfg: RunConfig) -> Path:
+    spec = {k: v for k, v in teacher_settings(cfg).items() if k not in ("eval_samples", "ode_steps", "alphas")}
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(cfg.cache_dir) / "teachers" / cfg.scale / key
+
+
+def classifier(cfg: RunConfig):
+    folder = Path(cfg.cache_dir) / "classifiers" / f"{cfg.scale}-{data_settings(cfg)['classifier_epochs']}ep"
+    train, test = image_set(cfg, "train"), image_set(cfg, "test")
+    if not (folder / "classifier.pt").is_file():
+        train_classifier(train.images, train.labels, test.images, test.labels, folder, train.num_classes,
+                         epochs=data_settings(cfg)["classifier_epochs"], progress=cfg.progress_bar)
+    return load_classifier(folder, train.num_classes)
+
+
+def real_eval_images(cfg: RunConfig) -> torch.Tensor:
+    test = image_set(cfg, "test")
+    return test.images[: data_settings(cfg)["real_eval_images"]]
+
+
+def inception_reference(cfg: RunConfig, features: InceptionFeatures):
+    """Inception statistics of the test split (all of it), cached per dataset and resolution."""
+    real = image_set(cfg, "test").images[: data_settings(cfg)["fid_reference_images"]]
+    path = Path(cfg.cache_dir) / "fid_stats" / f"{cfg.scale}-test-{real.shape[-1]}px-{len(real)}.npz"
+    return cached_reference_stats(path, lambda: features.of_images(real))
+
+
+def train_teacher(cfg: RunConfig) -> Path:
+    t, data = teacher_settings(cfg), image_set(cfg, "train")
+    folder = teacher_dir(cfg)
+    pl.seed_everything(t["seed"], verbose=False)
+    backbone = ClassUNet(build_unet(t["size"], data.num_classes, data.images.shape[1], data.images.shape[-1]),
+                         data.num_classes)
+    module = TeacherModule(backbone, lr=t["lr"], p_uncond=t["p_uncond"], total_steps=t["steps"])
+    loader = DataLoader(TensorDataset(data.images, data.labels), batch_size=t["batch_size"], shuffle=True, drop_last=True)
+    trainer = pl.Trainer(max_steps=t["steps"], accelerator=cfg.accelerator, logger=False, enable_checkpointing=False,
+                         enable_model_summary=False, enable_progress_bar=cfg.progress_bar)
+    trainer.fit(module, loader)
+    staging = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+    backbone.save(staging)
+    try:
+        staging.rename(folder)  # publish whole; a concurrent trainer of the same config may have won
+    except OSError:
+        shutil.rmtree(staging)
+    report = teacher_report(cfg, backbone.eval(), folder)
+    atomic_write_text(folder / "teacher.json", json.dumps({"settings": t, "cfg_sweep": report}, indent=2))
+    return folder
+
+
+@torch.no_grad()
+def teacher_report(cfg: RunConfig, teacher: ClassUNet, folder: Path) -> dict:
+    """The teacher's many-step CFG samples at each alpha: FID, adherence, stats, a grid."""
+    t = teacher_settings(cfg)
+    n, k = t["eval_samples"], teacher.num_classes
+    gen = torch.Generator().manual_seed(EVAL_SEED)
+    noise = torch.randn(n, *teacher.sample_shape, generator=gen)
+    labels = torch.arange(n) % k
+    cls = ClassifierMetrics(classifier(cfg), real_eval_images(cfg))
+    inception = InceptionFeatures()
+    reference = inception_reference(cfg, inception)
+    out = {}
+    for alpha in t["alphas"]:
+        samples = torch.cat([teacher_cfg_sample(teacher, noise[i:i + 250], labels[i:i + 250], alpha, t["ode_steps"])
+                             for i in range(0, n, 250)])
+        fid = fid_from_stats(stats(inception.of_images(samples)), reference)
+        out[f"alpha_{alpha:g}"] = {"fid": fid, **cls(samples, labels), **output_stats(samples)}
+        save_grid(_grid_order(samples, labels, k), folder / f"samples_alpha_{alpha:g}.png", nrow=8)
+    return out
+
+
+def _grid_order(samples: torch.Tensor, labels: torch.Tensor, k: int, per_class: int = 8) -> torch.Tensor:
+    return torch.cat([samples[labels == c][:per_class] for c in range(k)])
+
+
+def load_teacher(cfg: RunConfig) -> ClassUNet:
+    folder = teacher_dir(cfg)
+    if not (folder / "config.json").is_file():
+        train_teacher(cfg)
+    return ClassUNet.load(folder, image_set(cfg, "train").num_classes)
+
+
+def condition_loader(cfg: RunConfig, start_step: int = 0):
+    """Per step: requested labels, and real images (for regularisers that need data)."""
+    data = image_set(cfg, "train")
+    k, b, n = data.num_classes, cfg.batch_size, len(data.images)
+
+    def make_batch(g: torch.Generator):
+        idx = torch.randint(n, (b,), generator=g)
+        return torch.randint(k, (b,), generator=g), data.images[idx]
+
+    return step_loader(make_batch, cfg.seed, start_step, cfg.steps)
+
+
+class Evaluator:
+    """Cheap metrics every eval point; Inception FID once at the end."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path | None = None):
+        self.cfg, self.run_dir = cfg, run_dir
+        data = image_set(cfg, "train")
+        self.num_classes = data.num_classes
+        gen = torch.Generator().manual_seed(EVAL_SEED)
+        n = cfg.eval_samples
+        self.noise = torch.randn(n, *data.images.shape[1:], generator=gen)
+        self.labels = torch.arange(n) % self.num_classes
+        real = real_eval_images(cfg)
+        self.classifier = ClassifierMetrics(classifier(cfg), real)
+        self.real_spectrum = raps(real)
+        self.spectra: list[np.ndarray] = []
+        self.spectra_steps: list[int] = []
+
+    def metrics(self, samples: torch.Tensor) -> dict:
+        spectrum = raps(samples.clamp(-1, 1))
+        return {**output_stats(samples), **self.classifier(samples, self.labels),
+                "hf_excess": high_frequency_excess(spectrum, self.real_spectrum),
+                "spectral_centroid": spectral_centroid(spectrum)}, spectrum
+
+    def _sample(self, module, noise, labels, batch: int = 250) -> torch.Tensor:
+        return torch.cat([module.sample(noise[i:i + batch].to(module.device), labels[i:i + batch].to(module.device)).cpu()
+                          for i in range(0, len(noise), batch)])
+
+    def __call__(self, module) -> dict:
+        samples = self._sample(module, self.noise, self.labels)
+        metrics, spectrum = self.metrics(samples)
+        if self.run_dir is not None:
+            step = module.step_count
+            save_grid(_grid_order(samples, self.labels, self.num_classes), self.run_dir / "samples" / f"step_{step:07d}.png", 8)
+            self.spectra.append(spectrum.numpy())
+            self.spectra_steps.append(step)
+            self._write_spectra()
+        return metrics
+
+    def _write_spectra(self) -> None:
+        import io
+
+        buffer = io.BytesIO()
+        np.savez(buffer, steps=np.array(self.spectra_steps), generated=np.stack(self.spectra), real=self.real_spectrum.numpy())
+        atomic_write_bytes(self.run_dir / "spectra.npz", buffer.getvalue())
+
+    def final(self, module) -> dict:
+        """Inception FID (clean-fid protocol) of ``fid_samples`` student samples against the test split."""
+        n = self.cfg.fid_samples
+        if n <= 0:
+            return {}
+        gen = torch.Generator().manual_seed(EVAL_SEED + 1)
+        noise = torch.randn(n, *self.noise.shape[1:], generator=gen)
+        labels = torch.arange(n) % self.num_classes
+        with torch.random.fork_rng():
+            samples = self._sample(module, noise, labels)
+        inception = InceptionFeatures()
+        return {"fid": fid_from_stats(stats(inception.of_images(samples)), inception_reference(self.cfg, inception)),
+                "fid_samples": n}
+
+
+def make_evaluator(cfg: RunConfig, run_dir: Path | None = None) -> Evaluator:
+    return Evaluator(cfg, run_dir)

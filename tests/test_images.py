@@ -1,0 +1,65 @@
+"""Image scale end to end with a tiny teacher (mnist-5k: small and fast)."""
+import json
+
+import pytest
+import torch
+
+from ddmd_lab.config import load_config, parse_overrides
+from ddmd_lab.run import run_ablation
+
+TINY = ["teacher={size: tiny, steps: 40, batch_size: 32, eval_samples: 40, alphas: [1.0, 2.0], ode_steps: 4}",
+        "data={real_eval_images: 200, fid_reference_images: 100, classifier_epochs: 1}",
+        "steps=6", "ttur=3", "batch_size=8", "eval_every=3", "eval_samples=40", "fid_samples=40",
+        "checkpoint_every=3", "progress_bar=false", "wandb=disabled"]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    return [f"runs_dir={root / 'runs'}", f"cache_dir={root / 'cache'}"]
+
+
+def _cfg(dirs, arm, *extra):
+    return load_config("mnist", arm, parse_overrides(TINY + dirs + list(extra)))
+
+
+@pytest.mark.parametrize("student_steps", [1, 4])
+def test_image_run_end_to_end(dirs, student_steps):
+    run = run_ablation(_cfg(dirs, "decoupled_hybrid", f"student_steps={student_steps}"))
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("fid", "class_adherence", "domain_fd", "out_std", "saturated", "hf_excess", "spectral_centroid"):
+        assert key in summary and summary[key] == summary[key], key  # present and not NaN
+    assert summary["generator_steps"] == 2 and summary["fid"] > 0
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_0000000.png", "step_0000003.png", "step_0000006.png"]
+    import numpy as np
+
+    spectra = np.load(run / "spectra.npz")
+    assert spectra["generated"].shape == (3, 17) and list(spectra["steps"]) == [0, 3, 6]
+
+
+def test_teacher_folder_is_a_diffusers_model_with_its_cfg_sweep(dirs):
+    from diffusers import UNet2DModel
+
+    from ddmd_lab.scales import images
+
+    cfg = _cfg(dirs, "coupled")
+    images.load_teacher(cfg)
+    folder = images.teacher_dir(cfg)
+    assert isinstance(UNet2DModel.from_pretrained(folder), UNet2DModel)
+    sweep = json.loads((folder / "teacher.json").read_text())["cfg_sweep"]
+    assert set(sweep) == {"alpha_1", "alpha_2"} and all("fid" in v and "class_adherence" in v for v in sweep.values())
+    assert (folder / "samples_alpha_2.png").is_file()
+
+
+def test_class_unet_adapter_converts_diffusers_flow_convention():
+    """x0 = x_t - sigma * out, with the UNet fed timestep = 1000 * sigma."""
+    from ddmd_lab.backbones.class_unet import ClassUNet, build_unet
+
+    torch.manual_seed(0)
+    model = ClassUNet(build_unet("tiny", 3), 3).eval()
+    x, t, c = torch.randn(2, 1, 32, 32), torch.tensor([0.25, 0.9]), torch.tensor([0, 3])
+    with torch.no_grad():
+        out = model.unet(x, torch.tensor([750.0, 100.0]), class_labels=c).sample
+        expected = x - torch.tensor([0.75, 0.1]).view(2, 1, 1, 1) * out
+        torch.testing.assert_close(model.x0(x, t, c), expected)
+    assert model.null_condition(c).tolist() == [3, 3]
