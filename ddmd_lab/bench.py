@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from .arms import REGISTRY
+from .data.steps import condition_of
 from .module import DistillModule
 from .scales import get_scale
 
@@ -93,7 +94,7 @@ def main(args) -> None:
     scale = get_scale(base.scale)
     teacher = scale.load_teacher(base)
     loader = scale.condition_loader(base)
-    cond = next(iter(loader))[0]
+    cond = condition_of(next(iter(loader)))
     torch.manual_seed(0)
     cost = evaluation_costs(teacher, cond, base.batch_size, args.repeats)
     print(f"scale {base.scale}, batch {base.batch_size}, {base.student_steps}-step student, ttur {base.ttur}, "

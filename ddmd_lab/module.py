@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .config import RunConfig
+from .data.steps import condition_of
 from .errors import NonFiniteError
 from .flow import renoise
 from .objective import critic_loss, meanvar_kl, proxy_loss
@@ -74,7 +75,7 @@ class DistillModule(pl.LightningModule):
 
     # ---- one step -----------------------------------------------------------
     def training_step(self, batch, batch_idx):
-        cond = batch[0] if isinstance(batch, (list, tuple)) else batch
+        cond = condition_of(batch)
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
         logs: dict[str, float] = {}

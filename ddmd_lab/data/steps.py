@@ -45,3 +45,8 @@ class ResumeSampler(Sampler):
 
 def step_loader(make_batch: Callable[[torch.Generator], Any], seed: int, start: int, stop: int) -> DataLoader:
     return DataLoader(StepBatches(make_batch, seed, stop), batch_size=None, sampler=ResumeSampler(start, stop))
+
+
+def condition_of(batch):
+    """A step's batch is the condition alone, or (condition, real data, ...)."""
+    return batch[0] if isinstance(batch, (list, tuple)) else batch

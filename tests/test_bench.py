@@ -1,0 +1,21 @@
+from ddmd_lab.arms import REGISTRY
+from ddmd_lab.bench import step_floor
+
+# unit costs: a no-grad forward at B, 2B, 3B costs 1, 2, 3; a forward+backward 10
+COST = {"fwd1": 1.0, "fwd2": 2.0, "fwd3": 3.0, "fwd_bwd": 10.0}
+
+
+def test_floor_follows_the_nfe_table():
+    # generator fwd+bwd + teacher (one batched call) + fake (DM only) + critic fwd+bwd
+    assert step_floor(REGISTRY["coupled"], COST, ttur=1, student_steps=1) == 10 + 2 + 1 + 10
+    assert step_floor(REGISTRY["decoupled_hybrid"], COST, ttur=1, student_steps=1) == 10 + 3 + 1 + 10
+    assert step_floor(REGISTRY["ca_only"], COST, ttur=1, student_steps=1) == 10 + 2 + 10  # observer critic
+    assert step_floor(REGISTRY["dm_only"], COST, ttur=1, student_steps=1) == 10 + 1 + 1 + 10
+
+
+def test_floor_with_ttur_and_backward_simulation():
+    # ttur 2, 3 student steps: backward simulation averages 1 no-grad generator call;
+    # the critic-only step draws a fresh sample (1 + 1) and trains (10)
+    gen_step = 1 + 10 + 2 + 1 + 10
+    critic_only = 1 + 1 + 10
+    assert step_floor(REGISTRY["coupled"], COST, ttur=2, student_steps=3) == (gen_step + critic_only) / 2
