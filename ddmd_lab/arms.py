@@ -34,14 +34,16 @@ class Arm:
     # (trained beside the generator, never used in its update).
     train_fake: bool = True
     meanvar_weight: float = 0.0  # mean-variance KL regulariser weight
+    gan_weight: float = 0.0  # generator's GAN loss weight (discriminator head on the fake's features)
+    gan_disc_weight: float = 0.0  # the discriminator's loss weight, trained with the fake model
 
     def __post_init__(self):
         if self.normaliser not in NORMALISERS:
             raise UserError(f"arm {self.name!r}: normaliser {self.normaliser!r} is unknown; use one of {', '.join(NORMALISERS)}.")
         if self.ca_weight == 0 and self.dm_weight == 0:
             raise UserError(f"arm {self.name!r} switches both CA and DM off; give ca_weight or dm_weight a non-zero value.")
-        if self.dm_weight != 0 and not self.train_fake:
-            raise UserError(f"arm {self.name!r} uses DM, which needs the fake model; set train_fake: true.")
+        if (self.dm_weight != 0 or self.gan_weight != 0) and not self.train_fake:
+            raise UserError(f"arm {self.name!r} uses DM or a GAN, which need the fake model; set train_fake: true.")
 
     @property
     def uses_ca(self) -> bool:
@@ -97,6 +99,9 @@ REGISTRY: dict[str, Arm] = {
         Arm("dm_only", "Distribution matching alone (alpha = 1), tau_DM ~ U(0,1).", ca_weight=0.0, tau_dm=FULL),
         Arm("ca_meanvar", "CA plus the mean-variance KL regulariser instead of DM.",
             dm_weight=0.0, tau_ca=FULL, meanvar_weight=1.0),
+        # DMD2's SDXL weights: 5e-3 for the generator, 1e-2 for the discriminator
+        Arm("ca_gan", "CA plus a GAN regulariser on the fake model's features instead of DM.",
+            dm_weight=0.0, tau_ca=FULL, gan_weight=5e-3, gan_disc_weight=1e-2),
     ]
 }
 

@@ -19,7 +19,8 @@ from torch import Tensor
 
 from .config import RunConfig
 from .data.steps import condition_of
-from .errors import NonFiniteError
+from .errors import NonFiniteError, UserError
+from .gan import DiscriminatorHead, discriminator_loss, generator_gan_loss
 from .flow import renoise
 from .objective import critic_loss, meanvar_kl, proxy_loss
 from .rollout import backward_simulate, sample_student, student_times
@@ -38,6 +39,9 @@ class DistillModule(pl.LightningModule):
         self.teacher = teacher.eval().requires_grad_(False)
         self.generator = copy.deepcopy(teacher).train().requires_grad_(True)
         self.fake = copy.deepcopy(teacher).train().requires_grad_(True) if self.arm.train_fake else None
+        self.disc = None
+        if self.arm.gan_weight or self.arm.gan_disc_weight:
+            self.disc = DiscriminatorHead.for_backbone(self.fake)
         self.automatic_optimization = False
         self.register_buffer("times", student_times(cfg.student_steps, cfg.shift), persistent=False)
         self.settings = UpdateSettings(cfg.alpha, cfg.shift, tuple(cfg.tau_clamp), cfg.normaliser_eps)
@@ -65,12 +69,20 @@ class DistillModule(pl.LightningModule):
         x_t = backward_simulate(self.generator, noise, cond, self.times, k)
         return x_t, self.times[k].expand(batch)
 
+    def _critic_params(self) -> list:
+        return list(self.fake.parameters()) + (list(self.disc.parameters()) if self.disc is not None else [])
+
+    def _renoised(self, x0: Tensor, t_like: Tensor) -> tuple[Tensor, Tensor]:
+        """x0 re-noised at tau' ~ U(0,1) (clamped): what the fake model and the discriminator read."""
+        tau = sample_tau(CRITIC_TAU, t_like, 1.0, tuple(self.cfg.tau_clamp)).to(x0.device)
+        return renoise(x0, torch.randn_like(x0), tau), tau
+
     def configure_optimizers(self):
         c = self.cfg
         opt_g = torch.optim.AdamW(self.generator.parameters(), lr=c.lr_generator, betas=tuple(c.betas), weight_decay=c.weight_decay)
         if self.fake is None:
             return [opt_g]
-        opt_f = torch.optim.AdamW(self.fake.parameters(), lr=c.lr_fake, betas=tuple(c.betas), weight_decay=c.weight_decay)
+        opt_f = torch.optim.AdamW(self._critic_params(), lr=c.lr_fake, betas=tuple(c.betas), weight_decay=c.weight_decay)
         return [opt_g, opt_f]
 
     # ---- one step -----------------------------------------------------------
@@ -84,7 +96,8 @@ class DistillModule(pl.LightningModule):
         if self.step_count % self.cfg.ttur == 0:
             sample = self._generator_step(cond, opts[0], logs)
         if self.fake is not None:
-            self._critic_step(cond, sample, opts[1], logs)
+            real = batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
+            self._critic_step(cond, sample, opts[1], logs, real)
         self.step_count += 1
         self._count_nonfinite_run()
         logs.update(step=float(self.step_count), generator_steps=float(self.generator_step_count),
@@ -96,6 +109,11 @@ class DistillModule(pl.LightningModule):
         x = self.generator.x0(x_t, t, cond)
         update, ulogs = generator_update(self.arm, x, cond, t, self.teacher, self.fake, self.settings)
         loss = proxy_loss(x, update)
+        if self.arm.gan_weight:
+            x_tau, tau = self._renoised(x, t)
+            gan = generator_gan_loss(self.disc(self.fake.features(x_tau, tau, cond)))
+            logs["loss_gan_generator"] = gan.item()
+            loss = loss + self.arm.gan_weight * gan
         if self.arm.meanvar_weight:
             reg = meanvar_kl(x, self.cfg.meanvar_mu, self.cfg.meanvar_var, self.cfg.meanvar_scope)
             logs["loss_meanvar"] = reg.item()
@@ -104,28 +122,37 @@ class DistillModule(pl.LightningModule):
         logs.update({f"gen/{k}": v for k, v in ulogs.items()})
         logs.update({"loss_generator": loss.item(), "nonfinite": float(nonfinite),
                      "gen/out_mean": x.detach().mean().item(), "gen/out_std": x.detach().std().item()})
-        if self._guard(loss, nonfinite) and self._backward_and_step(loss, opt, self.generator, logs, "generator"):
+        if self._guard(loss, nonfinite) and self._backward_and_step(loss, opt, list(self.generator.parameters()), logs, "generator"):
             self.generator_step_count += 1
         return x.detach(), t
 
-    def _critic_step(self, cond, sample, opt, logs) -> None:
+    def _critic_step(self, cond, sample, opt, logs, real: Tensor | None = None) -> None:
         if sample is None:  # a critic-only step: the fake model needs a fresh sample
             with torch.no_grad():
                 x_t, t = self._student_input(cond, cond.shape[0])
                 sample = (self.generator.x0(x_t, t, cond), t)
         x0 = sample[0]
-        tau = sample_tau(CRITIC_TAU, sample[1], 1.0, tuple(self.cfg.tau_clamp)).to(x0.device)
-        x_tau = renoise(x0, torch.randn_like(x0), tau)
+        x_tau, tau = self._renoised(x0, sample[1])
         loss = critic_loss(self.fake.x0(x_tau, tau, cond), x0, tau, self.cfg.critic_target)
         logs["loss_critic"] = loss.item()
-        if self._guard(loss, 0) and self._backward_and_step(loss, opt, self.fake, logs, "fake"):
+        if self.arm.gan_disc_weight:
+            if real is None:
+                raise UserError(f"arm {self.arm.name!r} needs real data in each batch; this scale's loader gives none.")
+            real_tau, real_t = self._renoised(real.to(x0.device).float(), sample[1])
+            fake_logits = self.disc(self.fake.features(x_tau.detach(), tau, cond))
+            real_logits = self.disc(self.fake.features(real_tau, real_t, cond))
+            d_loss = discriminator_loss(real_logits, fake_logits)
+            logs.update(loss_discriminator=d_loss.item(), disc_real_acc=(real_logits > 0).float().mean().item(),
+                        disc_fake_acc=(fake_logits < 0).float().mean().item())
+            loss = loss + self.arm.gan_disc_weight * d_loss
+        if self._guard(loss, 0) and self._backward_and_step(loss, opt, self._critic_params(), logs, "fake"):
             self.critic_step_count += 1
 
-    def _backward_and_step(self, loss: Tensor, opt, net, logs: dict, name: str) -> bool:
+    def _backward_and_step(self, loss: Tensor, opt, params: list, logs: dict, name: str) -> bool:
         """Backward, clip, step -- unless the gradient is not finite (then skip)."""
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), self.cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         logs[f"grad_norm_{name}"] = grad_norm.item()
         if not torch.isfinite(grad_norm):
             opt.zero_grad(set_to_none=True)

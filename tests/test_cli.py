@@ -4,7 +4,7 @@ from ddmd_lab.cli import main
 
 
 @pytest.mark.parametrize("argv,fragment", [
-    (["ablation", "--arm", "nope"], "unknown arm 'nope'; known arms: ca_meanvar, ca_only, coupled"),
+    (["ablation", "--arm", "nope"], "unknown arm 'nope'; known arms: ca_gan, ca_meanvar, ca_only, coupled"),
     (["ablation", "--scale", "toy3d"], "unknown scale 'toy3d'"),
     (["ablation", "--set", "alpha"], "is not key=value"),
     (["ablation", "--set", "lr_generatr=1e-4"], "unknown key(s) ['lr_generatr']"),

@@ -19,7 +19,8 @@ def _fit(arm, steps, ttur, student_steps=2, **kw):
     module = DistillModule(teacher, cfg)
     before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
     gen_before = {k: v.clone() for k, v in module.generator.state_dict().items()}
-    loader = DataLoader(TensorDataset(torch.randint(3, (steps * 8,))), batch_size=8)
+    # batches of (labels, real samples), as the scales' loaders give them
+    loader = DataLoader(TensorDataset(torch.randint(3, (steps * 8,)), torch.randn(steps * 8, 2)), batch_size=8)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, loader)
@@ -84,3 +85,24 @@ def test_nonfinite_steps_are_skipped_then_stop():
 
     with pytest.raises(NonFiniteError, match="non-finite"):
         _fit(REGISTRY["coupled"], 10, 1, alpha=float("nan"), max_nonfinite_in_row=3)
+
+
+def test_gan_arm_trains_a_discriminator_head_with_the_critic():
+    module, _, _, _ = _fit(REGISTRY["ca_gan"], 6, 2)
+    assert module.disc is not None and module.generator_step_count == 3 and module.critic_step_count == 6
+    opt_f = module.optimizers()[1].optimizer
+    head = {id(p) for p in module.disc.parameters()}
+    assert head <= {id(p) for g in opt_f.param_groups for p in g["params"]}  # trained with the fake model
+    assert all(opt_f.state[p]["step"] == 6 for p in module.disc.parameters())
+
+
+def test_gan_arm_without_real_data_is_a_clear_error():
+    from ddmd_lab.errors import UserError
+
+    pl.seed_everything(0, verbose=False)
+    module = DistillModule(ToyFlowMLP(num_classes=3, hidden=16, depth=2),
+                           RunConfig(arm=REGISTRY["ca_gan"], steps=2, ttur=1, batch_size=4, wandb="disabled"))
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(UserError, match="needs real data"):
+        trainer.fit(module, DataLoader(TensorDataset(torch.randint(3, (8,))), batch_size=4))

@@ -29,8 +29,14 @@ def _overrides(dirs, steps):
     return SMALL + dirs + [f"steps={steps}"]
 
 
+_REFERENCES: dict = {}
+
+
 def _reference(dirs, arm, steps):
-    return run_ablation(load_config("toy2d", arm, parse_overrides(_overrides(dirs, steps))))
+    """The uninterrupted run of (arm, steps), made once per test session."""
+    if (arm, steps) not in _REFERENCES:
+        _REFERENCES[arm, steps] = run_ablation(load_config("toy2d", arm, parse_overrides(_overrides(dirs, steps))))
+    return _REFERENCES[arm, steps]
 
 
 def _start(dirs, arm, steps, env_extra=None):
@@ -63,7 +69,7 @@ def _assert_same_run(a, b):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sigkill_at_random_moment_then_resume_is_exact(dirs, seed):
-    arm, steps = "decoupled_hybrid", 300
+    arm, steps = "decoupled_hybrid", 1000  # several seconds: the kill lands mid-run
     reference = _reference(dirs, arm, steps)
     proc = _start(dirs, arm, steps)
     run = None
@@ -71,11 +77,11 @@ def test_sigkill_at_random_moment_then_resume_is_exact(dirs, seed):
     while time.time() < deadline and run is None:  # wait for the first checkpoint
         time.sleep(0.05)
         parent = reference.parent
-        found = [p for p in parent.iterdir() if p != reference and (p / "checkpoints" / "last.ckpt").exists()
-                 and not (p / "summary.json").exists()]
+        found = [p for p in parent.iterdir() if p not in _REFERENCES.values()
+                 and (p / "checkpoints" / "last.ckpt").exists() and not (p / "summary.json").exists()]
         run = found[0] if found else None
     assert run is not None, proc.stderr.read().decode()[-2000:]
-    time.sleep(random.Random(seed).uniform(0.0, 1.0))
+    time.sleep(random.Random(seed).uniform(0.0, 0.8))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "summary.json").exists(), "the run finished before the kill; make it longer"
@@ -89,7 +95,7 @@ def test_kill_during_checkpoint_write_keeps_previous(dirs):
     proc = _start(dirs, arm, steps, {"DDMD_FAULT": "kill_during_write:2"})
     proc.wait(timeout=180)
     assert proc.returncode == -signal.SIGKILL
-    run = _run_dir_of(dirs, arm, exclude={reference})
+    run = _run_dir_of(dirs, arm, exclude=set(_REFERENCES.values()))
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)  # still whole
     assert ckpt["ddmd_counters"]["step_count"] == 20
     assert list((run / "checkpoints").glob(".*.tmp"))  # the half-written one
@@ -121,7 +127,7 @@ def test_nonfinite_updates_are_skipped_and_counted(dirs, monkeypatch):
         return (update * float("nan"), logs) if calls["n"] in (3, 4) else (update, logs)
 
     monkeypatch.setattr(module, "generator_update", flaky)
-    run = _reference(dirs, "ca_only", 30)
+    run = run_ablation(load_config("toy2d", "ca_only", parse_overrides(_overrides(dirs, 30))))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["skipped_steps"] == 2 and summary["generator_steps"] == 8  # 10 generator steps, 2 skipped
     state = torch.load(run / "checkpoints" / "final.ckpt", weights_only=False)["state_dict"]

@@ -28,8 +28,16 @@ class Backbone(nn.Module):
     def null_condition(self, cond: Any) -> Any:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def null_batch(self, n: int) -> Any:  # pragma: no cover - interface
+        """n null (unconditional) conditions, e.g. to probe shapes."""
+        raise NotImplementedError
+
     def cat_conditions(self, conds: list[Any]) -> Any:
         return torch.cat(conds, dim=0)
+
+    def features(self, x_t: Tensor, t: Tensor, cond: Any) -> Tensor:  # pragma: no cover - interface
+        """Bottleneck features (for discriminator heads)."""
+        raise NotImplementedError
 
 
 def batched_x0(model: Backbone, queries: list[tuple[Tensor, Tensor, Any]]) -> list[Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from diffusers import UNet2DModel
 from torch import Tensor
 
@@ -45,6 +46,19 @@ class ClassUNet(Backbone):
     def x0(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         out = self.unet(x_t, diffusers_timestep_from_t(t), class_labels=cond).sample
         return x_t.float() - expand_like(1 - t, x_t).float() * out.float()
+
+    def features(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        """The mid block's output (DMD2 puts its classifier branch there)."""
+        captured = {}
+        handle = self.unet.mid_block.register_forward_hook(lambda m, i, o: captured.setdefault("h", o))
+        try:
+            self.unet(x_t, diffusers_timestep_from_t(t), class_labels=cond)
+        finally:
+            handle.remove()
+        return captured["h"]
+
+    def null_batch(self, n: int) -> Tensor:
+        return torch.full((n,), self.num_classes, dtype=torch.long, device=next(self.parameters()).device)
 
     def null_condition(self, cond: Tensor) -> Tensor:
         return cond.new_full(cond.shape, self.num_classes)

@@ -38,12 +38,20 @@ class ToyFlowMLP(Backbone):
         layers.append(nn.Linear(hidden, dim))
         self.net = nn.Sequential(*layers)
 
+    def _inputs(self, x_t: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+        return torch.cat([x_t.float(), self.time(t), self.label(labels)], dim=1)
+
     def velocity(self, x_t: Tensor, t: Tensor, labels: Tensor) -> Tensor:
-        h = torch.cat([x_t.float(), self.time(t), self.label(labels)], dim=1)
-        return self.net(h)
+        return self.net(self._inputs(x_t, t, labels))
+
+    def features(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
+        return self.net[:-1](self._inputs(x_t, t, cond))
 
     def x0(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         return x0_from_velocity(x_t.float(), self.velocity(x_t, t, cond), t)
+
+    def null_batch(self, n: int) -> Tensor:
+        return torch.full((n,), self.num_classes, dtype=torch.long, device=next(self.parameters()).device)
 
     def null_condition(self, cond: Tensor) -> Tensor:
         return torch.full_like(cond, self.num_classes)

@@ -100,9 +100,13 @@ def teacher_metrics(cfg: RunConfig, teacher: ToyFlowMLP, ode_steps: int = 100) -
 
 
 def condition_loader(cfg: RunConfig, start_step: int = 0):
-    """The labels of training steps start_step .. steps-1, one batch per step."""
-    k, b = mixture(cfg).num_classes, cfg.batch_size
-    return step_loader(lambda g: torch.randint(k, (b,), generator=g), cfg.seed, start_step, cfg.steps)
+    """Batches of training steps start_step .. steps-1, one per step."""
+    mix, b = mixture(cfg), cfg.batch_size
+
+    def make_batch(g: torch.Generator):  # requested labels, and real samples for data-driven regularisers
+        return torch.randint(mix.num_classes, (b,), generator=g), mix.sample(torch.randint(mix.num_classes, (b,), generator=g), g)
+
+    return step_loader(make_batch, cfg.seed, start_step, cfg.steps)
 
 
 class Evaluator:
