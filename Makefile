@@ -8,6 +8,7 @@ PY     := $(VENV)/bin/python
 ARM    ?=
 SCALE  ?=
 RESUME ?=
+RUN    ?=
 SEED   ?=
 STEPS  ?=
 ARMS   ?=
@@ -17,7 +18,7 @@ RUN_ARGS = $(if $(SCALE),--scale $(SCALE)) $(if $(STEPS),--steps $(STEPS)) $(if 
 # W&B never waits on the network unless the user sets WANDB_MODE=online.
 export WANDB_MODE ?= offline
 
-.PHONY: setup ablation sweep teacher tables bench test clean-cache
+.PHONY: setup ablation sweep teacher tables spectra bench test
 setup: $(VENV)/.installed
 
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
@@ -45,6 +46,9 @@ teacher: setup
 
 tables: setup
 	$(PY) -m ddmd_lab tables $(if $(SCALE),--scale $(SCALE))
+
+spectra: setup
+	$(PY) -m ddmd_lab spectra $(if $(RUN),--run $(RUN)) $(RUN_ARGS)
 
 bench: setup
 	$(PY) -m ddmd_lab bench $(RUN_ARGS)

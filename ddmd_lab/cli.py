@@ -76,6 +76,17 @@ def cmd_tables(args) -> None:
     print(ablation_table(args.runs_dir, args.scale))
 
 
+def cmd_spectra(args) -> None:
+    import json
+
+    from .inspect_run import run_spectra, teacher_spectra
+
+    if args.run:
+        print(json.dumps(run_spectra(args.run), indent=2))
+    else:
+        print(json.dumps(teacher_spectra(_config(args, DEFAULT_ARM)), indent=2))
+
+
 def cmd_bench(args) -> None:
     from .bench import main as bench_main
 
@@ -107,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", default="toy2d")
     p.add_argument("--runs-dir", default="runs")
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("spectra", help="CA/DM spectra per tau (+ observer measure) of a run, or CA spectra of a teacher")
+    p.add_argument("--run", help="a finished image run folder; without it, the scale's teacher on real images")
+    _common(p)
+    p.set_defaults(func=cmd_spectra)
 
     p = sub.add_parser("bench", help="step time against the network-evaluation floor, per arm")
     _common(p)

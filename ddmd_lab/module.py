@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .config import RunConfig
-from .data.steps import condition_of
+from .data.steps import condition_of, real_data_of
 from .errors import NonFiniteError, UserError
 from .gan import DiscriminatorHead, discriminator_loss, generator_gan_loss
 from .flow import renoise
@@ -28,8 +28,6 @@ from .tau import TauRule, sample_tau
 from .update import UpdateSettings, generator_update
 
 CRITIC_TAU = TauRule("uniform", 0.0, 1.0)  # tau' ~ U(0,1) for the fake model's denoising loss
-
-
 
 
 class DistillModule(pl.LightningModule):
@@ -96,8 +94,7 @@ class DistillModule(pl.LightningModule):
         if self.step_count % self.cfg.ttur == 0:
             sample = self._generator_step(cond, opts[0], logs)
         if self.fake is not None:
-            real = batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None
-            self._critic_step(cond, sample, opts[1], logs, real)
+            self._critic_step(cond, sample, opts[1], logs, real_data_of(batch))
         self.step_count += 1
         self._count_nonfinite_run()
         logs.update(step=float(self.step_count), generator_steps=float(self.generator_step_count),

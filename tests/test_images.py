@@ -52,14 +52,33 @@ def test_teacher_folder_is_a_diffusers_model_with_its_cfg_sweep(dirs):
 
 
 def test_class_unet_adapter_converts_diffusers_flow_convention():
-    """x0 = x_t - sigma * out, with the UNet fed timestep = 1000 * sigma."""
+    """x0 = x_t - sigma * out, the UNet fed timestep = 1000 * sigma on 2x2-folded images."""
+    import torch.nn.functional as F
+
     from ddmd_lab.backbones.class_unet import ClassUNet, build_unet
 
     torch.manual_seed(0)
     model = ClassUNet(build_unet("tiny", 3), 3).eval()
     x, t, c = torch.randn(2, 1, 32, 32), torch.tensor([0.25, 0.9]), torch.tensor([0, 3])
     with torch.no_grad():
-        out = model.unet(x, torch.tensor([750.0, 100.0]), class_labels=c).sample
+        out = F.pixel_shuffle(model.unet(F.pixel_unshuffle(x, 2), torch.tensor([750.0, 100.0]), class_labels=c).sample, 2)
         expected = x - torch.tensor([0.75, 0.1]).view(2, 1, 1, 1) * out
         torch.testing.assert_close(model.x0(x, t, c), expected)
-    assert model.null_condition(c).tolist() == [3, 3]
+    assert model.null_condition(c).tolist() == [3, 3] and model.sample_shape == (1, 32, 32)
+
+
+def test_term_spectra_and_observer_measure(dirs):
+    from ddmd_lab.inspect_run import run_spectra
+
+    run = run_ablation(_cfg(dirs, "decoupled_hybrid"))
+    result = run_spectra(run, samples=20)
+    assert len(result["ca_centroid"]) == len(result["dm_centroid"]) == 6
+    assert set(result["observer"]) >= {"generator_hf_excess", "teacher_x0_hf_excess", "fake_x0_hf_excess"}
+    assert (run / "term_spectra.npz").is_file()
+
+
+def test_gan_arm_on_images_uses_the_unet_bottleneck(dirs):
+    run = run_ablation(_cfg(dirs, "ca_gan", "fid_samples=0"))
+    ckpt = torch.load(run / "checkpoints" / "final.ckpt", weights_only=False)
+    head = [k for k in ckpt["state_dict"] if k.startswith("disc.")]
+    assert head and ckpt["ddmd_counters"]["critic_step_count"] == 6

@@ -50,3 +50,8 @@ def step_loader(make_batch: Callable[[torch.Generator], Any], seed: int, start: 
 def condition_of(batch):
     """A step's batch is the condition alone, or (condition, real data, ...)."""
     return batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
+def real_data_of(batch):
+    """The real samples of a (condition, real data) batch, or None."""
+    return batch[1] if isinstance(batch, (list, tuple)) and len(batch) > 1 else None

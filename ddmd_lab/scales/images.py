@@ -34,7 +34,7 @@ from ..io import atomic_write_bytes, atomic_write_text
 from ..rollout import teacher_cfg_sample
 from ..teacher_module import TeacherModule
 
-TEACHER_DEFAULTS = {"size": "small", "steps": 3000, "batch_size": 128, "lr": 1e-3, "p_uncond": 0.1, "seed": 0,
+TEACHER_DEFAULTS = {"size": "small", "patch": 2, "steps": 3000, "batch_size": 128, "lr": 1e-3, "p_uncond": 0.1, "seed": 0,
                     "eval_samples": 1000, "ode_steps": 40, "alphas": [1.0, 1.5, 2.0, 3.0, 4.0]}
 DATA_DEFAULTS = {
     "root": None,                  # folder with the IDX files (fashion); None = Debian's location
@@ -100,8 +100,8 @@ def train_teacher(cfg: RunConfig) -> Path:
     t, data = teacher_settings(cfg), image_set(cfg, "train")
     folder = teacher_dir(cfg)
     pl.seed_everything(t["seed"], verbose=False)
-    backbone = ClassUNet(build_unet(t["size"], data.num_classes, data.images.shape[1], data.images.shape[-1]),
-                         data.num_classes)
+    backbone = ClassUNet(build_unet(t["size"], data.num_classes, data.images.shape[1], data.images.shape[-1], t["patch"]),
+                         data.num_classes, t["patch"])
     module = TeacherModule(backbone, lr=t["lr"], p_uncond=t["p_uncond"], total_steps=t["steps"])
     loader = DataLoader(TensorDataset(data.images, data.labels), batch_size=t["batch_size"], shuffle=True, drop_last=True)
     trainer = pl.Trainer(max_steps=t["steps"], accelerator=cfg.accelerator, logger=False, enable_checkpointing=False,
@@ -145,9 +145,9 @@ def _grid_order(samples: torch.Tensor, labels: torch.Tensor, k: int, per_class: 
 
 def load_teacher(cfg: RunConfig) -> ClassUNet:
     folder = teacher_dir(cfg)
-    if not (folder / "config.json").is_file():
+    if not (folder / "ddmd_adapter.json").is_file():
         train_teacher(cfg)
-    return ClassUNet.load(folder, image_set(cfg, "train").num_classes)
+    return ClassUNet.load(folder)
 
 
 def condition_loader(cfg: RunConfig, start_step: int = 0):
