@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from .arms import REGISTRY
-from .data.steps import condition_of
+from .data.steps import condition_of, real_data_of
 from .module import DistillModule
 from .scales import get_scale
 
@@ -103,7 +103,25 @@ def main(args) -> None:
     print("| arm | steps/s | generator steps/s | step ms | floor ms | step / floor |")
     print("|---|---|---|---|---|---|")
     for name, arm in REGISTRY.items():
+        if arm.gan_weight and real_data_of(next(iter(loader))) is None:
+            continue
         cfg = replace(base, arm=arm)
         step = bench_arm(teacher, cfg, loader, warmup=base.ttur)
         floor = step_floor(arm, cost, cfg.ttur, cfg.student_steps)
         print(f"| {name} | {1 / step:.1f} | {1 / step / cfg.ttur:.1f} | {step * 1e3:.2f} | {floor * 1e3:.2f} | {step / floor:.2f} |")
+    if len(teacher.sample_shape) == 3:  # image scales: the Inception network's throughput
+        from .eval.fid import InceptionFeatures
+
+        images = torch.rand(128, *teacher.sample_shape) * 2 - 1
+        inception = InceptionFeatures()
+        seconds = _median_time(lambda: inception.of_images(images), max(1, args.repeats // 10))
+        print(f"Inception features (clean-fid resize + network): {len(images) / seconds:.1f} images/s")
+    print(f"peak memory: {peak_memory_mb():.0f} MB ({'CUDA allocated' if torch.cuda.is_available() else 'process RSS'})")
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

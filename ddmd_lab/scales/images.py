@@ -34,8 +34,8 @@ from ..io import atomic_write_bytes, atomic_write_text
 from ..rollout import teacher_cfg_sample
 from ..teacher_module import TeacherModule
 
-TEACHER_DEFAULTS = {"size": "small", "patch": 2, "steps": 3000, "batch_size": 128, "lr": 1e-3, "p_uncond": 0.1, "seed": 0,
-                    "eval_samples": 1000, "ode_steps": 40, "alphas": [1.0, 1.5, 2.0, 3.0, 4.0]}
+TEACHER_DEFAULTS = {"size": "small", "patch": 2, "steps": 2500, "batch_size": 128, "lr": 1e-3, "p_uncond": 0.1, "seed": 0,
+                    "eval_samples": 500, "ode_steps": 20, "alphas": [1.0, 1.5, 2.0, 3.0]}
 DATA_DEFAULTS = {
     "root": None,                  # folder with the IDX files (fashion); None = Debian's location
     "real_eval_images": 2000,      # test images for the classifier FD and the reference spectrum
