@@ -82,3 +82,29 @@ def test_gan_arm_on_images_uses_the_unet_bottleneck(dirs):
     ckpt = torch.load(run / "checkpoints" / "final.ckpt", weights_only=False)
     head = [k for k in ckpt["state_dict"] if k.startswith("disc.")]
     assert head and ckpt["ddmd_counters"]["critic_step_count"] == 6
+
+
+def test_image_run_killed_mid_checkpoint_resumes_exactly_with_its_spectra(dirs):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from ddmd_lab.run import resume_ablation
+
+    reference = run_ablation(_cfg(dirs, "coupled", "fid_samples=0"))
+    cmd = [sys.executable, "-m", "ddmd_lab", "ablation", "--arm", "coupled", "--scale", "mnist"]
+    for kv in TINY + dirs + ["fid_samples=0"]:
+        cmd += ["--set", kv]
+    # dies while writing its 2nd checkpoint (step 6); the step-3 checkpoint stays whole
+    proc = subprocess.run(cmd, env={**os.environ, "DDMD_FAULT": "kill_during_write:2"}, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    run = next(p for p in reference.parent.iterdir() if p != reference and not (p / "summary.json").exists())
+    resume_ablation(str(run))
+    a = torch.load(reference / "checkpoints" / "final.ckpt", weights_only=False)["state_dict"]
+    b = torch.load(run / "checkpoints" / "final.ckpt", weights_only=False)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert list(np.load(run / "spectra.npz")["steps"]) == [0, 3, 6]
+    assert (run / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()

@@ -178,6 +178,9 @@ class Evaluator:
         self.real_spectrum = raps(real)
         self.spectra: list[np.ndarray] = []
         self.spectra_steps: list[int] = []
+        if run_dir is not None and (run_dir / "spectra.npz").is_file():  # a resumed run keeps its curve
+            with np.load(run_dir / "spectra.npz") as old:
+                self.spectra, self.spectra_steps = list(old["generated"]), [int(s) for s in old["steps"]]
 
     def metrics(self, samples: torch.Tensor) -> dict:
         spectrum = raps(samples.clamp(-1, 1))
@@ -194,6 +197,8 @@ class Evaluator:
         metrics, spectrum = self.metrics(samples)
         if self.run_dir is not None:
             step = module.step_count
+            keep = [i for i, s in enumerate(self.spectra_steps) if s < step]  # recomputed after a resume
+            self.spectra, self.spectra_steps = [self.spectra[i] for i in keep], [self.spectra_steps[i] for i in keep]
             save_grid(_grid_order(samples, self.labels, self.num_classes), self.run_dir / "samples" / f"step_{step:07d}.png", 8)
             self.spectra.append(spectrum.numpy())
             self.spectra_steps.append(step)
