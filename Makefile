@@ -18,7 +18,7 @@ RUN_ARGS = $(if $(SCALE),--scale $(SCALE)) $(if $(STEPS),--steps $(STEPS)) $(if 
 # W&B never waits on the network unless the user sets WANDB_MODE=online.
 export WANDB_MODE ?= offline
 
-.PHONY: setup ablation sweep teacher tables spectra bench test
+.PHONY: setup ablation sweep teacher classifier tables spectra bench test
 setup: $(VENV)/.installed
 
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
@@ -43,6 +43,9 @@ sweep: setup
 
 teacher: setup
 	$(PY) -m ddmd_lab teacher $(RUN_ARGS)
+
+classifier: setup
+	$(PY) -m ddmd_lab classifier $(RUN_ARGS)
 
 tables: setup
 	$(PY) -m ddmd_lab tables $(if $(SCALE),--scale $(SCALE))

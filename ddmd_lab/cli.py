@@ -39,7 +39,20 @@ def cmd_teacher(args) -> None:
     else:
         folder = scale.train_teacher(cfg)
         print(f"teacher trained and saved to {folder}")
-    print((folder / "teacher.json").read_text())
+    report = folder / "teacher.json"
+    print(report.read_text() if report.is_file() else
+          f"{report} is missing (the run that trained this teacher stopped before its report); use --retrain.")
+
+
+def cmd_classifier(args) -> None:
+    from .scales import get_scale
+
+    cfg = _config(args, DEFAULT_ARM)
+    scale = get_scale(cfg.scale)
+    if not hasattr(scale, "classifier_dir"):
+        raise UserError(f"scale {cfg.scale!r} has no classifier; use an image scale (fashion or mnist).")
+    scale.classifier(cfg)
+    print((scale.classifier_dir(cfg) / "classifier.json").read_text())
 
 
 def cmd_ablation(args) -> None:
@@ -102,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     p.add_argument("--retrain", action="store_true")
     p.set_defaults(func=cmd_teacher)
+
+    p = sub.add_parser("classifier", help="train (or show the cached) classifier of an image scale")
+    _common(p)
+    p.set_defaults(func=cmd_classifier)
 
     p = sub.add_parser("ablation", help="distil with one arm into a new run folder")
     p.add_argument("--arm", default=None, help=f"arm name (default {DEFAULT_ARM})")

@@ -56,3 +56,13 @@ def latest_run(parent: Path) -> Path | None:
     """The newest finished run (has summary.json) under runs/<scale>/<arm>/."""
     runs = sorted(p for p in Path(parent).glob("*/summary.json"))
     return runs[-1].parent if runs else None
+
+
+def publish_dir(staging: Path, target: Path) -> Path:
+    """Move a finished folder into place; an existing one is kept beside it
+    (``<name>.replaced-<time>``), never deleted or mixed with the new files."""
+    staging, target = Path(staging), Path(target)
+    if target.exists():
+        target.rename(target.with_name(f"{target.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"))
+    staging.rename(target)
+    return target

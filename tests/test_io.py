@@ -14,3 +14,17 @@ def test_atomic_write_leaves_no_temp_and_replaces(tmp_path):
     atomic_write_text(target, "old")
     atomic_write_text(target, "new")
     assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_publish_dir_keeps_the_replaced_folder(tmp_path):
+    from ddmd_lab.io import publish_dir
+
+    target = tmp_path / "teacher"
+    for version in ("old", "new"):
+        staging = tmp_path / f"staging-{version}"
+        staging.mkdir()
+        (staging / "weights").write_text(version)
+        publish_dir(staging, target)
+    assert (target / "weights").read_text() == "new"
+    replaced = [p for p in tmp_path.iterdir() if p.name.startswith("teacher.replaced-")]
+    assert len(replaced) == 1 and (replaced[0] / "weights").read_text() == "old"

@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ from ..eval.fid import InceptionFeatures, cached_reference_stats, fid_from_stats
 from ..eval.grid import save_grid
 from ..eval.spectra import high_frequency_excess, raps, spectral_centroid
 from ..eval.stats import output_stats
-from ..io import atomic_write_bytes, atomic_write_text
+from ..io import atomic_write_bytes, atomic_write_text, publish_dir
 from ..rollout import teacher_cfg_sample
 from ..teacher_module import TeacherModule
 
@@ -75,8 +74,13 @@ def teacher_dir(cfg: RunConfig) -> Path:
     return Path(cfg.cache_dir) / "teachers" / cfg.scale / key
 
 
+def classifier_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.cache_dir) / "classifiers" / f"{cfg.scale}-{data_settings(cfg)['classifier_epochs']}ep"
+
+
 def classifier(cfg: RunConfig):
-    folder = Path(cfg.cache_dir) / "classifiers" / f"{cfg.scale}-{data_settings(cfg)['classifier_epochs']}ep"
+    """The scale's classifier, trained once and cached."""
+    folder = classifier_dir(cfg)
     train, test = image_set(cfg, "train"), image_set(cfg, "test")
     if not (folder / "classifier.pt").is_file():
         train_classifier(train.images, train.labels, test.images, test.labels, folder, train.num_classes,
@@ -109,10 +113,7 @@ def train_teacher(cfg: RunConfig) -> Path:
     trainer.fit(module, loader)
     staging = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
     backbone.save(staging)
-    try:
-        staging.rename(folder)  # publish whole; a concurrent trainer of the same config may have won
-    except OSError:
-        shutil.rmtree(staging)
+    publish_dir(staging, folder)  # whole or not at all; a retrained teacher keeps the old one beside it
     report = teacher_report(cfg, backbone.eval(), folder)
     atomic_write_text(folder / "teacher.json", json.dumps({"settings": t, "cfg_sweep": report}, indent=2))
     return folder
