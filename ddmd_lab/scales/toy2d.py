@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -20,7 +21,7 @@ from ..data.steps import step_loader
 from ..data.toy2d import ToyMixture
 from ..errors import UserError
 from ..eval.distances import classwise_energy_distance
-from ..io import atomic_torch_save, atomic_write_text
+from ..io import publish_dir
 from ..rollout import teacher_cfg_sample
 from ..teacher_module import TeacherModule
 
@@ -56,7 +57,6 @@ def train_teacher(cfg: RunConfig) -> Path:
     """Train the teacher (flow matching, label dropout) and cache it with its metrics."""
     t, mix = teacher_settings(cfg), mixture(cfg)
     folder = teacher_dir(cfg)
-    folder.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(t["seed"])
     labels = torch.randint(mix.num_classes, (t["data_size"],), generator=gen)
     x0 = mix.sample(labels, gen)
@@ -67,10 +67,12 @@ def train_teacher(cfg: RunConfig) -> Path:
     trainer = pl.Trainer(max_steps=t["steps"], accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_model_summary=False, enable_progress_bar=cfg.progress_bar)
     trainer.fit(module, loader)
-    atomic_torch_save(backbone.state_dict(), folder / "teacher.pt")
+    staging = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+    staging.mkdir(parents=True)
+    torch.save(backbone.state_dict(), staging / "teacher.pt")
     metrics = teacher_metrics(cfg, backbone)
-    atomic_write_text(folder / "teacher.json", json.dumps({"settings": t, "metrics": metrics}, indent=2))
-    return folder
+    (staging / "teacher.json").write_text(json.dumps({"settings": t, "metrics": metrics}, indent=2))
+    return publish_dir(staging, folder)  # whole or not at all; a retrained teacher keeps the old one beside it
 
 
 def load_teacher(cfg: RunConfig) -> ToyFlowMLP:
