@@ -1,0 +1,77 @@
+"""Z-Image behind the Backbone interface (work in progress: transformer + text path).
+
+The transformer already speaks the paper's time (t = 0 noise, 1 clean; it
+multiplies by t_scale inside) and takes lists: latents (C, 1, H, W) per
+sample and caption features (L_i, D) per sample, lengths free.  Its output is
+the paper's velocity x0 - noise (the pipeline negates it for its sigma-time
+Euler step), so x0 = x_t + (1 - t) * output.
+
+Text: Qwen3, prompt through the chat template with add_generation_prompt and
+enable_thinking=True (as ZImagePipeline does), features = hidden_states[-2]
+with padding tokens removed.  CFG in the pipeline is the offset form
+cond + g*(cond - uncond); here conditions carry no guidance, alpha lives in the config.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ..flow import expand_like, x0_from_velocity
+from .base import Backbone
+
+
+def zimage_prompt_text(tokenizer, prompt: str, system_prompt: str | None = None, thinking: str | None = None) -> str:
+    """The text Z-Image feeds its encoder: Qwen3 chat template, generation prompt
+    added, enable_thinking=True (no empty think block).  ``thinking`` appends a
+    user-supplied thinking block the way Qwen3 writes one."""
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": prompt}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)
+    if thinking is not None:
+        text += f"<think>\n{thinking}\n</think>\n\n"
+    return text
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], max_length: int = 512,
+                   system_prompt: str | None = None, thinking: str | None = None) -> list[Tensor]:
+    """Caption features per prompt: hidden_states[-2], padding removed, (L_i, D) each."""
+    texts = [zimage_prompt_text(tokenizer, p, system_prompt, thinking) for p in prompts]
+    inputs = tokenizer(texts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    device = next(text_encoder.parameters()).device
+    mask = inputs.attention_mask.to(device).bool()
+    hidden = text_encoder(input_ids=inputs.input_ids.to(device), attention_mask=mask,
+                          output_hidden_states=True).hidden_states[-2]
+    return [h[m] for h, m in zip(hidden, mask)]
+
+
+class ZImageBackbone(Backbone):
+    """x0 predictions of a ZImageTransformer2DModel on batched latents (B, C, H, W).
+
+    A condition is a list of caption-feature tensors, one per sample; the null
+    condition is the empty prompt's features (the pipeline's default negative).
+    """
+
+    def __init__(self, transformer, null_features: Tensor, latent_shape: tuple[int, int, int]):
+        super().__init__()
+        self.transformer = transformer
+        self.register_buffer("null_features", null_features, persistent=False)
+        self.sample_shape = latent_shape
+
+    def x0(self, x_t: Tensor, t: Tensor, cond: list[Tensor]) -> Tensor:
+        dtype = next(self.transformer.parameters()).dtype
+        latents = list(x_t.to(dtype).unsqueeze(2).unbind(0))  # (C, 1, H, W) each
+        out = self.transformer(latents, t.to(dtype), [c.to(dtype) for c in cond], return_dict=False)[0]
+        velocity = torch.stack([o.float() for o in out]).squeeze(2)
+        return x0_from_velocity(x_t.float(), velocity, expand_like(t.float(), x_t))
+
+    def null_condition(self, cond: list[Tensor]) -> list[Tensor]:
+        return [self.null_features] * len(cond)
+
+    def null_batch(self, n: int) -> list[Tensor]:
+        return [self.null_features] * n
+
+    def cat_conditions(self, conds: list[list[Tensor]]) -> list[Tensor]:
+        return [c for group in conds for c in group]
