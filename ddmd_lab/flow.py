@@ -98,3 +98,46 @@ def t_from_diffusers_timestep(timestep: Tensor, num_train_timesteps: int = 1000)
 
 def diffusers_timestep_from_t(t: Tensor, num_train_timesteps: int = 1000) -> Tensor:
     return (1 - t) * num_train_timesteps
+
+
+# ---- variance-preserving (DDPM) models inside the flow convention ------
+# A VP sample x_vp = sqrt(ab) x0 + sqrt(1-ab) eps and a flow sample
+# x_t = t x0 + (1-t) eps with the same signal-to-noise ratio differ only by a
+# scale: x_vp = x_t / sqrt(t^2 + (1-t)^2), ab = t^2 / (t^2 + (1-t)^2).  So an
+# epsilon-prediction DDPM model (SDXL) runs inside the flow convention exactly.
+
+def alpha_bar_from_t(t: Tensor) -> Tensor:
+    t = t.double()
+    return t**2 / (t**2 + (1 - t) ** 2)
+
+
+def t_from_alpha_bar(alpha_bar: Tensor) -> Tensor:
+    a = alpha_bar.double().sqrt()
+    return a / (a + (1 - alpha_bar.double()).sqrt())
+
+
+def vp_scale(t: Tensor) -> Tensor:
+    """x_vp = x_t * vp_scale(t)."""
+    t = t.double()
+    return 1 / (t**2 + (1 - t) ** 2).sqrt()
+
+
+def ddpm_timestep_from_t(t: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """The (fractional) DDPM timestep whose alpha_bar matches t, by
+    interpolating log-SNR over the scheduler's table (alphas_cumprod decreases
+    with the timestep)."""
+    log_snr_table = (alphas_cumprod.double() / (1 - alphas_cumprod.double())).log()  # decreasing
+    ab = alpha_bar_from_t(t).clamp(1e-12, 1 - 1e-12)
+    log_snr = (ab / (1 - ab)).log()
+    # search in the increasing, reversed table
+    rev = log_snr_table.flip(0)
+    idx = torch.searchsorted(rev, log_snr.clamp(rev[0], rev[-1])).clamp(1, len(rev) - 1)
+    lo, hi = rev[idx - 1], rev[idx]
+    frac = (log_snr.clamp(rev[0], rev[-1]) - lo) / (hi - lo)
+    rev_pos = idx - 1 + frac
+    return (len(rev) - 1) - rev_pos
+
+
+def t_from_ddpm_timestep(timestep: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """Paper time of an integer DDPM timestep (e.g. DMD2's 999, 749, 499, 249)."""
+    return t_from_alpha_bar(alphas_cumprod.double()[timestep.long()]).float()
