@@ -32,6 +32,9 @@ class RunConfig:
     alpha: float = 3.0  # standard CFG scale: uncond + alpha*(cond - uncond)
     shift: float = 1.0  # time shift s (1 = none)
     student_steps: int = 4
+    # Explicit student times in the paper's convention (empty: shift(k / student_steps)).
+    # VP models cannot start at t = 0 (SDXL's DMD2 times are DDPM 999, 749, 499, 249).
+    student_times: list = field(default_factory=list)
     tau_clamp: list = field(default_factory=lambda: [0.02, 0.98])  # DMD2's clamp
     normaliser_eps: float = 1e-5
     critic_target: str = "x0"  # x0 | velocity
@@ -69,6 +72,9 @@ class RunConfig:
             (len(self.tau_clamp) == 2 and 0 <= self.tau_clamp[0] <= self.tau_clamp[1] <= 1,
              "tau_clamp must be [lo, hi] with 0 <= lo <= hi <= 1"),
             (self.critic_target in ("x0", "velocity"), "critic_target must be x0 or velocity"),
+            (not self.student_times or (len(self.student_times) == self.student_steps and self.student_times[0] >= 0
+                                        and all(a < b for a, b in zip(self.student_times, self.student_times[1:] + [1.0]))),
+             "student_times must list student_steps increasing times in [0, 1)"),
             (self.meanvar_scope in ("sample", "batch"), "meanvar_scope must be sample or batch"),
             (self.wandb in ("offline", "online", "disabled"), "wandb must be offline, online or disabled"),
         ]

@@ -41,7 +41,8 @@ class DistillModule(pl.LightningModule):
         if self.arm.gan_weight or self.arm.gan_disc_weight:
             self.disc = DiscriminatorHead.for_backbone(self.fake)
         self.automatic_optimization = False
-        self.register_buffer("times", student_times(cfg.student_steps, cfg.shift), persistent=False)
+        times = torch.tensor(cfg.student_times, dtype=torch.float32) if cfg.student_times else student_times(cfg.student_steps, cfg.shift)
+        self.register_buffer("times", times, persistent=False)
         self.settings = UpdateSettings(cfg.alpha, cfg.shift, tuple(cfg.tau_clamp), cfg.normaliser_eps)
         # Counters that define the run; saved in checkpoints.
         self.step_count = 0
@@ -102,7 +103,7 @@ class DistillModule(pl.LightningModule):
         self.log_dict(logs, on_step=True, prog_bar=False)
 
     def _generator_step(self, cond, opt, logs) -> tuple[Tensor, Tensor]:
-        x_t, t = self._student_input(cond, cond.shape[0])
+        x_t, t = self._student_input(cond, len(cond))
         x = self.generator.x0(x_t, t, cond)
         update, ulogs = generator_update(self.arm, x, cond, t, self.teacher, self.fake, self.settings)
         loss = proxy_loss(x, update)
@@ -126,7 +127,7 @@ class DistillModule(pl.LightningModule):
     def _critic_step(self, cond, sample, opt, logs, real: Tensor | None = None) -> None:
         if sample is None:  # a critic-only step: the fake model needs a fresh sample
             with torch.no_grad():
-                x_t, t = self._student_input(cond, cond.shape[0])
+                x_t, t = self._student_input(cond, len(cond))
                 sample = (self.generator.x0(x_t, t, cond), t)
         x0 = sample[0]
         x_tau, tau = self._renoised(x0, sample[1])

@@ -78,3 +78,13 @@ def test_malformed_arm_yaml_is_a_clear_error(tmp_path):
     (tmp_path / "nobase.yaml").write_text("arm: {ca_weight: 2}\n")
     with pytest.raises(UserError, match="needs 'base'"):
         resolve_arm("nobase", tmp_path)
+
+
+@pytest.mark.parametrize("times,ok", [([0.0, 0.25, 0.5, 0.75], True), ([0.06, 0.3, 0.55, 0.8], True),
+                                      ([0.5, 0.25, 0.6, 0.7], False), ([0.0, 0.25, 0.5], False), ([0.0, 0.3, 0.6, 1.0], False)])
+def test_explicit_student_times_are_validated(times, ok):
+    if ok:
+        assert RunConfig(student_times=times).student_times == times
+    else:
+        with pytest.raises(UserError, match="student_times"):
+            RunConfig(student_times=times)

@@ -59,7 +59,7 @@ def test_caption_features_are_hidden_states_minus_two_without_padding(text_stack
 def test_zimage_adapter_x0_convention_and_batched_conditions(tmp_path):
     from diffusers import ZImageTransformer2DModel
 
-    from ddmd_lab.backbones.zimage import ZImageBackbone
+    from ddmd_lab.backbones.zimage import Captions, ZImageBackbone
 
     torch.manual_seed(0)
     net = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=16, n_layers=1,
@@ -69,9 +69,9 @@ def test_zimage_adapter_x0_convention_and_batched_conditions(tmp_path):
     net = ZImageTransformer2DModel.from_pretrained(tmp_path / "transformer").eval()
     model = ZImageBackbone(net, torch.randn(3, 16), (16, 8, 8))
     x, t = torch.randn(2, 16, 8, 8), torch.tensor([0.3, 0.8])
-    cond = [torch.randn(5, 16), torch.randn(7, 16)]
+    cond = Captions([torch.randn(5, 16), torch.randn(7, 16)])
     with torch.no_grad():
-        out = net(list(x.unsqueeze(2).unbind(0)), t, cond, return_dict=False)[0]
+        out = net(list(x.unsqueeze(2).unbind(0)), t, cond.features, return_dict=False)[0]
         expected = x + (1 - t).view(2, 1, 1, 1) * torch.stack(out).squeeze(2)  # x0 = x_t + (1 - t) * velocity
         torch.testing.assert_close(model.x0(x, t, cond), expected)
         # cond and uncond of one step in one call: the same as two calls

@@ -13,6 +13,7 @@ cond + g*(cond - uncond); here conditions carry no guidance, alpha lives in the 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -47,11 +48,23 @@ def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], max_length: 
     return [h[m] for h, m in zip(hidden, mask)]
 
 
+@dataclass
+class Captions:
+    """Caption features of a batch, (L_i, D) per sample, lengths free.  A
+    dataclass rather than a bare list, so a batch (condition, real data) is
+    never mistaken for a condition."""
+
+    features: list[Tensor]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
 class ZImageBackbone(Backbone):
     """x0 predictions of a ZImageTransformer2DModel on batched latents (B, C, H, W).
 
-    A condition is a list of caption-feature tensors, one per sample; the null
-    condition is the empty prompt's features (the pipeline's default negative).
+    The null condition is the empty prompt's features (the pipeline's default
+    negative prompt).
     """
 
     def __init__(self, transformer, null_features: Tensor, latent_shape: tuple[int, int, int]):
@@ -60,18 +73,18 @@ class ZImageBackbone(Backbone):
         self.register_buffer("null_features", null_features, persistent=False)
         self.sample_shape = latent_shape
 
-    def x0(self, x_t: Tensor, t: Tensor, cond: list[Tensor]) -> Tensor:
+    def x0(self, x_t: Tensor, t: Tensor, cond: Captions) -> Tensor:
         dtype = next(self.transformer.parameters()).dtype
         latents = list(x_t.to(dtype).unsqueeze(2).unbind(0))  # (C, 1, H, W) each
-        out = self.transformer(latents, t.to(dtype), [c.to(dtype) for c in cond], return_dict=False)[0]
+        out = self.transformer(latents, t.to(dtype), [c.to(dtype) for c in cond.features], return_dict=False)[0]
         velocity = torch.stack([o.float() for o in out]).squeeze(2)
         return x0_from_velocity(x_t.float(), velocity, expand_like(t.float(), x_t))
 
-    def null_condition(self, cond: list[Tensor]) -> list[Tensor]:
-        return [self.null_features] * len(cond)
+    def null_condition(self, cond: Captions) -> Captions:
+        return self.null_batch(len(cond))
 
-    def null_batch(self, n: int) -> list[Tensor]:
-        return [self.null_features] * n
+    def null_batch(self, n: int) -> Captions:
+        return Captions([self.null_features] * n)
 
-    def cat_conditions(self, conds: list[list[Tensor]]) -> list[Tensor]:
-        return [c for group in conds for c in group]
+    def cat_conditions(self, conds: list[Captions]) -> Captions:
+        return Captions([f for c in conds for f in c.features])
