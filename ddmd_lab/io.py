@@ -52,12 +52,6 @@ def new_run_dir(root: Path, scale: str, arm: str, seed: int) -> Path:
             continue
 
 
-def latest_run(parent: Path) -> Path | None:
-    """The newest finished run (has summary.json) under runs/<scale>/<arm>/."""
-    runs = sorted(p for p in Path(parent).glob("*/summary.json"))
-    return runs[-1].parent if runs else None
-
-
 def publish_dir(staging: Path, target: Path) -> Path:
     """Move a finished folder into place; an existing one is kept beside it
     (``<name>.replaced-<time>``), never deleted or mixed with the new files."""

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 from ..config import read_config
-from ..io import latest_run
 
 SKIP = {"step", "nonfinite_samples", "critic_steps"}
 
@@ -26,16 +25,17 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def latest_rows(runs_dir: str | Path, scale: str) -> tuple[list[dict], Path | None]:
-    rows, any_run = [], None
-    for arm_dir in sorted(Path(runs_dir, scale).glob("*/")):
-        run = latest_run(arm_dir)
-        if run is None:
-            continue
-        any_run = run
+    """The newest finished run of each (arm, student steps) under runs/<scale>/."""
+    latest: dict[tuple[str, int], tuple[Path, object]] = {}
+    for summary in sorted(Path(runs_dir, scale).glob("*/*/summary.json")):  # run ids sort by time
+        run = summary.parent
         cfg = read_config(run / "config.yaml")
+        latest[(run.parent.name, cfg.student_steps)] = (run, cfg)
+    rows = []
+    for (arm, _), (run, cfg) in sorted(latest.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         summary = json.loads((run / "summary.json").read_text())
-        rows.append({"arm": arm_dir.name, "student_steps": cfg.student_steps, "alpha": cfg.alpha, **summary,
-                     "run": run.name})
+        rows.append({"arm": arm, "student_steps": cfg.student_steps, "alpha": cfg.alpha, **summary, "run": run.name})
+    any_run = next(iter(latest.values()))[0] if latest else None
     return rows, any_run
 
 
