@@ -34,14 +34,15 @@ def cmd_teacher(args) -> None:
     cfg = _config(args, "decoupled_hybrid")
     scale = get_scale(cfg.scale)
     folder = scale.teacher_dir(cfg)
-    if (folder / "teacher.pt").is_file() and not args.retrain:
+    if scale.teacher_cached(cfg) and not args.retrain:
         print(f"teacher cached at {folder} (use --retrain to train again)")
     else:
         folder = scale.train_teacher(cfg)
         print(f"teacher trained and saved to {folder}")
     report = folder / "teacher.json"
-    print(report.read_text() if report.is_file() else
-          f"{report} is missing (the run that trained this teacher stopped before its report); use --retrain.")
+    if not report.is_file():  # the process that trained it stopped before its report
+        scale.write_teacher_report(cfg)
+    print(report.read_text())
 
 
 def cmd_classifier(args) -> None:

@@ -26,3 +26,14 @@ def test_offline_wandb_run_writes_locally(tmp_path, capsys):
     run = next((tmp_path / "runs" / "toy2d" / "ca_only").iterdir())
     assert list((run / "wandb").glob("offline-run-*"))
     assert "run folder:" in capsys.readouterr().out
+
+
+def test_teacher_command_caches_and_rewrites_a_missing_report(tmp_path, capsys):
+    args = ["teacher", "--set", f"cache_dir={tmp_path}/cache", "--set", "progress_bar=false",
+            "--set", "teacher={steps: 20, data_size: 2048}", "--set", "eval_samples=100"]
+    assert main(args) == 0 and "teacher trained and saved" in capsys.readouterr().out
+    report = next((tmp_path / "cache" / "teachers" / "toy2d").glob("*/teacher.json"))
+    report.unlink()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "teacher cached at" in out and report.is_file() and '"alpha_3"' in out

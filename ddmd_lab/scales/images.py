@@ -38,7 +38,7 @@ TEACHER_DEFAULTS = {"size": "small", "patch": 2, "steps": 2500, "batch_size": 12
 DATA_DEFAULTS = {
     "root": None,                  # folder with the IDX files (fashion); None = Debian's location
     "real_eval_images": 2000,      # test images for the classifier FD and the reference spectrum
-    "fid_reference_images": 10000,  # test images behind the cached Inception statistics
+    "fid_reference_images": 2000,  # test images behind the cached Inception statistics (Inception runs ~10 img/s on 2 CPU cores)
     "classifier_epochs": 2,
 }
 EVAL_SEED = 1234
@@ -114,9 +114,21 @@ def train_teacher(cfg: RunConfig) -> Path:
     staging = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
     backbone.save(staging)
     publish_dir(staging, folder)  # whole or not at all; a retrained teacher keeps the old one beside it
-    report = teacher_report(cfg, backbone.eval(), folder)
-    atomic_write_text(folder / "teacher.json", json.dumps({"settings": t, "cfg_sweep": report}, indent=2))
+    write_teacher_report(cfg)
     return folder
+
+
+def teacher_cached(cfg: RunConfig) -> bool:
+    return (teacher_dir(cfg) / "ddmd_adapter.json").is_file()
+
+
+def write_teacher_report(cfg: RunConfig) -> Path:
+    """teacher.json: the settings and the CFG sweep of the cached teacher."""
+    folder = teacher_dir(cfg)
+    report = teacher_report(cfg, load_teacher(cfg).eval(), folder)
+    atomic_write_text(folder / "teacher.json", json.dumps({"settings": teacher_settings(cfg), "cfg_sweep": report,
+                                                           "fid_samples": teacher_settings(cfg)["eval_samples"]}, indent=2))
+    return folder / "teacher.json"
 
 
 @torch.no_grad()
@@ -145,10 +157,9 @@ def _grid_order(samples: torch.Tensor, labels: torch.Tensor, k: int, per_class: 
 
 
 def load_teacher(cfg: RunConfig) -> ClassUNet:
-    folder = teacher_dir(cfg)
-    if not (folder / "ddmd_adapter.json").is_file():
+    if not teacher_cached(cfg):
         train_teacher(cfg)
-    return ClassUNet.load(folder)
+    return ClassUNet.load(teacher_dir(cfg))
 
 
 def condition_loader(cfg: RunConfig, start_step: int = 0):

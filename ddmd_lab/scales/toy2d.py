@@ -21,7 +21,7 @@ from ..data.steps import step_loader
 from ..data.toy2d import ToyMixture
 from ..errors import UserError
 from ..eval.distances import classwise_energy_distance
-from ..io import publish_dir
+from ..io import atomic_write_text, publish_dir
 from ..rollout import teacher_cfg_sample
 from ..teacher_module import TeacherModule
 
@@ -73,6 +73,18 @@ def train_teacher(cfg: RunConfig) -> Path:
     metrics = teacher_metrics(cfg, backbone)
     (staging / "teacher.json").write_text(json.dumps({"settings": t, "metrics": metrics}, indent=2))
     return publish_dir(staging, folder)  # whole or not at all; a retrained teacher keeps the old one beside it
+
+
+def teacher_cached(cfg: RunConfig) -> bool:
+    return (teacher_dir(cfg) / "teacher.pt").is_file()
+
+
+def write_teacher_report(cfg: RunConfig) -> Path:
+    """teacher.json for a cached teacher whose report is missing."""
+    path = teacher_dir(cfg) / "teacher.json"
+    metrics = teacher_metrics(cfg, load_teacher(cfg))
+    atomic_write_text(path, json.dumps({"settings": teacher_settings(cfg), "metrics": metrics}, indent=2))
+    return path
 
 
 def load_teacher(cfg: RunConfig) -> ToyFlowMLP:
