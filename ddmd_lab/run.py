@@ -41,10 +41,11 @@ warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint th
 
 
 def run_ablation(cfg: RunConfig) -> Path:
-    """A new run in a new folder."""
+    """A new run in a new folder (made only once the teacher and data load)."""
+    teacher = get_scale(cfg.scale).load_teacher(cfg)
     run_dir = new_run_dir(Path(cfg.runs_dir), cfg.scale, cfg.arm.name, cfg.seed)
     save_config(cfg, run_dir / "config.yaml")
-    return _fit(cfg, run_dir)
+    return _fit(cfg, run_dir, teacher)
 
 
 def resume_ablation(target: str, scale: str | None = None, arm: str | None = None) -> Path:
@@ -62,7 +63,7 @@ def resume_ablation(target: str, scale: str | None = None, arm: str | None = Non
     _drop_rows_after(run_dir / "metrics.csv", step)
     for partial in (run_dir / "checkpoints").glob(".*.tmp"):  # half-written by the killed process
         partial.unlink()
-    return _fit(cfg, run_dir, ckpt_path=ckpt, start_step=step)
+    return _fit(cfg, run_dir, get_scale(cfg.scale).load_teacher(cfg), ckpt_path=ckpt, start_step=step)
 
 
 def _drop_rows_after(path: Path, step: int) -> None:
@@ -77,9 +78,8 @@ def _drop_rows_after(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(keep))
 
 
-def _fit(cfg: RunConfig, run_dir: Path, ckpt_path: Path | None = None, start_step: int = 0) -> Path:
+def _fit(cfg: RunConfig, run_dir: Path, teacher, ckpt_path: Path | None = None, start_step: int = 0) -> Path:
     scale = get_scale(cfg.scale)
-    teacher = scale.load_teacher(cfg)
     pl.seed_everything(cfg.seed, verbose=False)
     module = DistillModule(teacher, cfg)
     checkpoints = AtomicCheckpoint(run_dir / "checkpoints", cfg.checkpoint_every)

@@ -37,3 +37,10 @@ def test_teacher_command_caches_and_rewrites_a_missing_report(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "teacher cached at" in out and report.is_file() and '"alpha_3"' in out
+
+
+def test_missing_dataset_stops_before_any_run_folder(tmp_path, capsys):
+    code = main(["ablation", "--scale", "fashion", "--set", f"data={{root: {tmp_path}/nowhere}}",
+                 "--set", f"runs_dir={tmp_path}/runs", "--set", f"cache_dir={tmp_path}/cache"])
+    err = capsys.readouterr().err
+    assert code == 2 and "apt-get install dataset-fashion-mnist" in err and not (tmp_path / "runs").exists()
