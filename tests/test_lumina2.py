@@ -1,5 +1,7 @@
 import torch
 
+from .tiny_models import tiny_lumina2_transformer
+
 
 def test_lumina2_adapter_x0_convention_and_padded_batching(tmp_path):
     from diffusers import Lumina2Transformer2DModel
@@ -7,9 +9,7 @@ def test_lumina2_adapter_x0_convention_and_padded_batching(tmp_path):
     from ddmd_lab.backbones.lumina2 import Lumina2Backbone, PaddedText
 
     torch.manual_seed(0)
-    net = Lumina2Transformer2DModel(sample_size=16, patch_size=2, in_channels=4, hidden_size=24, num_layers=2,
-                                    num_refiner_layers=1, num_attention_heads=3, num_kv_heads=1, multiple_of=2,
-                                    axes_dim_rope=(4, 2, 2), axes_lens=(128, 128, 128), cap_feat_dim=32)
+    net = tiny_lumina2_transformer()
     net.save_pretrained(tmp_path / "transformer")
     net = Lumina2Transformer2DModel.from_pretrained(tmp_path / "transformer").eval()
     null = PaddedText(torch.randn(1, 3, 32), torch.tensor([[True, True, False]]))

@@ -9,6 +9,8 @@ from ddmd_lab.arms import REGISTRY
 from ddmd_lab.config import RunConfig
 from ddmd_lab.module import DistillModule
 
+from .tiny_models import sdxl_alphas_cumprod, tiny_lumina2_transformer, tiny_sdxl_unet, tiny_zimage_transformer
+
 
 class _Conditions(torch.utils.data.Dataset):
     def __init__(self, make, steps):
@@ -23,40 +25,24 @@ class _Conditions(torch.utils.data.Dataset):
 
 
 def _zimage():
-    from diffusers import ZImageTransformer2DModel
-
     from ddmd_lab.backbones.zimage import Captions, ZImageBackbone
 
-    net = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=16, n_layers=1,
-                                   n_refiner_layers=1, n_heads=1, n_kv_heads=2, qk_norm=True, cap_feat_dim=16,
-                                   rope_theta=256.0, t_scale=1000.0, axes_dims=[8, 4, 4], axes_lens=[256, 32, 32])
-    return ZImageBackbone(net, torch.randn(2, 16), (16, 8, 8)), lambda: Captions([torch.randn(3, 16), torch.randn(5, 16)])
+    return ZImageBackbone(tiny_zimage_transformer(), torch.randn(2, 16), (16, 8, 8)), lambda: Captions([torch.randn(3, 16), torch.randn(5, 16)])
 
 
 def _lumina2():
-    from diffusers import Lumina2Transformer2DModel
-
     from ddmd_lab.backbones.lumina2 import Lumina2Backbone, PaddedText
 
-    net = Lumina2Transformer2DModel(sample_size=16, patch_size=2, in_channels=4, hidden_size=24, num_layers=2,
-                                    num_refiner_layers=1, num_attention_heads=3, num_kv_heads=1, multiple_of=2,
-                                    axes_dim_rope=(4, 2, 2), axes_lens=(128, 128, 128), cap_feat_dim=32)
+    net = tiny_lumina2_transformer()
     null = PaddedText(torch.randn(1, 3, 32), torch.ones(1, 3, dtype=torch.bool))
     return Lumina2Backbone(net, null, (4, 16, 16)), lambda: PaddedText(torch.randn(2, 4, 32), torch.ones(2, 4, dtype=torch.bool))
 
 
 def _sdxl():
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-
     from ddmd_lab.backbones.sdxl import SDXLBackbone, SDXLCondition
 
-    unet = UNet2DConditionModel(block_out_channels=(2, 4), layers_per_block=2, sample_size=32,
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
-                                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-                                transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
-                                cross_attention_dim=64, norm_num_groups=1)
-    ac = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod
+    unet = tiny_sdxl_unet()
+    ac = sdxl_alphas_cumprod()
     ids = torch.tensor([[32.0, 32, 0, 0, 32, 32]])
     null = SDXLCondition(torch.zeros(1, 7, 64), torch.zeros(1, 32), ids)
     return SDXLBackbone(unet, ac, null, (4, 32, 32)), lambda: SDXLCondition(torch.randn(2, 7, 64), torch.randn(2, 32), ids.repeat(2, 1))
@@ -65,16 +51,13 @@ def _sdxl():
 
 @pytest.mark.parametrize("family", [_zimage, _lumina2, _sdxl], ids=["zimage", "lumina2", "sdxl"])
 def test_two_decoupled_hybrid_steps_and_a_sample(family):
-    from diffusers import DDPMScheduler
-
     from ddmd_lab.flow import t_from_ddpm_timestep
 
     torch.manual_seed(0)
     teacher, make_cond = family()
     times = []
     if family is _sdxl:  # VP models cannot start at t = 0: DMD2's DDPM timesteps 999, 499 in the paper's time
-        ac = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod
-        times = t_from_ddpm_timestep(torch.tensor([999, 499]), ac).tolist()
+        times = t_from_ddpm_timestep(torch.tensor([999, 499]), sdxl_alphas_cumprod()).tolist()
     cfg = RunConfig(arm=REGISTRY["decoupled_hybrid"], steps=2, ttur=1, batch_size=2, student_steps=2, alpha=4.0,
                     wandb="disabled", student_times=times)
     module = DistillModule(teacher, cfg)

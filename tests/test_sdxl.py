@@ -3,10 +3,8 @@ import torch
 from ddmd_lab import flow
 
 
-def _alphas_cumprod():
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod
+from .tiny_models import sdxl_alphas_cumprod as _alphas_cumprod
+from .tiny_models import tiny_sdxl_unet
 
 
 def test_vp_and_flow_samples_are_the_same_up_to_scale():
@@ -31,12 +29,7 @@ def test_sdxl_adapter_recovers_x0_from_epsilon(tmp_path):
     from ddmd_lab.backbones.sdxl import SDXLBackbone, SDXLCondition
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(block_out_channels=(2, 4), layers_per_block=2, sample_size=32,
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
-                                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-                                transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
-                                cross_attention_dim=64, norm_num_groups=1)
+    unet = tiny_sdxl_unet()
     unet.save_pretrained(tmp_path / "unet")
     unet = UNet2DConditionModel.from_pretrained(tmp_path / "unet").eval()
     ac = _alphas_cumprod()

@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from .tiny_models import tiny_zimage_transformer
+
 QWEN_LIKE_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n"
@@ -62,9 +64,7 @@ def test_zimage_adapter_x0_convention_and_batched_conditions(tmp_path):
     from ddmd_lab.backbones.zimage import Captions, ZImageBackbone
 
     torch.manual_seed(0)
-    net = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=16, n_layers=1,
-                                   n_refiner_layers=1, n_heads=1, n_kv_heads=2, qk_norm=True, cap_feat_dim=16,
-                                   rope_theta=256.0, t_scale=1000.0, axes_dims=[8, 4, 4], axes_lens=[256, 32, 32])
+    net = tiny_zimage_transformer()
     net.save_pretrained(tmp_path / "transformer")
     net = ZImageTransformer2DModel.from_pretrained(tmp_path / "transformer").eval()
     model = ZImageBackbone(net, torch.randn(3, 16), (16, 8, 8))
