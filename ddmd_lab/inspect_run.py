@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .config import read_config
 from .errors import UserError
 from .eval.spectra import raps
 from .eval.term_spectra import observer_excess, term_spectra
-from .io import atomic_write_bytes, atomic_write_text
+from .io import atomic_save_npz, atomic_write_text
 from .module import DistillModule
 from .scales import get_scale
 
@@ -27,14 +26,6 @@ def load_run(run_dir: Path, checkpoint: str = "final.ckpt") -> DistillModule:
     return module.eval()
 
 
-def _save_npz(path: Path, arrays: dict) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def run_spectra(run_dir: Path, samples: int = 500) -> dict:
     module = load_run(Path(run_dir))
     cfg = module.cfg
@@ -45,7 +36,7 @@ def run_spectra(run_dir: Path, samples: int = 500) -> dict:
     noise, labels = ev.noise[:samples], ev.labels[:samples]
     x = module.sample(noise, labels)
     spec = term_spectra(module.teacher, module.fake, x, labels, cfg.alpha)
-    _save_npz(Path(run_dir) / "term_spectra.npz", spec)
+    atomic_save_npz(Path(run_dir) / "term_spectra.npz", **spec)
     result = {"ca_centroid": spec["ca_centroid"], "dm_centroid": spec["dm_centroid"],
               "bins": spec["bins"].tolist()}
     if module.fake is not None:
@@ -62,5 +53,5 @@ def teacher_spectra(cfg, samples: int = 500) -> dict:
     labels = scale.image_set(cfg, "test").labels[:samples]
     spec = term_spectra(teacher, None, real, labels, cfg.alpha)
     folder = scale.teacher_dir(cfg)
-    _save_npz(folder / f"ca_spectra_alpha_{cfg.alpha:g}.npz", {**spec, "real": raps(real)})
+    atomic_save_npz(folder / f"ca_spectra_alpha_{cfg.alpha:g}.npz", **spec, real=raps(real))
     return {"ca_centroid": spec["ca_centroid"], "bins": spec["bins"].tolist(), "saved_in": str(folder)}

@@ -28,6 +28,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def atomic_save_npz(path: Path, **arrays) -> None:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     import torch
 

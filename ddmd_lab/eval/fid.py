@@ -13,7 +13,7 @@ from cleanfid.fid import frechet_distance, get_folder_features
 from cleanfid.resize import build_resizer
 from torch import Tensor
 
-from ..io import atomic_write_bytes
+from ..io import atomic_save_npz
 from .inception import inception_feature_fn
 
 
@@ -62,9 +62,5 @@ def cached_reference_stats(path: Path, compute_features) -> tuple[np.ndarray, np
             return data["mu"], data["sigma"]
     mu, sigma = stats(compute_features())
     path.parent.mkdir(parents=True, exist_ok=True)
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, mu=mu, sigma=sigma)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_save_npz(path, mu=mu, sigma=sigma)
     return mu, sigma

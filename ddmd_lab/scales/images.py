@@ -29,7 +29,7 @@ from ..eval.fid import InceptionFeatures, cached_reference_stats, fid_from_stats
 from ..eval.grid import save_grid
 from ..eval.spectra import high_frequency_excess, raps, spectral_centroid
 from ..eval.stats import output_stats
-from ..io import atomic_write_bytes, atomic_write_text, publish_dir
+from ..io import atomic_save_npz, atomic_write_text, publish_dir
 from ..rollout import teacher_cfg_sample
 from ..teacher_module import TeacherModule
 
@@ -218,11 +218,8 @@ class Evaluator:
         return metrics
 
     def _write_spectra(self) -> None:
-        import io
-
-        buffer = io.BytesIO()
-        np.savez(buffer, steps=np.array(self.spectra_steps), generated=np.stack(self.spectra), real=self.real_spectrum.numpy())
-        atomic_write_bytes(self.run_dir / "spectra.npz", buffer.getvalue())
+        atomic_save_npz(self.run_dir / "spectra.npz", steps=np.array(self.spectra_steps),
+                        generated=np.stack(self.spectra), real=self.real_spectrum.numpy())
 
     def final(self, module) -> dict:
         """Inception FID (clean-fid protocol) of ``fid_samples`` student samples against the test split."""
