@@ -32,7 +32,8 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def evaluation_costs(model, cond, batch: int, repeats: int) -> dict[str, float]:
-    """Seconds for one no-grad forward at batch B, 2B, 3B and one forward+backward at B."""
+    """Seconds for one no-grad forward at batch B, 2B, 3B, one forward+backward at B, and one
+    forward+backward of the features the GAN arm's discriminator reads (its extra evaluations)."""
     shape = model.sample_shape
     x = torch.randn(batch, *shape)
     t = torch.rand(batch)
@@ -51,6 +52,12 @@ def evaluation_costs(model, cond, batch: int, repeats: int) -> dict[str, float]:
         model.x0(x, t, cond).square().mean().backward()
 
     out["fwd_bwd"] = _median_time(fwd_bwd, repeats)
+
+    def features_fwd_bwd():
+        model.zero_grad(set_to_none=True)
+        model.features(x, t, cond).float().square().mean().backward()
+
+    out["features_fwd_bwd"] = _median_time(features_fwd_bwd, repeats)
     return out
 
 
@@ -61,6 +68,12 @@ def step_floor(arm, cost: dict[str, float], ttur: int, student_steps: int) -> fl
     gen_step = backsim + cost["fwd_bwd"] + cost[f"fwd{teacher_queries}"] + (cost["fwd1"] if arm.uses_dm else 0.0)
     critic_only = (backsim + cost["fwd1"] + cost["fwd_bwd"]) if arm.train_fake else 0.0
     critic_on_gen_step = cost["fwd_bwd"] if arm.train_fake else 0.0
+    # GAN: the generator's loss reads the fake's features of its sample; the discriminator
+    # step reads them for the sample and for a real batch (all with gradients)
+    gen_step += cost.get("features_fwd_bwd", 0.0) if arm.gan_weight else 0.0
+    gan_critic = 2 * cost.get("features_fwd_bwd", 0.0) if arm.gan_disc_weight else 0.0
+    critic_only += gan_critic
+    critic_on_gen_step += gan_critic
     return (gen_step + critic_on_gen_step + (ttur - 1) * critic_only) / ttur
 
 

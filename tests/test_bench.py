@@ -19,3 +19,9 @@ def test_floor_with_ttur_and_backward_simulation():
     gen_step = 1 + 10 + 2 + 1 + 10
     critic_only = 1 + 1 + 10
     assert step_floor(REGISTRY["coupled"], COST, ttur=2, student_steps=3) == (gen_step + critic_only) / 2
+
+
+def test_floor_counts_the_gan_feature_passes():
+    cost = dict(COST, features_fwd_bwd=4.0)
+    # generator: + features of its sample; critic: + features of the sample and of a real batch
+    assert step_floor(REGISTRY["ca_gan"], cost, ttur=1, student_steps=1) == (10 + 2 + 4) + (10 + 2 * 4)
