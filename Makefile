@@ -1,6 +1,7 @@
 # ddmd_lab -- every target creates the virtual environment first if it is missing.
 #   make ablation ARM=decoupled_hybrid [SCALE=toy2d] [STEPS=N] [SEED=S] [SET="k=v k=v"]
 #   make ablation RESUME=runs/<scale>/<arm>/<run-id>   (or RESUME=auto ARM=<arm>)
+#   make tables|report [SCALE=fashion] [FORMAT=latex]   make dashboard [WANDB_ENTITY=you]
 #   make test
 PYTHON ?= python3
 VENV   ?= .venv
@@ -18,7 +19,10 @@ RUN_ARGS = $(if $(SCALE),--scale $(SCALE)) $(if $(STEPS),--steps $(STEPS)) $(if 
 # W&B never waits on the network unless the user sets WANDB_MODE=online.
 export WANDB_MODE ?= offline
 
-.PHONY: setup ablation sweep teacher classifier tables spectra bench test
+FORMAT ?= markdown
+WANDB_ENTITY ?=
+
+.PHONY: setup ablation sweep teacher classifier tables report dashboard notebooks spectra bench test
 setup: $(VENV)/.installed
 
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
@@ -48,7 +52,17 @@ classifier: setup
 	$(PY) -m ddmd_lab classifier $(RUN_ARGS)
 
 tables: setup
-	$(PY) -m ddmd_lab tables $(if $(SCALE),--scale $(SCALE))
+	$(PY) -m ddmd_lab tables $(if $(SCALE),--scale $(SCALE)) --format $(FORMAT)
+
+report: setup
+	$(PY) -m ddmd_lab report $(if $(SCALE),--scale $(SCALE))
+
+dashboard: setup
+	$(PY) -m ddmd_lab dashboard $(if $(WANDB_ENTITY),--entity $(WANDB_ENTITY))
+
+# the analysis notebooks, executed headless on the runs of SCALE (outputs kept in runs/notebooks/)
+notebooks: setup
+	DDMD_SCALE=$(or $(SCALE),toy2d) $(PY) -m ddmd_lab.report.notebooks runs/notebooks
 
 spectra: setup
 	$(PY) -m ddmd_lab spectra $(if $(RUN),--run $(RUN)) $(RUN_ARGS)

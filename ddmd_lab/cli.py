@@ -85,9 +85,27 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_tables(args) -> None:
-    from .report.tables import ablation_table
+    from .report.tables import paper_tables, render_tables
 
-    print(ablation_table(args.runs_dir, args.scale))
+    print(render_tables(paper_tables(args.runs_dir, args.scale), args.format))
+
+
+def cmd_report(args) -> None:
+    from .report.report import write_report
+
+    folder = write_report(args.runs_dir, args.scale, args.reports_dir)
+    print(f"report written: {folder / 'README.md'}")
+
+
+def cmd_dashboard(args) -> None:
+    import os
+
+    from .report.dashboard import make_dashboard
+
+    online = os.environ.get("WANDB_MODE", "offline") == "online"
+    if online and not args.entity:
+        raise UserError("an online dashboard needs a W&B entity: `make dashboard WANDB_ENTITY=<user or team>`.")
+    print(make_dashboard(args.entity, args.project, args.out, online))
 
 
 def cmd_spectra(args) -> None:
@@ -132,10 +150,23 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("tables", help="markdown table of the latest run of each arm")
+    p = sub.add_parser("tables", help="the paper's tables from the latest run of each arm (markdown or LaTeX)")
     p.add_argument("--scale", default="toy2d")
     p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--format", choices=("markdown", "latex"), default="markdown")
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("report", help="reports/<scale>/README.md: tables and figures of the latest runs")
+    p.add_argument("--scale", default="toy2d")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--reports-dir", default="reports")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("dashboard", help="the W&B workspace: saved online with --entity, else written as JSON")
+    p.add_argument("--entity", default=None)
+    p.add_argument("--project", default="ddmd_lab")
+    p.add_argument("--out", default="reports/wandb_workspace.json")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("spectra", help="CA/DM spectra per tau (+ observer measure) of a run, or CA spectra of a teacher")
     p.add_argument("--run", help="a finished image run folder; without it, the scale's teacher on real images")

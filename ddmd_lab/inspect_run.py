@@ -2,7 +2,6 @@
 finished image run (or, without a run, CA spectra of the teacher on real data)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -10,8 +9,8 @@ import torch
 from .config import read_config
 from .errors import UserError
 from .eval.spectra import raps
-from .eval.term_spectra import observer_excess, term_spectra
-from .io import atomic_save_npz, atomic_write_text
+from .eval.term_spectra import term_spectra
+from .io import atomic_save_npz
 from .module import DistillModule
 from .scales import get_scale
 
@@ -27,22 +26,12 @@ def load_run(run_dir: Path, checkpoint: str = "final.ckpt") -> DistillModule:
 
 
 def run_spectra(run_dir: Path, samples: int = 500) -> dict:
+    """(Re)measure a finished run's CA / DM spectra per tau and its observer measure
+    (every image run already does this at its end; this reruns it, e.g. with more samples)."""
     module = load_run(Path(run_dir))
-    cfg = module.cfg
-    if cfg.scale == "toy2d":
+    if module.cfg.scale == "toy2d":
         raise UserError("spectra need images; run them on an image scale (fashion or mnist).")
-    scale = get_scale(cfg.scale)
-    ev = scale.Evaluator(cfg)
-    noise, labels = ev.noise[:samples], ev.labels[:samples]
-    x = module.sample(noise, labels)
-    spec = term_spectra(module.teacher, module.fake, x, labels, cfg.alpha)
-    atomic_save_npz(Path(run_dir) / "term_spectra.npz", **spec)
-    result = {"ca_centroid": spec["ca_centroid"], "dm_centroid": spec["dm_centroid"],
-              "bins": spec["bins"].tolist()}
-    if module.fake is not None:
-        result["observer"] = observer_excess(module.teacher, module.fake, x, labels, ev.real_spectrum)
-    atomic_write_text(Path(run_dir) / "term_spectra.json", json.dumps(result, indent=2))
-    return result
+    return get_scale(module.cfg.scale).Evaluator(module.cfg, Path(run_dir)).term_spectra(module, samples)
 
 
 def teacher_spectra(cfg, samples: int = 500) -> dict:

@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 
 from ..io import atomic_write_text
+from .wandb_media import log_final, log_step_media
 
 
 class EvalCallback(pl.Callback):
@@ -42,6 +43,7 @@ class EvalCallback(pl.Callback):
             writer.writerow(row)
         for logger in module.loggers:
             logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=module.step_count)
+        log_step_media(module.loggers, self.run_dir, module.step_count)
         return row
 
     def on_train_start(self, trainer, module):
@@ -63,3 +65,4 @@ class EvalCallback(pl.Callback):
             module.train(was_training)
         summary = {**last, **extra, "skipped_steps": module.skipped_steps, "critic_steps": module.critic_step_count}
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        log_final(module.loggers, self.run_dir, module.cfg, summary)

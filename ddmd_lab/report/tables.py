@@ -1,52 +1,192 @@
-"""Markdown tables from run folders (never from anything a run did not write)."""
+"""The harness's numbers laid out as the paper's results (``make tables``).
+
+Every number comes from a run folder or, for the paper's columns, from
+analysis/paper_numbers.yaml; a paper column stands beside ours only on the
+row of the arm it describes.  Markdown or LaTeX.
+"""
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import read_config
+import numpy as np
+import yaml
 
-SKIP = {"step", "nonfinite_samples", "critic_steps"}
+from ..arms import REGISTRY
+from .runs import RunRecord, latest_runs, require_runs
+
+PAPER_NUMBERS = Path(__file__).resolve().parents[2] / "analysis" / "paper_numbers.yaml"
+SCHEDULES = ("coupled", "decoupled_full", "decoupled_constrained", "decoupled_hybrid")  # the paper's #1..#4
+REGULARISERS = {"none (CA only)": "ca_only", "mean-variance KL": "ca_meanvar", "DM (decoupled-hybrid)": "decoupled_hybrid",
+                "GAN": "ca_gan"}
+FIG2_ARMS = {"CA": "ca_only", "CA+DM (coupled)": "coupled", "DM": "dm_only"}
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in self.rows]
+        return "\n".join(lines + [""] + [f"_{n}_" for n in self.notes])
+
+    def to_latex(self) -> str:
+        esc = lambda s: str(s).replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("#", r"\#")
+        lines = [r"\begin{table}[h]", r"\centering", rf"\caption{{{esc(self.title)}}}",
+                 r"\begin{tabular}{" + "l" * len(self.columns) + "}", r"\hline",
+                 " & ".join(esc(c) for c in self.columns) + r" \\", r"\hline"]
+        lines += [" & ".join(esc(_fmt(v)) for v in row) + r" \\" for row in self.rows]
+        lines += [r"\hline", r"\end{tabular}"] + [rf"\par\footnotesize {esc(n)}" for n in self.notes] + [r"\end{table}"]
+        return "\n".join(lines)
+
+    def render(self, fmt: str) -> str:
+        return self.to_latex() if fmt == "latex" else self.to_markdown()
 
 
 def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–"
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
 
 
-def markdown_table(rows: list[dict]) -> str:
-    columns: list[str] = []
-    for r in rows:
-        columns += [k for k in r if k not in columns and k not in SKIP]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+def paper_numbers(path: Path = PAPER_NUMBERS) -> dict:
+    return yaml.safe_load(Path(path).read_text())
 
 
-def latest_rows(runs_dir: str | Path, scale: str) -> tuple[list[dict], Path | None]:
-    """The newest finished run of each (arm, student steps) under runs/<scale>/."""
-    latest: dict[tuple[str, int], tuple[Path, object]] = {}
-    for summary in sorted(Path(runs_dir, scale).glob("*/*/summary.json")):  # run ids sort by time
-        run = summary.parent
-        cfg = read_config(run / "config.yaml")
-        latest[(run.parent.name, cfg.student_steps)] = (run, cfg)
-    rows = []
-    for (arm, _), (run, cfg) in sorted(latest.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        summary = json.loads((run / "summary.json").read_text())
-        rows.append({"arm": arm, "student_steps": cfg.student_steps, "alpha": cfg.alpha, **summary, "run": run.name})
-    any_run = next(iter(latest.values()))[0] if latest else None
-    return rows, any_run
+def _paper_row(table: dict, arm: str) -> dict:
+    return next((r for r in table["rows"] if r.get("arm") == arm), {})
+
+
+SKIP = {"step", "nonfinite_samples", "critic_steps", "skipped_steps", "fid_samples", "out_of_range", "out_mean_spread"}
+
+
+def results_table(runs: dict[tuple[str, int], RunRecord], reference: dict[str, dict] | None = None) -> Table:
+    """Every arm's final numbers (whatever its scale measures), the scale's reference rows below."""
+    keys: list[str] = []
+    for r in runs.values():
+        keys += [k for k in r.summary if k not in keys and k not in SKIP and k != "generator_steps"]
+    t = Table("Every arm after the same number of generator steps",
+              ["arm", "student steps", "generator steps", *keys, "run"])
+    for (arm, steps), r in runs.items():
+        t.rows.append([arm, steps, r.summary.get("generator_steps"), *(r.summary.get(k) for k in keys), r.path.name])
+    for name, m in (reference or {}).items():
+        t.rows.append([name, "–", "–", *(m.get(k) for k in keys), "–"])
+    if runs:
+        r = next(iter(runs.values()))
+        fid = f", FID on {r.summary['fid_samples']} samples (clean-fid protocol, Inception 2015-12-05)" if "fid_samples" in r.summary else ""
+        t.notes.append(f"scale {r.cfg.scale}, alpha {r.cfg.alpha:g}{fid}; cheap metrics on the fixed evaluation noise.")
+    return t
+
+
+def scale_reference(runs: dict[tuple[str, int], RunRecord]) -> dict[str, dict]:
+    """The scale's reference rows (teacher many-step, exact samples), measured like a student."""
+    if not runs:
+        return {}
+    from ..scales import get_scale
+
+    cfg = next(iter(runs.values())).cfg
+    scale = get_scale(cfg.scale)
+    return scale.reference_rows(cfg) if hasattr(scale, "reference_rows") else {}
 
 
 def ablation_table(runs_dir: str | Path, scale: str) -> str:
-    rows, any_run = latest_rows(runs_dir, scale)
-    if not rows:
-        return f"no finished runs under {Path(runs_dir, scale)}; start one with `make ablation ARM=<arm> SCALE={scale}`."
-    from ..scales import get_scale
+    runs = require_runs(runs_dir, scale)
+    return results_table(runs, scale_reference(runs)).to_markdown()
 
-    scale_mod = get_scale(scale)
-    if hasattr(scale_mod, "reference_rows"):
-        cfg = read_config(any_run / "config.yaml")
-        rows += [{"arm": name, **m} for name, m in scale_mod.reference_rows(cfg).items()]
-    return markdown_table(rows)
+
+def table2(runs, paper: dict) -> Table:
+    p = paper["table2"]
+    t = Table("Table 2 analogue: arms at 4 and 1 steps (paper: SDXL 4-step, COCO-10k)",
+              ["arm", "student steps", "FID", "class adherence", "paper method", "paper FID", "paper CLIP x100"])
+    for (arm, steps), r in runs.items():
+        if arm not in REGISTRY:  # the Fig. 4a variants have their own table
+            continue
+        pr = _paper_row(p, arm) if steps == 4 else {}
+        t.rows.append([arm, steps, r.summary.get("fid"), r.summary.get("class_adherence"),
+                       pr.get("name"), pr.get("fid"), pr.get("clip_score")])
+    t.notes += [p["source"] + "; their FID is on COCO-10k at 512 px, ours on this scale's test set: compare "
+                "orderings, not values.", *p.get("notes", [])]
+    return t
+
+
+def table1(runs, paper: dict, reference: dict[str, dict] | None = None) -> Table:
+    p = paper["table1"]
+    t = Table("Table 1 analogue: re-noising schedules #1 to #4 (4-step students)",
+              ["#", "arm", "FID", "class adherence", "hf excess", "saturated", "paper DPG", "paper HPSv2.1", "paper HPSv3"])
+    teacher = _paper_row(p, "teacher")
+    for name, m in (reference or {}).items():
+        t.rows.append(["ref.", name, m.get("fid"), m.get("class_adherence"), m.get("hf_excess"), m.get("saturated"),
+                       teacher.get("dpg"), teacher.get("hpsv21"), teacher.get("hpsv3")])
+    for i, arm in enumerate(SCHEDULES, 1):
+        r, pr = runs.get((arm, 4)), _paper_row(p, arm)
+        s = r.summary if r else {}
+        t.rows.append([i, arm, s.get("fid"), s.get("class_adherence"), s.get("hf_excess"), s.get("saturated"),
+                       pr.get("dpg"), pr.get("hpsv21"), pr.get("hpsv3")])
+    t.notes.append(p["source"] + " (Lumina-Image-2.0); no metric is shared, the paper's columns show its ordering.")
+    return t
+
+
+def _curve_points(r: RunRecord, key: str, points: int) -> list:
+    c = r.curves
+    if key not in c:
+        return [None] * points
+    idx = np.unique(np.linspace(0, len(c[key]) - 1, points).round().astype(int))
+    vals = [float(c[key][i]) for i in idx]
+    return vals + [None] * (points - len(vals))
+
+
+def curve_table(title: str, arms: dict[str, str], runs, steps: int, keys: tuple[str, ...], points: int = 5,
+                note: str = "") -> Table:
+    """One row per (arm, metric): the metric at ``points`` evenly spaced evaluations, then the final FID."""
+    any_run = next((runs[(a, steps)] for a in arms.values() if (a, steps) in runs), None)
+    gsteps = _curve_points(any_run, "generator_steps", points) if any_run else [None] * points
+    t = Table(title, ["role", "arm", "metric", *[f"g={int(g)}" if g is not None else "–" for g in gsteps], "final FID"])
+    measured = [k for k in keys if any(k in r.curves for r in runs.values())]  # what this scale logs
+    for role, arm in arms.items():
+        r = runs.get((arm, steps))
+        for key in measured:
+            t.rows.append([role, arm, key, *(_curve_points(r, key, points) if r else [None] * points),
+                           r.summary.get("fid") if r else None])
+    if note:
+        t.notes.append(note)
+    return t
+
+
+def fig4a(runs) -> Table:
+    t = Table("Fig. 4a analogue: CA-only on restricted tau ranges",
+              ["arm", "student steps", "tau_CA range", "out_std", "hf excess", "spectral centroid", "FID"])
+    for (arm, steps), r in runs.items():
+        if arm.startswith("ca_tau_"):
+            tau = r.cfg.arm.tau_ca
+            s = r.summary
+            t.rows.append([arm, steps, f"[{tau.lo:g}, {tau.hi:g}]", s.get("out_std"), s.get("hf_excess"),
+                           s.get("spectral_centroid"), s.get("fid")])
+    if not t.rows:
+        t.notes.append("no ca_tau_* runs yet: `make sweep SCALE=<scale> ARMS=ca_tau_0-0.05,ca_tau_0-0.1,"
+                       "ca_tau_0-0.3,ca_tau_0-1,ca_tau_0.7-1`")
+    return t
+
+
+def paper_tables(runs_dir: str | Path, scale: str) -> list[Table]:
+    runs = require_runs(runs_dir, scale)
+    reference = scale_reference(runs)
+    paper = paper_numbers()
+    f = paper["findings"]
+    tables = [results_table(runs, reference), table2(runs, paper), table1(runs, paper, reference)]
+    for steps in (4, 1):
+        tables.append(curve_table(f"Fig. 2 analogue: CA vs CA+DM vs DM over training, {steps}-step", FIG2_ARMS, runs,
+                                  steps, ("out_std", "hf_excess", "class_adherence"), note="Paper: " + f["fig2"]))
+    tables.append(curve_table("Fig. 3 analogue: regularisers of CA, 4-step", REGULARISERS, runs, 4,
+                              ("out_mean", "out_std"), note="Paper: " + f["fig3"]))
+    tables.append(fig4a(runs))
+    return tables
+
+
+def render_tables(tables: list[Table], fmt: str = "markdown") -> str:
+    return "\n\n".join(t.render(fmt) for t in tables)

@@ -29,6 +29,7 @@ from ..eval.fid import InceptionFeatures, cached_reference_stats, fid_from_stats
 from ..eval.grid import save_grid
 from ..eval.spectra import high_frequency_excess, raps, spectral_centroid
 from ..eval.stats import output_stats
+from ..eval.term_spectra import observer_excess, term_spectra
 from ..io import atomic_save_npz, atomic_write_text, publish_dir
 from ..rollout import teacher_cfg_sample
 from ..teacher_module import TeacherModule
@@ -221,19 +222,64 @@ class Evaluator:
         atomic_save_npz(self.run_dir / "spectra.npz", steps=np.array(self.spectra_steps),
                         generated=np.stack(self.spectra), real=self.real_spectrum.numpy())
 
-    def final(self, module) -> dict:
-        """Inception FID (clean-fid protocol) of ``fid_samples`` student samples against the test split."""
+    def final_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed noise and labels of the end-of-run FID (``fid_samples`` of them)."""
         n = self.cfg.fid_samples
-        if n <= 0:
-            return {}
         gen = torch.Generator().manual_seed(EVAL_SEED + 1)
-        noise = torch.randn(n, *self.noise.shape[1:], generator=gen)
-        labels = torch.arange(n) % self.num_classes
-        with torch.random.fork_rng():
-            samples = self._sample(module, noise, labels)
+        return torch.randn(n, *self.noise.shape[1:], generator=gen), torch.arange(n) % self.num_classes
+
+    def fid(self, samples: torch.Tensor) -> float:
         inception = InceptionFeatures()
-        return {"fid": fid_from_stats(stats(inception.of_images(samples)), inception_reference(self.cfg, inception)),
-                "fid_samples": n}
+        return fid_from_stats(stats(inception.of_images(samples)), inception_reference(self.cfg, inception))
+
+    def final(self, module) -> dict:
+        """Inception FID (clean-fid protocol) of ``fid_samples`` student samples against the test split;
+        the CA / DM spectra per tau and the observer measure of the finished student."""
+        out = {}
+        if self.run_dir is not None:
+            observer = self.term_spectra(module).get("observer", {})
+            out.update({f"observer_{k}": v for k, v in observer.items() if k != "tau"})
+        if self.cfg.fid_samples > 0:
+            noise, labels = self.final_inputs()
+            with torch.random.fork_rng():
+                samples = self._sample(module, noise, labels)
+            out.update(fid=self.fid(samples), fid_samples=self.cfg.fid_samples)
+        return out
+
+    def term_spectra(self, module, samples: int = 500) -> dict:
+        """term_spectra.npz / .json in the run folder: CA and DM spectra per tau bin of the
+        student's samples, and (with a fake model) the observer's high-frequency excess."""
+        noise, labels = self.noise[:samples], self.labels[:samples]
+        with torch.random.fork_rng():
+            x = self._sample(module, noise, labels)
+            spec = term_spectra(module.teacher, module.fake, x, labels, self.cfg.alpha)
+            result = {"ca_centroid": spec["ca_centroid"], "dm_centroid": spec["dm_centroid"], "bins": spec["bins"].tolist()}
+            if module.fake is not None:
+                result["observer"] = observer_excess(module.teacher, module.fake, x, labels, self.real_spectrum)
+        atomic_save_npz(self.run_dir / "term_spectra.npz", **spec, real=self.real_spectrum)
+        atomic_write_text(self.run_dir / "term_spectra.json", json.dumps(result, indent=2))
+        return result
+
+
+def reference_rows(cfg: RunConfig) -> dict[str, dict]:
+    """The teacher's many-step CFG row, measured exactly like a student (same evaluation noise,
+    same FID sample count), cached in the teacher's folder."""
+    t = teacher_settings(cfg)
+    name = f"teacher, {t['ode_steps']}-step CFG ODE, alpha={cfg.alpha:g}"
+    path = teacher_dir(cfg) / f"reference_alpha{cfg.alpha:g}_ode{t['ode_steps']}_eval{cfg.eval_samples}_fid{cfg.fid_samples}.json"
+    if not path.is_file():
+        ev, teacher = Evaluator(cfg), load_teacher(cfg).eval()
+
+        def sample(noise, labels):
+            with torch.no_grad():
+                return torch.cat([teacher_cfg_sample(teacher, noise[i:i + 250], labels[i:i + 250], cfg.alpha, t["ode_steps"])
+                                  for i in range(0, len(noise), 250)])
+
+        row, spectrum = ev.metrics(sample(ev.noise, ev.labels))
+        if cfg.fid_samples > 0:
+            row.update(fid=ev.fid(sample(*ev.final_inputs())), fid_samples=cfg.fid_samples)
+        atomic_write_text(path, json.dumps(row, indent=2))
+    return {name: json.loads(path.read_text())}
 
 
 def make_evaluator(cfg: RunConfig, run_dir: Path | None = None) -> Evaluator:
