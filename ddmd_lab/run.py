@@ -90,7 +90,7 @@ def _fit(cfg: RunConfig, run_dir: Path, teacher, ckpt_path: Path | None = None, 
         logger=make_loggers(cfg, run_dir),
         # order matters: the checkpoint after a step already holds that step's evaluation
         callbacks=[EvalCallback(scale.make_evaluator(cfg, run_dir), run_dir, cfg.eval_every), checkpoints],
-        log_every_n_steps=10,
+        log_every_n_steps=cfg.log_every,
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
         enable_checkpointing=False,
@@ -106,4 +106,11 @@ def print_summary(run_dir: Path) -> None:
     print(f"\nrun folder: {run_dir}")
     for k, v in summary.items():
         print(f"  {k:>20}: {v:.4g}" if isinstance(v, float) else f"  {k:>20}: {v}")
-    print("tables: make tables   (W&B offline logs: wandb sync " f"{run_dir}/wandb/offline-run-*)")
+    scale = run_dir.parent.parent.name
+    print("see it:")
+    print(f"  tables + report   make tables SCALE={scale}; make report SCALE={scale}  (reports/{scale}/README.md)")
+    print(f"  notebooks         make notebooks SCALE={scale}  (or open analysis/variance.ipynb, analysis/spectra.ipynb)")
+    if (run_dir / "term_spectra.npz").is_file():
+        print(f"  spectra           {run_dir / 'term_spectra.png'} (re-measure: make spectra RUN={run_dir})")
+    if list(run_dir.glob("wandb/offline-run-*")):
+        print(f"  W&B               wandb sync {run_dir}/wandb/offline-run-*; make dashboard WANDB_ENTITY=<you>")

@@ -9,3 +9,13 @@ for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PL_DISABLE_FORK", "1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def image_dirs(tmp_path_factory):
+    """runs_dir / cache_dir overrides shared by every tiny image test: one teacher, one classifier."""
+    root = tmp_path_factory.mktemp("images")
+    return [f"runs_dir={root / 'runs'}", f"cache_dir={root / 'cache'}"]

@@ -4,23 +4,15 @@ import json
 import pytest
 import torch
 
-from ddmd_lab.config import load_config, parse_overrides
 from ddmd_lab.run import run_ablation
 
-TINY = ["teacher={size: tiny, steps: 40, batch_size: 32, eval_samples: 40, alphas: [1.0, 2.0], ode_steps: 4}",
-        "data={real_eval_images: 200, fid_reference_images: 100, classifier_epochs: 1}",
-        "steps=6", "ttur=3", "batch_size=8", "eval_every=3", "eval_samples=40", "fid_samples=40",
-        "checkpoint_every=3", "progress_bar=false", "wandb=disabled"]
+from .tiny_images import TINY
+from .tiny_images import image_cfg as _cfg
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    return [f"runs_dir={root / 'runs'}", f"cache_dir={root / 'cache'}"]
-
-
-def _cfg(dirs, arm, *extra):
-    return load_config("mnist", arm, parse_overrides(TINY + dirs + list(extra)))
+def dirs(image_dirs):
+    return image_dirs
 
 
 @pytest.mark.parametrize("student_steps", [1, 4])

@@ -65,4 +65,7 @@ class EvalCallback(pl.Callback):
             module.train(was_training)
         summary = {**last, **extra, "skipped_steps": module.skipped_steps, "critic_steps": module.critic_step_count}
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
-        log_final(module.loggers, self.run_dir, module.cfg, summary)
+        from ..report.plots import run_figures
+        from ..report.runs import RunRecord
+
+        log_final(module.loggers, self.run_dir, run_figures(RunRecord(self.run_dir, module.cfg)), summary)

@@ -28,15 +28,18 @@ def to_uint8_hwc(images: Tensor) -> np.ndarray:
 class InceptionFeatures:
     """Features of in-memory images or folders, clean-fid's resize included."""
 
-    def __init__(self, device: str = "cpu", batch_size: int = 64):
+    def __init__(self, device: str = "cpu", batch_size: int = 64, progress: bool = False):
         self.fn = inception_feature_fn(device)
         self.resize = build_resizer("clean")
-        self.batch_size = batch_size
+        self.batch_size, self.progress = batch_size, progress
 
     def of_images(self, images: Tensor) -> np.ndarray:
+        from tqdm.auto import tqdm
+
         u8 = to_uint8_hwc(images)
         feats = []
-        for i in range(0, len(u8), self.batch_size):
+        for i in tqdm(range(0, len(u8), self.batch_size), desc="Inception features", unit="batch",
+                      disable=not self.progress, leave=False):
             batch = np.stack([self.resize(img) for img in u8[i:i + self.batch_size]])  # float 0..255, 299x299
             feats.append(self.fn(torch.from_numpy(batch).permute(0, 3, 1, 2).float()).cpu().numpy())
         return np.concatenate(feats)

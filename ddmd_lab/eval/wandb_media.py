@@ -1,5 +1,5 @@
 """What W&B gets beyond scalars: sample grids at each evaluation, and at the end
-the spectra figures and the final metrics (as a table and as ``final_<key>``
+the run's figures (spectra) and the final metrics (as a table and as ``final_<key>``
 summary values the dashboard's bar charts read).  A no-op without a WandbLogger.
 """
 from __future__ import annotations
@@ -20,25 +20,12 @@ def log_step_media(loggers, run_dir: Path, step: int) -> None:
             lg.log_image(key="media/samples", images=[str(grid)], step=step, caption=[f"step {step}"])
 
 
-def log_final(loggers, run_dir: Path, cfg, summary: dict) -> None:
-    wandb_loggers = _wandb_loggers(loggers)
-    if not wandb_loggers:
-        return
-    from ..report import plots
-    from ..report.runs import RunRecord
-
-    record = RunRecord(Path(run_dir), cfg)
-    figures = {}  # W&B key -> PNG in the run folder (kept there for the report too)
-    if record.term_spectra is not None:
-        plots.term_spectra_plot(record, Path(run_dir) / "term_spectra.png")
-        figures["media/term_spectra"] = "term_spectra.png"
-    if record.output_spectra is not None:
-        plots.output_spectra_heatmap(record, Path(run_dir) / "output_spectra.png")
-        figures["media/output_spectra"] = "output_spectra.png"
+def log_final(loggers, run_dir: Path, figures: dict[str, str], summary: dict) -> None:
+    """``figures``: W&B key -> PNG file name in the run folder (plots.run_figures)."""
     scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
     step = int(summary.get("step", 0))
-    for lg in wandb_loggers:
+    for lg in _wandb_loggers(loggers):
         for key, name in figures.items():
-            lg.log_image(key=key, images=[str(Path(run_dir) / name)], step=step)
+            lg.log_image(key=f"media/{key}", images=[str(Path(run_dir) / name)], step=step)
         lg.log_table(key="final", columns=list(scalars), data=[list(scalars.values())], step=step)
         lg.experiment.summary.update({f"final_{k}": v for k, v in scalars.items()})

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from ..io import atomic_write_text
 
+# Lightning's WandbLogger logs every value against this key; the module passes its own step
+# count (critic steps) as the logging step, so it means the same on every curve.
+STEP_KEY = "trainer/global_step"
 SECTIONS: dict[str, dict] = {
     "Variance curves by arm (CA-only collapses, DM stabilises)": {
         "lines": ["eval/out_std", "eval/out_mean", "eval/saturated", "eval/hf_excess", "eval/spectral_centroid"]},
@@ -33,7 +36,7 @@ def build_workspace(entity: str, project: str = "ddmd_lab", name: str = "ddmd_la
 
     sections = []
     for title, spec in SECTIONS.items():
-        panels = [wr.LinePlot(title=key, x="Step", y=[key], groupby="Group", groupby_aggfunc="mean")
+        panels = [wr.LinePlot(title=key, x=STEP_KEY, y=[key], groupby="Group", groupby_aggfunc="mean")
                   for key in spec.get("lines", [])]
         panels += [wr.BarPlot(title=f"final {key}", metrics=[f"final_{key}"], groupby="Group")
                    for key in spec.get("bars", [])]
@@ -41,7 +44,7 @@ def build_workspace(entity: str, project: str = "ddmd_lab", name: str = "ddmd_la
             panels.append(wr.MediaBrowser(title=title, media_keys=spec["media"], mode="gallery", gallery_axis="step"))
         sections.append(ws.Section(name=title, panels=panels, is_open=True))
     return ws.Workspace(entity=entity, project=project, name=name, sections=sections,
-                        settings=ws.WorkspaceSettings(x_axis="Step"))
+                        settings=ws.WorkspaceSettings(x_axis=STEP_KEY))
 
 
 def workspace_spec(workspace) -> dict:

@@ -152,3 +152,15 @@ def observer_bars(records: list[RunRecord], path: Path | None = None):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def run_figures(record: RunRecord) -> dict[str, str]:
+    """The PNGs every finished image run keeps in its folder: name -> file name."""
+    out = {}
+    if record.term_spectra is not None:
+        term_spectra_plot(record, record.path / "term_spectra.png")
+        out["term_spectra"] = "term_spectra.png"
+    if record.output_spectra is not None:
+        output_spectra_heatmap(record, record.path / "output_spectra.png")
+        out["output_spectra"] = "output_spectra.png"
+    return out

@@ -229,7 +229,7 @@ class Evaluator:
         return torch.randn(n, *self.noise.shape[1:], generator=gen), torch.arange(n) % self.num_classes
 
     def fid(self, samples: torch.Tensor) -> float:
-        inception = InceptionFeatures()
+        inception = InceptionFeatures(progress=self.cfg.progress_bar)
         return fid_from_stats(stats(inception.of_images(samples)), inception_reference(self.cfg, inception))
 
     def final(self, module) -> dict:
