@@ -32,10 +32,11 @@ class AtomicCheckpoint(pl.Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / name
         tmp = self.folder / f".{name}.{os.getpid()}.tmp"
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp)  # every rank calls it; Lightning writes on global rank 0
         self.writes += 1
-        _maybe_inject_fault(tmp, self.writes)
-        os.replace(tmp, target)
+        if trainer.is_global_zero:
+            _maybe_inject_fault(tmp, self.writes)
+            os.replace(tmp, target)
         return target
 
 

@@ -59,6 +59,10 @@ class RunConfig:
     cache_dir: str = "artifacts"
     accelerator: str = "cpu"
     devices: Any = 1
+    # Lightning's strategy by name ("auto", "ddp", "fsdp", ...; "ddp" gets find_unused_parameters,
+    # since each optimiser's backward leaves the other model unused) and nodes for its launchers.
+    strategy: str = "auto"
+    num_nodes: int = 1
     progress_bar: bool = True
     teacher: dict = field(default_factory=dict)  # scale-specific teacher settings
     data: dict = field(default_factory=dict)  # scale-specific data settings

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.utilities import rank_zero_only
 
 from .checkpointing import AtomicCheckpoint, resolve_resume
 from .config import RunConfig, read_config, save_config
@@ -40,12 +41,37 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
 
+# Lightning's ddp launcher starts ranks 1.. by re-running this command; they inherit the
+# environment, so the folder rank 0 made is handed over here.  Under torchrun / SLURM,
+# where no rank starts another, set it to a shared folder yourself.
+RUN_DIR_ENV = "DDMD_RUN_DIR"
+
+
 def run_ablation(cfg: RunConfig) -> Path:
     """A new run in a new folder (made only once the teacher and data load)."""
     teacher = get_scale(cfg.scale).load_teacher(cfg)
-    run_dir = new_run_dir(Path(cfg.runs_dir), cfg.scale, cfg.arm.name, cfg.seed)
-    save_config(cfg, run_dir / "config.yaml")
+    if os.environ.get(RUN_DIR_ENV):
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = new_run_dir(Path(cfg.runs_dir), cfg.scale, cfg.arm.name, cfg.seed)
+        if _distributed(cfg):
+            os.environ[RUN_DIR_ENV] = str(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        save_config(cfg, run_dir / "config.yaml")
     return _fit(cfg, run_dir, teacher)
+
+
+def _distributed(cfg: RunConfig) -> bool:
+    return cfg.strategy != "auto" or cfg.num_nodes > 1 or not (cfg.devices in (1, "1") or cfg.devices == [0])
+
+
+def make_strategy(cfg: RunConfig):
+    if cfg.strategy == "ddp":
+        from pytorch_lightning.strategies import DDPStrategy
+
+        return DDPStrategy(find_unused_parameters=True)
+    return cfg.strategy
 
 
 def resume_ablation(target: str, scale: str | None = None, arm: str | None = None) -> Path:
@@ -87,6 +113,9 @@ def _fit(cfg: RunConfig, run_dir: Path, teacher, ckpt_path: Path | None = None, 
         max_epochs=1,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
+        strategy=make_strategy(cfg),
+        num_nodes=cfg.num_nodes,
+        use_distributed_sampler=False,  # every rank reads its own batch of each step (data/steps.py)
         logger=make_loggers(cfg, run_dir),
         # order matters: the checkpoint after a step already holds that step's evaluation
         callbacks=[EvalCallback(scale.make_evaluator(cfg, run_dir), run_dir, cfg.eval_every), checkpoints],
@@ -101,6 +130,7 @@ def _fit(cfg: RunConfig, run_dir: Path, teacher, ckpt_path: Path | None = None, 
     return run_dir
 
 
+@rank_zero_only
 def print_summary(run_dir: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     print(f"\nrun folder: {run_dir}")

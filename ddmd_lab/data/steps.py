@@ -20,7 +20,9 @@ class StepBatches(Dataset):
         return self.steps
 
     def __getitem__(self, step: int):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        # each data-parallel rank draws its own batch of the step (the global batch is batch x ranks)
+        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step + rank * 7_919_000_003)
         return self.make_batch(g)
 
 

@@ -46,15 +46,20 @@ class EvalCallback(pl.Callback):
         log_step_media(module.loggers, self.run_dir, module.step_count)
         return row
 
+    # Under data parallelism global rank 0 evaluates and writes; the others train on and
+    # meet it at the next collective (evaluation itself uses none).
     def on_train_start(self, trainer, module):
-        if module.step_count == 0:
+        if module.step_count == 0 and trainer.is_global_zero:
             self._record(module)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if module.step_count % self.every == 0:
+        if module.step_count % self.every == 0 and trainer.is_global_zero:
             self._record(module)
 
     def on_train_end(self, trainer, module):
+        ranks = {"ranks": trainer.world_size, "ranks_identical": ranks_identical(module)} if trainer.world_size > 1 else {}
+        if not trainer.is_global_zero:
+            return
         last = self.rows[-1] if self.rows and self.rows[-1]["step"] == module.step_count else self._record(module)
         final = getattr(self.evaluate, "final", None)  # expensive end-of-run metrics (Inception FID)
         extra = {}
@@ -63,9 +68,17 @@ class EvalCallback(pl.Callback):
             module.eval()
             extra = final(module)
             module.train(was_training)
-        summary = {**last, **extra, "skipped_steps": module.skipped_steps, "critic_steps": module.critic_step_count}
+        summary = {**last, **extra, **ranks, "skipped_steps": module.skipped_steps, "critic_steps": module.critic_step_count}
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         from ..report.plots import run_figures
         from ..report.runs import RunRecord
 
         log_final(module.loggers, self.run_dir, run_figures(RunRecord(self.run_dir, module.cfg)), summary)
+
+
+def ranks_identical(module) -> bool:
+    """Whether every rank holds the same generator and fake weights (a collective: all ranks call it)."""
+    params = [p for m in (module.generator, module.fake) if m is not None for p in m.parameters()]
+    mine = torch.stack([p.detach().double().sum() for p in params] + [p.detach().double().square().sum() for p in params])
+    every = module.all_gather(mine)  # (world, n)
+    return bool((every == every[0]).all())

@@ -86,26 +86,27 @@ def quality_bars(runs: dict[tuple[str, int], RunRecord], path: Path | None = Non
 
 
 def term_spectra_plot(record: RunRecord, path: Path | None = None):
-    """CA and DM power spectra per tau bin, and their spectral centroids against tau."""
+    """Heatmaps tau bin x frequency of the CA and DM vectors' power (each row normalised to its total,
+    so a row shows where that tau's update puts its energy), and their spectral centroids against tau."""
     spec = record.term_spectra
     if spec is None:
         raise ValueError(f"{record.path} has no term_spectra.npz (make spectra RUN={record.path})")
     bins = spec["bins"]
-    mids = bins.mean(axis=1)
     terms = [k for k in ("ca", "dm") if spec[k].size]
     fig = Figure(figsize=(4.5 * (len(terms) + 1), 3.4))
     axes = fig.subplots(1, len(terms) + 1)
-    cmap = colormaps["viridis"]
     for ax, term in zip(axes, terms):
-        freqs = np.arange(spec[term].shape[1])
-        for b, (lo, hi) in enumerate(bins):
-            ax.semilogy(freqs, spec[term][b], color=cmap(b / max(len(bins) - 1, 1)), label=f"tau {lo:g}-{hi:g}")
-        ax.set_title(f"{term.upper()} vector power spectrum")
+        share = spec[term] / spec[term].sum(axis=1, keepdims=True)
+        floor = share[share > 0].min() if (share > 0).any() else 1e-12  # the mean-free DC bin is exactly 0
+        im = ax.imshow(np.log10(np.maximum(share, floor)), aspect="auto", origin="lower", cmap="magma")
+        ax.set_yticks(range(len(bins)), [f"{lo:g}-{hi:g}" for lo, hi in bins], fontsize=7)
+        ax.set_ylabel("tau bin (0 = noise, 1 = clean)")
         ax.set_xlabel("radial frequency (cycles per image)")
-        ax.legend(fontsize=6)
+        ax.set_title(f"{term.upper()} vector: log10 share of power")
+        fig.colorbar(im, ax=ax)
     ax = axes[-1]
     for term in terms:
-        ax.plot(mids, spec[f"{term}_centroid"], marker="o", label=term.upper())
+        ax.plot(bins.mean(axis=1), spec[f"{term}_centroid"], marker="o", label=term.upper())
     ax.set_xlabel("tau (0 = noise, 1 = clean)")
     ax.set_title("spectral centroid")
     ax.legend()
