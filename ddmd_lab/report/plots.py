@@ -91,8 +91,13 @@ def term_spectra_plot(record: RunRecord, path: Path | None = None):
     spec = record.term_spectra
     if spec is None:
         raise ValueError(f"{record.path} has no term_spectra.npz (make spectra RUN={record.path})")
+    return spectra_by_tau(spec, f"{record.arm}, {record.student_steps}-step: where CA and DM act", path)
+
+
+def spectra_by_tau(spec: dict, title: str, path: Path | None = None):
+    """``spec``: term_spectra's arrays (bins, ca, dm, *_centroid); DM may be empty (a teacher alone)."""
     bins = spec["bins"]
-    terms = [k for k in ("ca", "dm") if spec[k].size]
+    terms = [k for k in ("ca", "dm") if k in spec and spec[k].size]
     fig = Figure(figsize=(4.5 * (len(terms) + 1), 3.4))
     axes = fig.subplots(1, len(terms) + 1)
     for ax, term in zip(axes, terms):
@@ -111,7 +116,7 @@ def term_spectra_plot(record: RunRecord, path: Path | None = None):
     ax.set_title("spectral centroid")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.suptitle(f"{record.arm}, {record.student_steps}-step: where CA and DM act")
+    fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
 

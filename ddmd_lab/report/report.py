@@ -34,7 +34,8 @@ def write_report(runs_dir: str | Path, scale: str, reports_dir: str | Path = "re
                 f"from the newest finished run of each (arm, student steps) under `{Path(runs_dir) / scale}`. "
                 "Every number below was measured by those runs (their folders are named in the first table); "
                 "the paper's columns come from `analysis/paper_numbers.yaml`.", "",
-                *_sweep_commands(runs), "", "## Tables", "", render_tables(tables, "markdown"), "", "## Figures", "", *lines]
+                *_sweep_commands(runs), "", "## The paper's findings, checked on these runs", "",
+                *[f"- {line}" for line in findings(runs)], "", "## Tables", "", render_tables(tables, "markdown"), "", "## Figures", "", *lines]
         atomic_write_text(staging / "README.md", "\n".join(page) + "\n")
         return publish_dir(staging, target)
     except BaseException:
@@ -70,6 +71,10 @@ def _figures(runs, folder: Path) -> list[str]:
            lambda p: plots.variance_curves(runs, p))
     figure("quality.png", "Final FID and class adherence per arm (Table 2 analogue)",
            lambda p: plots.quality_bars(runs, p, reference=scale_reference(runs)))
+    teacher = _teacher_ca_spectra(runs)
+    if teacher is not None:
+        figure("term_spectra_teacher.png", "CA spectra per tau of the teacher on real test images",
+               lambda p: plots.spectra_by_tau(teacher, "teacher on real images: where CA acts", p))
     variants = sorted({arm for arm, _ in runs if arm.startswith("ca_tau_")})
     if variants:
         figure("fig4a.png", "CA-only on restricted tau ranges over training (Fig. 4a analogue)",
@@ -98,3 +103,80 @@ def _figures(runs, folder: Path) -> list[str]:
             out.append(f"![{arm} {steps}-step {when}]({name})")
         out.append(f"\n{arm}, {steps}-step: start / end ({r.path.name})\n")
     return out
+
+
+def _verdict(ok: bool) -> str:
+    return "**holds**" if ok else "**does not hold**"
+
+
+def findings(runs) -> list[str]:
+    """The paper's claims as checks computed from the runs (nothing typed in by hand)."""
+    import numpy as np
+
+    out = []
+    for steps in (4, 1):
+        ca = runs.get(("ca_only", steps))
+        if ca is not None and "out_std" in ca.curves:
+            std, hf = ca.curves["out_std"], ca.curves.get("hf_excess")
+            rises = int(np.sum(np.diff(std) > 0))
+            line = (f"CA alone, {steps}-step: output std {std[0]:.3g} -> {std[-1]:.3g}, rising at {rises} of {len(std) - 1} "
+                    f"evaluations")
+            if hf is not None:
+                line += f"; high-frequency excess {hf[0]:.3g} -> {hf[-1]:.3g}"
+            out.append(line + f" -- variance rises monotonically: {_verdict(rises == len(std) - 1)}.")
+        for arm in ("coupled", "decoupled_hybrid", "dm_only"):
+            r = runs.get((arm, steps))
+            if r is not None and ca is not None and "out_std" in r.curves:
+                out.append(f"{arm}, {steps}-step: output std stays within [{np.nanmin(r.curves['out_std']):.3g}, "
+                           f"{np.nanmax(r.curves['out_std']):.3g}] (CA alone ends at {ca.curves['out_std'][-1]:.3g}) -- "
+                           f"DM stabilises: {_verdict(np.nanmax(r.curves['out_std']) < ca.curves['out_std'][-1])}.")
+    fid = {k: r.summary.get("fid") for k, r in runs.items() if r.summary.get("fid") is not None}
+    for steps in (4, 1):
+        h, c, d = fid.get(("decoupled_hybrid", steps)), fid.get(("coupled", steps)), fid.get(("dm_only", steps))
+        if h is not None and c is not None:
+            out.append(f"{steps}-step FID: decoupled_hybrid {h:.4g} vs coupled {c:.4g} -- hybrid at least as good: {_verdict(h <= c)}.")
+        if d is not None and h is not None:
+            out.append(f"{steps}-step FID: dm_only {d:.4g} vs decoupled_hybrid {h:.4g} -- DM alone worse: {_verdict(d > h)}.")
+    d4, d1 = fid.get(("dm_only", 4)), fid.get(("dm_only", 1))
+    if d4 is not None and d1 is not None:
+        out.append(f"DM alone: FID {d4:.4g} at 4 steps vs {d1:.4g} at 1 step -- poor at 1 step: {_verdict(d1 > d4)}.")
+    for (arm, steps), r in runs.items():
+        spec = r.term_spectra
+        if arm in ("ca_only", "decoupled_hybrid") and spec is not None:
+            cen = spec["ca_centroid"]
+            mids = spec["bins"].mean(axis=1)
+            out.append(f"{arm}, {steps}-step: CA-vector spectral centroid per tau " +
+                       ", ".join(f"{m:.2f}: {c:.2f}" for m, c in zip(mids, cen)) +
+                       f" -- higher at clean tau than at noisy tau: {_verdict(cen[-1] > cen[0])}"
+                       f" (monotone: {'yes' if np.all(np.diff(cen) > 0) else 'no'}).")
+        obs = r.observer
+        if arm == "ca_only" and obs:
+            out.append(f"Observer, {steps}-step CA-only: high-frequency excess of generator samples {obs['generator_hf_excess']:.3g}, "
+                       f"of the observer fake's x0 {obs['fake_x0_hf_excess']:.3g}, of the frozen teacher's x0 "
+                       f"{obs['teacher_x0_hf_excess']:.3g} -- the observer carries the excess, the teacher does not: "
+                       f"{_verdict(obs['fake_x0_hf_excess'] > obs['teacher_x0_hf_excess'] and obs['fake_x0_hf_excess'] > 0 >= obs['teacher_x0_hf_excess'])}.")
+    teacher = _teacher_ca_spectra(runs)
+    if teacher is not None:
+        cen, mids = teacher["ca_centroid"], teacher["bins"].mean(axis=1)
+        out.append("Teacher on real test images (`make spectra SCALE=...`): CA-vector spectral centroid per tau " +
+                   ", ".join(f"{m:.2f}: {c:.2f}" for m, c in zip(mids, cen)) +
+                   f" -- rises with tau (noisy tau shapes low frequencies, clean tau high ones): "
+                   f"{_verdict(bool(np.all(np.diff(cen) > 0)))}.")
+    return out
+
+
+def _teacher_ca_spectra(runs):
+    """The teacher's CA spectra on real data, where `make spectra SCALE=<scale>` wrote them."""
+    import numpy as np
+
+    from ..scales import get_scale
+
+    cfg = next(iter(runs.values())).cfg
+    scale = get_scale(cfg.scale)
+    if not hasattr(scale, "teacher_dir"):
+        return None
+    path = scale.teacher_dir(cfg) / f"ca_spectra_alpha_{cfg.alpha:g}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
