@@ -62,6 +62,8 @@ class RunConfig:
     # Lightning's strategy by name ("auto", "ddp", "fsdp", ...; "ddp" gets find_unused_parameters,
     # since each optimiser's backward leaves the other model unused) and nodes for its launchers.
     strategy: str = "auto"
+    # LoRA on one shared frozen base (lora.py): {rank: 0} is full fine-tuning of two copies
+    lora: dict = field(default_factory=lambda: {"rank": 0})
     num_nodes: int = 1
     progress_bar: bool = True
     teacher: dict = field(default_factory=dict)  # scale-specific teacher settings
@@ -83,6 +85,8 @@ class RunConfig:
              "student_times must list student_steps increasing times in [0, 1)"),
             (self.meanvar_scope in ("sample", "batch"), "meanvar_scope must be sample or batch"),
             (self.wandb in ("offline", "online", "disabled"), "wandb must be offline, online or disabled"),
+            (set(self.lora) <= {"rank", "alpha", "targets"} and int(self.lora.get("rank", 0)) >= 0,
+             "lora takes rank (0 = off), alpha and targets, e.g. lora={rank: 16, alpha: 16}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -34,9 +34,19 @@ class DistillModule(pl.LightningModule):
     def __init__(self, teacher, cfg: RunConfig):
         super().__init__()
         self.cfg, self.arm = cfg, cfg.arm
-        self.teacher = teacher.eval().requires_grad_(False)
-        self.generator = copy.deepcopy(teacher).train().requires_grad_(True)
-        self.fake = copy.deepcopy(teacher).train().requires_grad_(True) if self.arm.train_fake else None
+        if cfg.lora.get("rank", 0):
+            # one base held once (registered as self.base); teacher / generator / fake are views
+            from .lora import DEFAULT_TARGETS, LoraPlan, shared_base_views
+
+            plan = LoraPlan(int(cfg.lora["rank"]), float(cfg.lora.get("alpha", cfg.lora["rank"])),
+                            tuple(cfg.lora.get("targets", DEFAULT_TARGETS)))
+            self.base = teacher.eval()
+            views = shared_base_views(teacher, plan, ("generator", "fake") if self.arm.train_fake else ("generator",))
+            self.teacher, self.generator, self.fake = views["teacher"], views["generator"], views.get("fake")
+        else:
+            self.teacher = teacher.eval().requires_grad_(False)
+            self.generator = copy.deepcopy(teacher).train().requires_grad_(True)
+            self.fake = copy.deepcopy(teacher).train().requires_grad_(True) if self.arm.train_fake else None
         self.disc = None
         if self.arm.gan_weight or self.arm.gan_disc_weight:
             self.disc = DiscriminatorHead.for_backbone(self.fake)

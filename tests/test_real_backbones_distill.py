@@ -38,10 +38,10 @@ def _lumina2():
     return Lumina2Backbone(net, null, (4, 16, 16)), lambda: PaddedText(torch.randn(2, 4, 32), torch.ones(2, 4, dtype=torch.bool))
 
 
-def _sdxl():
+def _sdxl(widths=(2, 4)):
     from ddmd_lab.backbones.sdxl import SDXLBackbone, SDXLCondition
 
-    unet = tiny_sdxl_unet()
+    unet = tiny_sdxl_unet(widths)
     ac = sdxl_alphas_cumprod()
     ids = torch.tensor([[32.0, 32, 0, 0, 32, 32]])
     null = SDXLCondition(torch.zeros(1, 7, 64), torch.zeros(1, 32), ids)
@@ -70,3 +70,36 @@ def test_two_decoupled_hybrid_steps_and_a_sample(family):
     assert any(not torch.equal(a, b) for a, b in zip(before, module.generator.parameters()))
     sample = module.sample(torch.randn(2, *teacher.sample_shape), make_cond())
     assert sample.shape == (2, *teacher.sample_shape) and torch.isfinite(sample).all()
+
+
+# SDXL's tiny test UNet has 2 and 4 channels, where a rank-2 adapter is half a layer; 32 / 64 keep
+# the layer shapes' proportions closer to the real ones (LoRA's share falls with width)
+@pytest.mark.parametrize("family", [_zimage, _lumina2, lambda: _sdxl((32, 64))], ids=["zimage", "lumina2", "sdxl"])
+def test_lora_on_one_shared_base_holds_one_copy_and_keeps_the_teacher(family):
+    import copy
+
+    from ddmd_lab.lora import held_parameters
+
+    torch.manual_seed(0)
+    teacher, make_cond = family()
+    original = copy.deepcopy(teacher).eval()
+    base = held_parameters(teacher)
+    full = held_parameters(DistillModule(copy.deepcopy(teacher), RunConfig(arm=REGISTRY["decoupled_hybrid"], wandb="disabled")))
+    cfg = RunConfig(arm=REGISTRY["decoupled_hybrid"], steps=2, ttur=1, batch_size=2, student_steps=1, alpha=4.0,
+                    wandb="disabled", lora={"rank": 2}, student_times=[0.02] if hasattr(teacher, "unet") else [])
+    module = DistillModule(teacher, cfg)
+    assert full == 3 * base and held_parameters(module) <= 1.1 * base
+    gen, fake = set(map(id, module.generator.parameters())), set(map(id, module.fake.parameters()))
+    assert gen and fake and not gen & fake and not list(module.teacher.parameters())
+    x, t, c = torch.randn(2, *teacher.sample_shape), torch.tensor([0.3, 0.7]), make_cond()
+    with torch.no_grad():  # LoRA's B starts at zero: all three views are the teacher at step 0
+        ref = original.x0(x, t, c)
+        torch.testing.assert_close(module.generator.x0(x, t, c), ref)
+        torch.testing.assert_close(module.fake.x0(x, t, c), ref)
+    loader = torch.utils.data.DataLoader(_Conditions(make_cond, 2), batch_size=None, collate_fn=lambda b: b)
+    pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False).fit(module, loader)
+    assert module.generator_step_count == 2 and module.skipped_steps == 0
+    with torch.no_grad():
+        torch.testing.assert_close(module.teacher.x0(x, t, c), ref)  # adapters off: the frozen teacher
+        assert not torch.allclose(module.generator.x0(x, t, c), ref)

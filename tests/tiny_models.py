@@ -18,10 +18,10 @@ def tiny_lumina2_transformer():
                                      axes_dim_rope=(4, 2, 2), axes_lens=(128, 128, 128), cap_feat_dim=32)
 
 
-def tiny_sdxl_unet():
+def tiny_sdxl_unet(widths=(2, 4)):
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(block_out_channels=(2, 4), layers_per_block=2, sample_size=32,
+    return UNet2DConditionModel(block_out_channels=widths, layers_per_block=2, sample_size=32,
                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
                                 use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,

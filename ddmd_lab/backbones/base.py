@@ -21,6 +21,14 @@ class Backbone(nn.Module):
     """
 
     sample_shape: tuple[int, ...]
+    denoiser_attr: str = ""  # the attribute holding the diffusers network (what LoRA adapts)
+
+    def denoiser(self) -> nn.Module:
+        if not self.denoiser_attr:
+            from ..errors import UserError
+
+            raise UserError(f"{type(self).__name__} wraps no diffusers network; LoRA needs one (set lora.rank=0).")
+        return getattr(self, self.denoiser_attr)
 
     def x0(self, x_t: Tensor, t: Tensor, cond: Any) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError

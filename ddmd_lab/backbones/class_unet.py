@@ -43,6 +43,8 @@ def build_unet(size: str, num_classes: int, channels: int = 1, resolution: int =
 
 
 class ClassUNet(Backbone):
+    denoiser_attr = "unet"
+
     def __init__(self, unet: UNet2DModel, num_classes: int, patch: int = 2):
         super().__init__()
         self.unet, self.num_classes, self.patch = unet, num_classes, patch

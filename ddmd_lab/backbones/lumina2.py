@@ -41,6 +41,8 @@ class PaddedText:
 
 
 class Lumina2Backbone(Backbone):
+    denoiser_attr = "transformer"
+
     def __init__(self, transformer, null_text: PaddedText, latent_shape: tuple[int, int, int]):
         super().__init__()
         self.transformer, self.null_text = transformer, null_text

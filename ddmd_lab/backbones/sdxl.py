@@ -37,6 +37,8 @@ class SDXLCondition:
 
 
 class SDXLBackbone(Backbone):
+    denoiser_attr = "unet"
+
     def __init__(self, unet, alphas_cumprod: Tensor, null: SDXLCondition, latent_shape: tuple[int, int, int]):
         super().__init__()
         self.unet, self.null = unet, null

@@ -67,6 +67,8 @@ class ZImageBackbone(Backbone):
     negative prompt).
     """
 
+    denoiser_attr = "transformer"
+
     def __init__(self, transformer, null_features: Tensor, latent_shape: tuple[int, int, int]):
         super().__init__()
         self.transformer = transformer

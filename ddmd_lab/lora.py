@@ -1,0 +1,104 @@
+"""One frozen base, two LoRA adapters (peft): the memory plan for real models.
+
+Three full copies (teacher, generator, fake) of a 6B-parameter transformer do
+not fit where one does.  Here the teacher's diffusers network gets two LoRA
+adapters, ``generator`` and ``fake``; the teacher is that network with the
+adapters switched off.  LoRA's B matrices start at zero, so at step 0 all
+three views compute exactly the teacher, as the full-copy recipe does.
+
+Each view activates its adapter right before each call, so the order of
+calls in a step never matters; autograd keeps what each call computed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .errors import UserError
+
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # diffusers' attention projections (UNets and DiTs)
+
+
+class AdapterView:
+    """The backbone interface with one adapter active (``None``: all off, the teacher).
+
+    Not an nn.Module: the shared base is registered once (as DistillModule.base),
+    so checkpoints hold one copy of it; ``parameters()`` yields this adapter's
+    weights only, which is what its optimiser and gradient clipping need.
+    """
+
+    def __init__(self, backbone: nn.Module, adapter: str | None, trainable: list | None = None):
+        self.backbone, self.adapter, self.trainable = backbone, adapter, trainable or []
+
+    def _activate(self) -> None:
+        net = self.backbone.denoiser()
+        if self.adapter is None:
+            net.disable_adapters()
+        else:
+            net.enable_adapters()
+            net.set_adapter(self.adapter)
+        # peft's switches also set requires_grad (inactive adapters off); autograd then drops the
+        # gradients of a graph built earlier in the step, so every adapter stays trainable here
+        for p in self.trainable:
+            p.requires_grad_(True)
+
+    def x0(self, *args, **kwargs):
+        self._activate()
+        return self.backbone.x0(*args, **kwargs)
+
+    def features(self, *args, **kwargs):
+        self._activate()
+        return self.backbone.features(*args, **kwargs)
+
+    def parameters(self):
+        if self.adapter is None:
+            return iter(())
+        return (p for n, p in self.backbone.denoiser().named_parameters() if f".{self.adapter}." in n)
+
+    # the module's mode and gradient switches concern the shared base: handled by DistillModule
+    def train(self, mode: bool = True):
+        return self
+
+    def eval(self):
+        return self
+
+    def requires_grad_(self, flag: bool = True):
+        return self
+
+    def __getattr__(self, name):  # sample_shape, null_condition, cat_conditions, ...
+        return getattr(self.backbone, name)
+
+
+@dataclass(frozen=True)
+class LoraPlan:
+    rank: int
+    alpha: float
+    targets: tuple[str, ...]
+
+
+def shared_base_views(backbone: nn.Module, plan: LoraPlan, adapters: tuple[str, ...]) -> dict[str, AdapterView]:
+    """Add one LoRA adapter per name to the backbone's diffusers network (frozen base) and
+    return a view per adapter plus ``teacher`` (adapters off)."""
+    from peft import LoraConfig
+
+    net = backbone.denoiser()
+    leaves = {n.rsplit(".", 1)[-1] for n, _ in net.named_modules()} | {n for n, _ in net.named_modules()}
+    if not any(t in leaves or any(n.endswith("." + t) for n in leaves) for t in plan.targets):
+        raise UserError(f"no module of {type(net).__name__} matches lora.targets {list(plan.targets)}; "
+                        "name its linear / conv layers, e.g. SET=\"lora={rank: 16, targets: [to_q, to_v]}\".")
+    backbone.requires_grad_(False)
+    for name in adapters:
+        net.add_adapter(LoraConfig(r=plan.rank, lora_alpha=plan.alpha, target_modules=list(plan.targets),
+                                   init_lora_weights=True), adapter_name=name)
+    trainable = [p for name in adapters for p in AdapterView(backbone, name).parameters()]
+    views = {name: AdapterView(backbone, name, trainable) for name in (*adapters, None)}
+    views["teacher"] = views.pop(None)
+    for p in trainable:
+        p.requires_grad_(True)
+    return views
+
+
+def held_parameters(module: nn.Module) -> int:
+    """Distinct parameters a module holds (shared tensors counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
