@@ -64,6 +64,8 @@ class RunConfig:
     strategy: str = "auto"
     # LoRA on one shared frozen base (lora.py): {rank: 0} is full fine-tuning of two copies
     lora: dict = field(default_factory=lambda: {"rank": 0})
+    precision: str = "32-true"  # Lightning's precision, e.g. "bf16-mixed" (autocast; the math stays float32/64)
+    gradient_checkpointing: bool = False  # diffusers' own, on the trained networks
     num_nodes: int = 1
     progress_bar: bool = True
     teacher: dict = field(default_factory=dict)  # scale-specific teacher settings

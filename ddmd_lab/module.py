@@ -47,6 +47,10 @@ class DistillModule(pl.LightningModule):
             self.teacher = teacher.eval().requires_grad_(False)
             self.generator = copy.deepcopy(teacher).train().requires_grad_(True)
             self.fake = copy.deepcopy(teacher).train().requires_grad_(True) if self.arm.train_fake else None
+        if cfg.gradient_checkpointing:  # trades a second forward for activation memory on the trained nets
+            nets = {id(m.denoiser()): m.denoiser() for m in (self.generator, self.fake) if m is not None}
+            for net in nets.values():
+                net.enable_gradient_checkpointing()
         self.disc = None
         if self.arm.gan_weight or self.arm.gan_disc_weight:
             self.disc = DiscriminatorHead.for_backbone(self.fake)

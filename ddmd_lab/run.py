@@ -114,6 +114,7 @@ def _fit(cfg: RunConfig, run_dir: Path, teacher, ckpt_path: Path | None = None, 
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         strategy=make_strategy(cfg),
+        precision=cfg.precision,
         num_nodes=cfg.num_nodes,
         use_distributed_sampler=False,  # every rank reads its own batch of each step (data/steps.py)
         logger=make_loggers(cfg, run_dir),

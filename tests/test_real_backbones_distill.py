@@ -103,3 +103,19 @@ def test_lora_on_one_shared_base_holds_one_copy_and_keeps_the_teacher(family):
     with torch.no_grad():
         torch.testing.assert_close(module.teacher.x0(x, t, c), ref)  # adapters off: the frozen teacher
         assert not torch.allclose(module.generator.x0(x, t, c), ref)
+
+
+def test_bf16_autocast_with_gradient_checkpointing_and_lora_trains():
+    torch.manual_seed(0)
+    teacher, make_cond = _zimage()
+    cfg = RunConfig(arm=REGISTRY["decoupled_hybrid"], steps=2, ttur=1, batch_size=2, student_steps=2, alpha=4.0,
+                    wandb="disabled", lora={"rank": 2}, precision="bf16-mixed", gradient_checkpointing=True)
+    module = DistillModule(teacher, cfg)
+    assert teacher.transformer.gradient_checkpointing
+    before = [p.clone() for p in module.generator.parameters()]
+    loader = torch.utils.data.DataLoader(_Conditions(make_cond, 2), batch_size=None, collate_fn=lambda b: b)
+    pl.Trainer(max_epochs=1, accelerator="cpu", precision=cfg.precision, logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False).fit(module, loader)
+    assert module.generator_step_count == 2 and module.skipped_steps == 0
+    assert all(p.dtype == torch.float32 for p in module.generator.parameters())  # master weights stay float32
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.generator.parameters()))
