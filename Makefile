@@ -68,7 +68,7 @@ spectra: setup
 	$(PY) -m ddmd_lab spectra $(if $(RUN),--run $(RUN)) $(RUN_ARGS)
 
 bench: setup
-	$(PY) -m ddmd_lab bench $(RUN_ARGS)
+	$(PY) -m ddmd_lab bench $(if $(ARMS),--arms $(ARMS)) $(RUN_ARGS)
 
 test: setup
 	$(PY) -m pytest tests

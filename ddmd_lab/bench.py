@@ -116,6 +116,8 @@ def main(args) -> None:
     print("| arm | steps/s | generator steps/s | step ms | floor ms | step / floor |")
     print("|---|---|---|---|---|---|")
     for name, arm in REGISTRY.items():
+        if args.arms and name not in args.arms.split(","):
+            continue
         if arm.gan_weight and real_data_of(next(iter(loader))) is None:
             continue
         cfg = replace(base, arm=arm)

@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", help="step time against the network-evaluation floor, per arm")
     _common(p)
     p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--arms", default="", help="only these registry arms (comma-separated)")
     p.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
