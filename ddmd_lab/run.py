@@ -126,9 +126,23 @@ def _fit(cfg: RunConfig, run_dir: Path, teacher, ckpt_path: Path | None = None, 
         enable_checkpointing=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, scale.condition_loader(cfg, start_step), ckpt_path=ckpt_path)
-    checkpoints.save(trainer, "final.ckpt")
+    try:
+        trainer.fit(module, scale.condition_loader(cfg, start_step), ckpt_path=ckpt_path)
+        checkpoints.save(trainer, "final.ckpt")
+    finally:
+        _finish_wandb(trainer.loggers)
     return run_dir
+
+
+def _finish_wandb(loggers) -> None:
+    """Close this run's W&B run: Lightning leaves it open, and the next run of a sweep
+    in the same process would otherwise log into it."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        import wandb
+
+        wandb.finish()
 
 
 @rank_zero_only

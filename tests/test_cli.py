@@ -17,15 +17,16 @@ def test_bad_input_is_one_line_and_exit_2(argv, fragment, capsys, tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing was started
 
 
-def test_offline_wandb_run_writes_locally(tmp_path, capsys):
-    code = main(["ablation", "--arm", "ca_only", "--steps", "4",
+def test_offline_wandb_run_writes_locally_and_each_run_of_a_sweep_gets_its_own(tmp_path, capsys):
+    code = main(["sweep", "--arms", "ca_only,dm_only", "--steps", "4",
                  "--set", f"runs_dir={tmp_path}/runs", "--set", f"cache_dir={tmp_path}/cache", "--set", "progress_bar=false",
                  "--set", "teacher={steps: 20, data_size: 2048}", "--set", "eval_every=2", "--set", "eval_samples=100",
                  "--set", "wandb=offline"])
     assert code == 0
-    run = next((tmp_path / "runs" / "toy2d" / "ca_only").iterdir())
-    assert list((run / "wandb").glob("offline-run-*"))
-    assert "run folder:" in capsys.readouterr().out
+    for arm in ("ca_only", "dm_only"):  # one process, two runs: W&B must not keep logging into the first
+        run = next((tmp_path / "runs" / "toy2d" / arm).iterdir())
+        assert len(list((run / "wandb").glob("offline-run-*"))) == 1, arm
+    assert capsys.readouterr().out.count("run folder:") == 2
 
 
 def test_teacher_command_caches_and_rewrites_a_missing_report(tmp_path, capsys):
