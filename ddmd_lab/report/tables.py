@@ -20,6 +20,10 @@ SCHEDULES = ("coupled", "decoupled_full", "decoupled_constrained", "decoupled_hy
 REGULARISERS = {"none (CA only)": "ca_only", "mean-variance KL": "ca_meanvar", "DM (decoupled-hybrid)": "decoupled_hybrid",
                 "GAN": "ca_gan"}
 FIG2_ARMS = {"CA": "ca_only", "CA+DM (coupled)": "coupled", "DM": "dm_only"}
+# summary keys left out of the results table (bookkeeping, or shown in their own figure)
+SKIP = {"step", "generator_steps", "nonfinite_samples", "critic_steps", "skipped_steps", "fid_samples", "out_of_range",
+        "out_mean_spread", "ranks", "ranks_identical"}
+SKIP_PREFIXES = ("observer_",)
 
 
 @dataclass
@@ -63,14 +67,11 @@ def _paper_row(table: dict, arm: str) -> dict:
     return next((r for r in table["rows"] if r.get("arm") == arm), {})
 
 
-SKIP = {"step", "nonfinite_samples", "critic_steps", "skipped_steps", "fid_samples", "out_of_range", "out_mean_spread"}
-
-
 def results_table(runs: dict[tuple[str, int], RunRecord], reference: dict[str, dict] | None = None) -> Table:
     """Every arm's final numbers (whatever its scale measures), the scale's reference rows below."""
     keys: list[str] = []
     for r in runs.values():
-        keys += [k for k in r.summary if k not in keys and k not in SKIP and k != "generator_steps"]
+        keys += [k for k in r.summary if k not in keys and k not in SKIP and not k.startswith(SKIP_PREFIXES)]
     t = Table("Every arm after the same number of generator steps",
               ["arm", "student steps", "generator steps", *keys, "run"])
     for (arm, steps), r in runs.items():
