@@ -92,16 +92,19 @@ def _figures(runs, folder: Path) -> list[str]:
                    lambda p, r=r: plots.term_spectra_plot(r, p))
             figure(f"output_spectra_{arm}_{steps}.png", f"Output spectrum over training: {arm}, {steps}-step",
                    lambda p, r=r: plots.output_spectra_heatmap(r, p))
-    out += ["### Sample grids (rows: classes; first and last evaluation)", ""]
+    out += ["### Sample grids (rows: classes; fixed noise)", ""]
+    started: set[int] = set()
     for (arm, steps), r in runs.items():
         grids = r.grids()
         if not grids:
             continue
-        for g, when in ((grids[0], "start"), (grids[-1], "end")):
-            name = f"grid_{arm}_{steps}_{when}.png"
-            shutil.copyfile(g, folder / name)
-            out.append(f"![{arm} {steps}-step {when}]({name})")
-        out.append(f"\n{arm}, {steps}-step: start / end ({r.path.name})\n")
+        if steps not in started:  # every arm starts from the teacher's weights on the same noise
+            started.add(steps)
+            shutil.copyfile(grids[0], folder / f"grid_start_{steps}.png")
+            out.append(f"![{steps}-step student at step 0](grid_start_{steps}.png)\n\nevery {steps}-step student at step 0 "
+                       "(the teacher's weights)\n")
+        shutil.copyfile(grids[-1], folder / f"grid_{arm}_{steps}.png")
+        out.append(f"![{arm} {steps}-step](grid_{arm}_{steps}.png)\n\n{arm}, {steps}-step, end of training ({r.path.name})\n")
     return out
 
 
@@ -135,8 +138,9 @@ def findings(runs) -> list[str]:
         h, c, d = fid.get(("decoupled_hybrid", steps)), fid.get(("coupled", steps)), fid.get(("dm_only", steps))
         if h is not None and c is not None:
             out.append(f"{steps}-step FID: decoupled_hybrid {h:.4g} vs coupled {c:.4g} -- hybrid at least as good: {_verdict(h <= c)}.")
-        if d is not None and h is not None:
-            out.append(f"{steps}-step FID: dm_only {d:.4g} vs decoupled_hybrid {h:.4g} -- DM alone worse: {_verdict(d > h)}.")
+        for other, o in (("decoupled_hybrid", h), ("coupled", c)):
+            if d is not None and o is not None:
+                out.append(f"{steps}-step FID: dm_only {d:.4g} vs {other} {o:.4g} -- DM alone worse: {_verdict(d > o)}.")
     d4, d1 = fid.get(("dm_only", 4)), fid.get(("dm_only", 1))
     if d4 is not None and d1 is not None:
         out.append(f"DM alone: FID {d4:.4g} at 4 steps vs {d1:.4g} at 1 step -- poor at 1 step: {_verdict(d1 > d4)}.")
