@@ -50,16 +50,21 @@ RUN_DIR_ENV = "DDMD_RUN_DIR"
 def run_ablation(cfg: RunConfig) -> Path:
     """A new run in a new folder (made only once the teacher and data load)."""
     teacher = get_scale(cfg.scale).load_teacher(cfg)
-    if os.environ.get(RUN_DIR_ENV):
-        run_dir = Path(os.environ[RUN_DIR_ENV])
+    handed_over = os.environ.get(RUN_DIR_ENV)
+    if handed_over:
+        run_dir = Path(handed_over)
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
         run_dir = new_run_dir(Path(cfg.runs_dir), cfg.scale, cfg.arm.name, cfg.seed)
-        if _distributed(cfg):
-            os.environ[RUN_DIR_ENV] = str(run_dir)
     if not (run_dir / "config.yaml").exists():
         save_config(cfg, run_dir / "config.yaml")
-    return _fit(cfg, run_dir, teacher)
+    if handed_over or not _distributed(cfg):
+        return _fit(cfg, run_dir, teacher)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # for the ranks the launcher starts during fit
+    try:
+        return _fit(cfg, run_dir, teacher)
+    finally:  # the next run of a sweep in this process gets a folder of its own
+        del os.environ[RUN_DIR_ENV]
 
 
 def _distributed(cfg: RunConfig) -> bool:
