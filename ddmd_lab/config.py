@@ -170,8 +170,18 @@ def load_config(scale: str, arm: str, overrides: dict | None = None) -> RunConfi
     arm_changes = overrides.pop("arm", None)
     if arm_changes:
         arm_obj = arm_obj.with_overrides(**arm_changes)
-    merged = {**data, **arm_overrides, **overrides, "scale": scale, "arm": arm_obj}
+    merged = _merge(_merge(data, arm_overrides), overrides)
+    merged.update(scale=scale, arm=arm_obj)
     return RunConfig.from_dict(merged, where=f"{path.name} + overrides")
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    """``changes`` over ``base``; dict values (teacher, data, lora) merge key by key, so
+    --set teacher.source=... keeps the YAML's teacher.family."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:

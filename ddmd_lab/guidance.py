@@ -1,7 +1,7 @@
 """Classifier-free guidance, in both conventions the field uses.
 
 Standard form (the paper's): ``cfg = uncond + alpha * (cond - uncond)``;
-alpha = 1 means no guidance.  Offset form (Z-Image's / Lumina's pipelines):
+alpha = 1 means no guidance.  Offset form (Z-Image's pipeline; Lumina2 and SDXL write the standard one):
 ``cfg = cond + g * (cond - uncond)`` with g = alpha - 1, so Z-Image-Turbo's
 "guidance_scale = 0" is alpha = 1.  Configs in ddmd_lab always hold alpha.
 """

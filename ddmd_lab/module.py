@@ -55,7 +55,11 @@ class DistillModule(pl.LightningModule):
         if self.arm.gan_weight or self.arm.gan_disc_weight:
             self.disc = DiscriminatorHead.for_backbone(self.fake)
         self.automatic_optimization = False
-        times = torch.tensor(cfg.student_times, dtype=torch.float32) if cfg.student_times else student_times(cfg.student_steps, cfg.shift)
+        if cfg.student_times:
+            times = torch.tensor(cfg.student_times, dtype=torch.float32)
+        else:  # a backbone may know its family's published times (SDXL: DMD2's DDPM timesteps)
+            times = teacher.default_student_times(cfg.student_steps)
+            times = student_times(cfg.student_steps, cfg.shift) if times is None else times
         self.register_buffer("times", times, persistent=False)
         self.settings = UpdateSettings(cfg.alpha, cfg.shift, tuple(cfg.tau_clamp), cfg.normaliser_eps)
         # Counters that define the run; saved in checkpoints.

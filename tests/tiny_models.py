@@ -15,7 +15,7 @@ def tiny_lumina2_transformer():
 
     return Lumina2Transformer2DModel(sample_size=16, patch_size=2, in_channels=4, hidden_size=24, num_layers=2,
                                      num_refiner_layers=1, num_attention_heads=3, num_kv_heads=1, multiple_of=2,
-                                     axes_dim_rope=(4, 2, 2), axes_lens=(128, 128, 128), cap_feat_dim=32)
+                                     axes_dim_rope=(4, 2, 2), axes_lens=(300, 512, 512), cap_feat_dim=32)  # real axes_lens
 
 
 def tiny_sdxl_unet(widths=(2, 4)):

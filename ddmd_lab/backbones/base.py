@@ -43,6 +43,15 @@ class Backbone(nn.Module):
     def cat_conditions(self, conds: list[Any]) -> Any:
         return torch.cat(conds, dim=0)
 
+    def condition_rows(self, cond: Any) -> list[Any]:
+        """A batch of conditions as single-sample conditions (cat_conditions undoes it)."""
+        return list(cond.split(1))
+
+    def default_student_times(self, num_steps: int) -> Tensor | None:
+        """The family's published student times in the paper's convention, or None for
+        the generic shift(k / N)."""
+        return None
+
     def features(self, x_t: Tensor, t: Tensor, cond: Any) -> Tensor:  # pragma: no cover - interface
         """Bottleneck features (for discriminator heads)."""
         raise NotImplementedError

@@ -1,4 +1,4 @@
-"""Lumina-Image-2.0 behind the Backbone interface (work in progress: transformer adapter).
+"""Lumina-Image-2.0 behind the Backbone interface.
 
 Lumina2Transformer2DModel takes batched latents (B, C, H, W), t in the paper's
 convention (the pipeline passes 1 - timestep/1000) and padded text features
@@ -39,13 +39,24 @@ class PaddedText:
     def repeat(self, n: int) -> "PaddedText":
         return PaddedText(self.embeds.expand(n, -1, -1), self.mask.expand(n, -1))
 
+    def trimmed(self) -> "PaddedText":
+        """Without the padding columns no row uses (pipelines pad every prompt to max_length)."""
+        length = max(int(self.mask.any(0).nonzero().max()) + 1, 1) if self.mask.any() else 1
+        return PaddedText(self.embeds[:, :length], self.mask[:, :length])
+
+    def rows(self) -> list["PaddedText"]:
+        return [PaddedText(e[None], m[None]).trimmed() for e, m in zip(self.embeds, self.mask)]
+
 
 class Lumina2Backbone(Backbone):
     denoiser_attr = "transformer"
 
     def __init__(self, transformer, null_text: PaddedText, latent_shape: tuple[int, int, int]):
         super().__init__()
-        self.transformer, self.null_text = transformer, null_text
+        self.transformer = transformer
+        # buffers, so the null condition moves with the module to the accelerator
+        self.register_buffer("null_embeds", null_text.embeds, persistent=False)
+        self.register_buffer("null_mask", null_text.mask, persistent=False)
         self.sample_shape = latent_shape
 
     def x0(self, x_t: Tensor, t: Tensor, cond: PaddedText) -> Tensor:
@@ -53,6 +64,10 @@ class Lumina2Backbone(Backbone):
         out = self.transformer(hidden_states=x_t.to(dtype), timestep=t.to(dtype), encoder_hidden_states=cond.embeds.to(dtype),
                                encoder_attention_mask=cond.mask, return_dict=False)[0]
         return x0_from_velocity(x_t.float(), out.float(), expand_like(t.float(), x_t))
+
+    @property
+    def null_text(self) -> PaddedText:
+        return PaddedText(self.null_embeds, self.null_mask)
 
     def null_condition(self, cond: PaddedText) -> PaddedText:
         return self.null_text.repeat(len(cond))
@@ -62,3 +77,31 @@ class Lumina2Backbone(Backbone):
 
     def cat_conditions(self, conds: list[PaddedText]) -> PaddedText:
         return PaddedText.cat(conds)
+
+    def condition_rows(self, cond: PaddedText) -> list[PaddedText]:
+        return cond.rows()
+
+
+def from_pipeline(pipe, resolution: int, system_prompt: str | None = None, max_length: int = 256):
+    """A loaded Lumina2Pipeline as a TextToImage teacher; prompts go through the pipeline's own
+    encode_prompt (its system prompt unless one is given), the null condition is its negative
+    prompt's encoding."""
+    from .text_to_image import TextToImage, latent_shape
+
+    def encode_pair(prompts: list[str], cfg: bool):
+        device = next(pipe.text_encoder.parameters()).device
+        return pipe.encode_prompt(prompts, do_classifier_free_guidance=cfg, device=device,
+                                  system_prompt=system_prompt, max_sequence_length=max_length)
+
+    def encode(prompts: list[str]) -> PaddedText:
+        embeds, mask, _, _ = encode_pair(prompts, False)
+        return PaddedText(embeds.float().cpu(), mask.bool().cpu()).trimmed()
+
+    with torch.no_grad():
+        _, _, null_embeds, null_mask = encode_pair([""], True)
+    null = PaddedText(null_embeds.float().cpu(), null_mask.bool().cpu()).trimmed()
+    net = pipe.transformer
+    shape = latent_shape(pipe.vae, net.config.in_channels, resolution, net.config.patch_size)
+    # the paper's Table 1 teacher: 50 steps; the pipeline's default guidance 4 (standard form: alpha = 4)
+    return TextToImage("lumina2", Lumina2Backbone(net, null, shape), torch.no_grad()(encode), pipe.vae,
+                       [pipe.text_encoder], teacher_steps=50, teacher_alpha=4.0)

@@ -1,4 +1,4 @@
-"""SDXL behind the Backbone interface (work in progress: the UNet adapter).
+"""SDXL behind the Backbone interface.
 
 SDXL is an epsilon-prediction DDPM model.  It runs inside the paper's flow
 convention exactly: a flow sample at time t is a VP sample at the matching
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..flow import alpha_bar_from_t, ddpm_timestep_from_t, expand_like, vp_scale, x0_from_ddpm_eps
+from ..flow import alpha_bar_from_t, ddpm_timestep_from_t, expand_like, t_from_ddpm_timestep, vp_scale, x0_from_ddpm_eps
 from .base import Backbone
 
 
@@ -32,6 +32,10 @@ class SDXLCondition:
     def cat(parts: list["SDXLCondition"]) -> "SDXLCondition":
         return SDXLCondition(*(torch.cat([getattr(p, f) for p in parts]) for f in ("tokens", "text_embeds", "time_ids")))
 
+    def rows(self) -> list["SDXLCondition"]:
+        return [SDXLCondition(*(getattr(self, f)[i:i + 1] for f in ("tokens", "text_embeds", "time_ids")))
+                for i in range(len(self))]
+
     def repeat(self, n: int) -> "SDXLCondition":
         return SDXLCondition(self.tokens.expand(n, -1, -1), self.text_embeds.expand(n, -1), self.time_ids.expand(n, -1))
 
@@ -41,7 +45,10 @@ class SDXLBackbone(Backbone):
 
     def __init__(self, unet, alphas_cumprod: Tensor, null: SDXLCondition, latent_shape: tuple[int, int, int]):
         super().__init__()
-        self.unet, self.null = unet, null
+        self.unet = unet
+        # buffers, so the null condition moves with the module to the accelerator
+        for name in ("tokens", "text_embeds", "time_ids"):
+            self.register_buffer(f"null_{name}", getattr(null, name), persistent=False)
         self.register_buffer("alphas_cumprod", alphas_cumprod.double(), persistent=False)
         self.sample_shape = latent_shape
 
@@ -54,6 +61,10 @@ class SDXLBackbone(Backbone):
                         return_dict=False)[0]
         return x0_from_ddpm_eps(x_vp, eps, alpha_bar_from_t(t))
 
+    @property
+    def null(self) -> SDXLCondition:
+        return SDXLCondition(self.null_tokens, self.null_text_embeds, self.null_time_ids)
+
     def null_condition(self, cond: SDXLCondition) -> SDXLCondition:
         return self.null.repeat(len(cond))
 
@@ -62,3 +73,46 @@ class SDXLBackbone(Backbone):
 
     def cat_conditions(self, conds: list[SDXLCondition]) -> SDXLCondition:
         return SDXLCondition.cat(conds)
+
+    def condition_rows(self, cond: SDXLCondition) -> list[SDXLCondition]:
+        return cond.rows()
+
+    def default_student_times(self, num_steps: int) -> Tensor:
+        """DMD2's times: 4-step DDPM timesteps 999, 749, 499, 249, the 1-step student at 399
+        (a VP model cannot start at t = 0: timestep 999 is t ~ 0.07)."""
+        steps = [399] if num_steps == 1 else [999 - k * (1000 // num_steps) for k in range(num_steps)]
+        return t_from_ddpm_timestep(torch.tensor(steps), self.alphas_cumprod)
+
+
+def time_ids(resolution: int) -> Tensor:
+    """SDXL's added time ids: original size, crop top-left (0, 0), target size."""
+    return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)
+
+
+def from_pipeline(pipe, resolution: int):
+    """A loaded StableDiffusionXLPipeline as a TextToImage teacher; prompts go through the
+    pipeline's encode_prompt (both CLIP encoders, penultimate layers, pooled embedding of the
+    second), the null condition is its negative for an empty prompt (zeros when the
+    checkpoint sets force_zeros_for_empty_prompt, as SDXL base does)."""
+    from .text_to_image import TextToImage, latent_shape
+
+    ids = time_ids(resolution)
+
+    def encode_all(prompts: list[str], cfg: bool):
+        device = next(pipe.text_encoder_2.parameters()).device
+        return pipe.encode_prompt(prompts, device=device, do_classifier_free_guidance=cfg)
+
+    @torch.no_grad()
+    def encode(prompts: list[str]) -> SDXLCondition:
+        tokens, _, pooled, _ = encode_all(prompts, False)
+        return SDXLCondition(tokens.float().cpu(), pooled.float().cpu(), ids.repeat(len(prompts), 1))
+
+    with torch.no_grad():
+        _, null_tokens, _, null_pooled = encode_all([""], True)
+    null = SDXLCondition(null_tokens.float().cpu(), null_pooled.float().cpu(), ids)
+    unet = pipe.unet
+    shape = latent_shape(pipe.vae, unet.config.in_channels, resolution)
+    backbone = SDXLBackbone(unet, pipe.scheduler.alphas_cumprod, null, shape)
+    # SDXL base's usual sampling: 50 steps, guidance 5 (standard form, alpha = 5)
+    return TextToImage("sdxl", backbone, encode, pipe.vae, [pipe.text_encoder, pipe.text_encoder_2],
+                       teacher_steps=50, teacher_alpha=5.0)

@@ -1,4 +1,4 @@
-"""Z-Image behind the Backbone interface (work in progress: transformer + text path).
+"""Z-Image behind the Backbone interface: the transformer adapter and the text path.
 
 The transformer already speaks the paper's time (t = 0 noise, 1 clean; it
 multiplies by t_scale inside) and takes lists: latents (C, 1, H, W) per
@@ -59,6 +59,9 @@ class Captions:
     def __len__(self) -> int:
         return len(self.features)
 
+    def rows(self) -> list["Captions"]:
+        return [Captions([f]) for f in self.features]
+
 
 class ZImageBackbone(Backbone):
     """x0 predictions of a ZImageTransformer2DModel on batched latents (B, C, H, W).
@@ -90,3 +93,24 @@ class ZImageBackbone(Backbone):
 
     def cat_conditions(self, conds: list[Captions]) -> Captions:
         return Captions([f for c in conds for f in c.features])
+
+    def condition_rows(self, cond: Captions) -> list[Captions]:
+        return cond.rows()
+
+
+def from_pipeline(pipe, resolution: int, system_prompt: str | None = None, thinking: str | None = None,
+                  max_length: int = 512):
+    """A loaded ZImagePipeline as a TextToImage teacher.  The null condition is the empty
+    prompt through the same template (the pipeline's default negative prompt is "")."""
+    from .text_to_image import TextToImage, latent_shape
+
+    def encode(prompts: list[str]) -> Captions:
+        feats = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, max_length, system_prompt, thinking)
+        return Captions([f.float().cpu() for f in feats])
+
+    net = pipe.transformer
+    shape = latent_shape(pipe.vae, net.config.in_channels, resolution, net.config.all_patch_size[0])
+    null = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""], max_length, system_prompt)[0].float().cpu()
+    # Z-Image's base pipeline samples 50 steps with cond + 5*(cond - uncond), i.e. alpha = 6
+    return TextToImage("zimage", ZImageBackbone(net, null, shape), encode, pipe.vae, [pipe.text_encoder],
+                       teacher_steps=50, teacher_alpha=6.0)

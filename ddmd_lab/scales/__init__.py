@@ -9,7 +9,8 @@ import importlib
 
 from ..errors import UserError
 
-SCALES = {"toy2d": "ddmd_lab.scales.toy2d", "fashion": "ddmd_lab.scales.images", "mnist": "ddmd_lab.scales.images"}
+SCALES = {"toy2d": "ddmd_lab.scales.toy2d", "fashion": "ddmd_lab.scales.images", "mnist": "ddmd_lab.scales.images",
+          "zimage": "ddmd_lab.scales.text2image", "lumina2": "ddmd_lab.scales.text2image", "sdxl": "ddmd_lab.scales.text2image"}
 
 
 def get_scale(name: str):
