@@ -119,10 +119,69 @@ def cmd_spectra(args) -> None:
         print(json.dumps(teacher_spectra(_config(args, DEFAULT_ARM)), indent=2))
 
 
+def _sampler(args):
+    from .generate import student_sampler, teacher_sampler
+
+    if args.run:
+        if args.scale or args.overrides:
+            raise UserError("RUN brings its own scale and settings; drop SCALE / SET, or sample the teacher without RUN.")
+        return student_sampler(args.run, args.sample_steps, args.guidance, args.device)
+    return teacher_sampler(_config(args, DEFAULT_ARM), args.sample_steps, args.guidance, args.device)
+
+
+def cmd_sample(args) -> None:
+    import time
+    from pathlib import Path
+
+    from .generate import write_samples
+
+    prompts = list(args.prompt)
+    if args.prompts:
+        from .scales.text2image import read_prompts
+
+        prompts += read_prompts(args.prompts)
+    if not prompts:
+        raise UserError('no prompts: PROMPT="a cat on a sofa" (repeatable with --prompt) or PROMPTS=<file, one per line>.')
+    sampler = _sampler(args)
+    where = Path(args.run) / "samples_cli" if args.run else Path("runs") / sampler.cfg.scale / "teacher_samples"
+    out = Path(args.out) if args.out else where / f"{time.strftime('%Y%m%d-%H%M%S')}-s{args.seed or 0}"
+    if out.exists():
+        raise UserError(f"{out} already exists; samples never overwrite a folder -- pass another OUT.")
+    print(f"samples written: {write_samples(sampler, prompts, out, args.per_prompt, args.seed or 0)}")
+
+
+def cmd_eval_coco(args) -> None:
+    import json
+    from pathlib import Path
+
+    from .eval.coco import ClipScorer, coco_subset, evaluate_coco, resolve_coco
+    from .eval.fid import InceptionFeatures
+
+    if not args.coco:
+        raise UserError("no COCO folder: COCO=/data/coco (with annotations/captions_val2014.json and val2014/).")
+    captions, images = resolve_coco(Path(args.coco))
+    pairs = coco_subset(captions, images, args.n, args.subset_seed)
+    clip = None if args.no_clip else ClipScorer(args.clip_model, args.clip_weights, args.device)
+    sampler = _sampler(args)
+    out = Path(args.run) if args.run else Path("runs") / sampler.cfg.scale / "teacher"
+    out.mkdir(parents=True, exist_ok=True)
+    results = evaluate_coco(lambda caps, first: sampler(caps), pairs, out, resolution=args.resolution,
+                            batch_size=args.batch, clip=clip, features=InceptionFeatures(args.device, progress=True),
+                            cache_dir=Path(sampler.cfg.cache_dir) / "coco", seed=args.seed or 0)
+    print(json.dumps(results, indent=2))
+    print(f"written: {out / 'coco10k' / 'results.json'}")
+
+
 def cmd_bench(args) -> None:
     from .bench import main as bench_main
 
     bench_main(args)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,6 +231,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", help="a finished image run folder; without it, the scale's teacher on real images")
     _common(p)
     p.set_defaults(func=cmd_spectra)
+
+    def sampling(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--run", help="a run folder: sample its student (default: the scale's teacher)")
+        _common(p)
+        p.add_argument("--sample-steps", type=int, help="network evaluations (student default: its own; teacher: the pipeline's)")
+        p.add_argument("--guidance", type=float, help="CFG in the family's pipeline convention: zimage g (alpha = g + 1, "
+                       "0 = none), lumina2/sdxl alpha (<= 1 = none); students default to none")
+        p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+
+    p = sub.add_parser("sample", help="images from prompts with a run's student or a scale's teacher")
+    sampling(p)
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts", help="a file of prompts (one per line) or a COCO captions json")
+    p.add_argument("--per-prompt", type=int, default=1)
+    p.add_argument("--out", help="a new folder (default: <run>/samples_cli/<time>)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("eval-coco", help="COCO-10k FID (clean-fid) and CLIP score (open_clip) of a run's student")
+    sampling(p)
+    p.add_argument("--coco", help="COCO-2014 folder: annotations/captions_val2014.json and val2014/")
+    p.add_argument("--n", type=int, default=10_000, help="images in the subset (one caption each)")
+    p.add_argument("--subset-seed", type=int, default=0)
+    p.add_argument("--resolution", type=int, default=512, help="evaluation resolution (DMD2: 512)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--clip-model", default="ViT-g-14", help="open_clip model name or model-config JSON")
+    p.add_argument("--clip-weights", default=None, help="local open_clip checkpoint (default: $CLIP_WEIGHTS)")
+    p.add_argument("--no-clip", action="store_true", help="FID only")
+    p.set_defaults(func=cmd_eval_coco)
 
     p = sub.add_parser("bench", help="step time against the network-evaluation floor, per arm")
     _common(p)

@@ -58,13 +58,16 @@ def sample_cfg_ode(
     noise: Tensor,
     steps: int,
     shift: float = 1.0,
+    t_start: float = 0.0,
 ) -> Tensor:
-    """Euler integration of the probability-flow ODE from t=0 to t=1.
+    """Euler integration of the probability-flow ODE from t=t_start to t=1.
 
     ``x0_fn(x_t, t)`` returns the (guided) x0 prediction; the velocity is
     (x0 - x_t)/(1 - t), so the last step lands exactly on the x0 prediction.
+    VP models start at their noisiest timestep (t_start > 0) from pure noise,
+    as their own samplers do.
     """
-    ts = shift_time(torch.linspace(0, 1, steps + 1), shift).tolist()
+    ts = (t_start + (1 - t_start) * shift_time(torch.linspace(0, 1, steps + 1), shift)).tolist()
     x = noise
     with torch.no_grad():
         for t0, t1 in zip(ts[:-1], ts[1:]):
@@ -82,4 +85,4 @@ def teacher_cfg_sample(model, noise: Tensor, cond: Any, alpha: float, steps: int
         c, u = model.x0(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
         return cfg(c, u, alpha)
 
-    return sample_cfg_ode(guided, noise, steps, shift)
+    return sample_cfg_ode(guided, noise, steps, shift, getattr(model, "min_time", 0.0))

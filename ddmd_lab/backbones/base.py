@@ -22,6 +22,7 @@ class Backbone(nn.Module):
 
     sample_shape: tuple[int, ...]
     denoiser_attr: str = ""  # the attribute holding the diffusers network (what LoRA adapts)
+    min_time: float = 0.0  # the noisiest time the network accepts (VP models: > 0); ODE samplers start here
 
     def denoiser(self) -> nn.Module:
         if not self.denoiser_attr:

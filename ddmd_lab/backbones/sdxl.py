@@ -77,6 +77,11 @@ class SDXLBackbone(Backbone):
     def condition_rows(self, cond: SDXLCondition) -> list[SDXLCondition]:
         return cond.rows()
 
+    @property
+    def min_time(self) -> float:
+        """The noisiest time the UNet knows (DDPM timestep 999, t ~ 0.07): where ODE samplers start."""
+        return float(t_from_ddpm_timestep(torch.tensor([999]), self.alphas_cumprod.cpu())[0])
+
     def default_student_times(self, num_steps: int) -> Tensor:
         """DMD2's times: 4-step DDPM timesteps 999, 749, 499, 249, the 1-step student at 399
         (a VP model cannot start at t = 0: timestep 999 is t ~ 0.07)."""

@@ -1,0 +1,166 @@
+"""Images from prompts: a run's student (few steps, no CFG) or the scale's teacher
+(many-step CFG ODE), for ``make sample`` and ``make eval-coco``.
+
+Guidance on the command line is read in the checkpoint family's own pipeline
+convention, so numbers copied from a model card mean what they say there:
+  zimage  offset form  cond + g*(cond - uncond): alpha = g + 1, CFG when g > 0
+          (Z-Image-Turbo's "guidance_scale = 0" is no CFG);
+  lumina2, sdxl  standard form  uncond + g*(cond - uncond): alpha = g, CFG when g > 1.
+Configs and the math always hold the standard alpha (guidance.py).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .backbones.text_to_image import TextToImage
+from .config import RunConfig, read_config
+from .errors import UserError
+from .guidance import alpha_from_offset, cfg as apply_cfg
+from .rollout import sample_student, student_times, teacher_cfg_sample
+
+OFFSET_FAMILIES = {"zimage"}
+
+
+def alpha_from_guidance(family: str, guidance: float) -> float:
+    """The standard-form alpha of a guidance value written in ``family``'s pipeline convention."""
+    if family in OFFSET_FAMILIES:
+        return alpha_from_offset(guidance) if guidance > 0 else 1.0
+    return guidance if guidance > 1 else 1.0
+
+
+def run_checkpoint(run_dir: Path) -> Path:
+    for name in ("final.ckpt", "last.ckpt"):
+        if (run_dir / "checkpoints" / name).is_file():
+            return run_dir / "checkpoints" / name
+    raise UserError(f"{run_dir} has no checkpoints/final.ckpt or last.ckpt; pass a run folder that saved a checkpoint "
+                    "(runs/<scale>/<arm>/<run-id>).")
+
+
+@dataclass
+class Sampler:
+    """Everything needed to turn prompts into images, on one device."""
+
+    cfg: RunConfig
+    model: TextToImage
+    module: object | None  # the DistillModule holding the student; None = the teacher
+    times: Tensor | None
+    alpha: float
+    teacher_steps: int
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], noise: Tensor | None = None) -> Tensor:
+        """Images in [-1, 1] (B, 3, H, W); ``noise`` (B, *latent shape) or fresh from torch's RNG."""
+        from .scales.text2image import _to
+
+        backbone = self.model.backbone if self.module is None else self.module.generator
+        device = next(self.model.backbone.parameters()).device
+        if noise is None:
+            noise = torch.randn(len(prompts), *self.model.backbone.sample_shape)
+        cond = _to(self.model.encode(prompts), device)
+        noise = noise.to(device)
+        if self.module is None:
+            latents = teacher_cfg_sample(backbone, noise, cond, self.alpha, self.teacher_steps, self.cfg.shift)
+        elif self.alpha == 1.0:
+            latents = sample_student(backbone, noise, cond, self.times.to(device))
+        else:
+            latents = sample_student(_Guided(backbone, self.alpha), noise, cond, self.times.to(device))
+        return self.model.decode(latents).cpu()
+
+
+class _Guided:
+    """A model whose x0 is CFG-combined (for students asked for guidance anyway)."""
+
+    def __init__(self, model, alpha: float):
+        self.model, self.alpha = model, alpha
+
+    def x0(self, x: Tensor, t: Tensor, cond) -> Tensor:
+        both = self.model.cat_conditions([cond, self.model.null_condition(cond)])
+        c, u = self.model.x0(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
+        return apply_cfg(c, u, self.alpha)
+
+
+def student_sampler(run_dir: Path, steps: int | None = None, guidance: float | None = None,
+                    device: str = "cpu") -> Sampler:
+    """A run's student with its own defaults (its step count, no CFG); other choices warn."""
+    from .module import DistillModule
+    from .scales.text2image import load_model
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a run folder (no config.yaml); pass RUN=runs/<scale>/<arm>/<run-id>.")
+    cfg = read_config(run_dir / "config.yaml")
+    _require_text_scale(cfg)
+    family = cfg.teacher["family"]
+    model = load_model(cfg, fresh=True)
+    module = DistillModule(model.backbone, cfg)
+    state = torch.load(run_checkpoint(run_dir), map_location="cpu", weights_only=False)["state_dict"]
+    module.load_state_dict(state)
+    module.eval().to(device)
+    model.vae.to(device)
+    for m in model.text_encoders:
+        m.to(device)
+    n = steps or cfg.student_steps
+    if n != cfg.student_steps:
+        warnings.warn(f"this student was trained for {cfg.student_steps} evaluations; {n} runs it at times it never "
+                      "saw during training (expect worse images).", stacklevel=2)
+    times = module.times if n == cfg.student_steps else _times(model, n, cfg.shift)
+    alpha = alpha_from_guidance(family, guidance) if guidance is not None else 1.0
+    if alpha != 1.0:
+        warnings.warn(f"a distilled student has its guidance built in (distilled with alpha={cfg.alpha:g}); guidance "
+                      f"{guidance:g} on top applies CFG twice (expect oversaturation). Distilled students sample with "
+                      f"{'guidance 0' if family in OFFSET_FAMILIES else 'guidance 1 (none)'}.", stacklevel=2)
+    return Sampler(cfg, model, module, times, alpha, 0)
+
+
+def teacher_sampler(cfg: RunConfig, steps: int | None = None, guidance: float | None = None,
+                    device: str = "cpu") -> Sampler:
+    """The scale's teacher with its pipeline's defaults (many steps, CFG)."""
+    from .scales.text2image import load_model
+
+    _require_text_scale(cfg)
+    model = load_model(cfg, fresh=True)
+    for m in [model.backbone, model.vae, *model.text_encoders]:
+        m.eval().to(device)
+    alpha = alpha_from_guidance(cfg.teacher["family"], guidance) if guidance is not None else model.teacher_alpha
+    return Sampler(cfg, model, None, None, alpha, steps or model.teacher_steps)
+
+
+def _times(model: TextToImage, n: int, shift: float) -> Tensor:
+    times = model.backbone.default_student_times(n)
+    return student_times(n, shift) if times is None else times
+
+
+def _require_text_scale(cfg: RunConfig) -> None:
+    if cfg.scale not in ("zimage", "lumina2", "sdxl"):
+        raise UserError(f"sampling from prompts needs a text-to-image scale (zimage, lumina2, sdxl), not {cfg.scale!r}; "
+                        "image-scale runs keep their sample grids in <run>/samples/.")
+
+
+def write_samples(sampler: Sampler, prompts: list[str], out_dir: Path, per_prompt: int = 1, seed: int = 0,
+                  batch: int = 4) -> Path:
+    """PNG per image, a grid and prompts.json in a new folder (never an existing one)."""
+    import json
+
+    from PIL import Image
+
+    from .eval.fid import to_uint8_hwc
+    from .eval.grid import save_grid
+    from .io import atomic_write_text
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=False)
+    wanted = [p for p in prompts for _ in range(per_prompt)]
+    torch.manual_seed(seed)
+    images = torch.cat([sampler(wanted[i:i + batch]) for i in range(0, len(wanted), batch)])
+    save_grid(images, out_dir / "grid.png", nrow=per_prompt if per_prompt > 1 else min(len(wanted), 8))
+    for i, img in enumerate(to_uint8_hwc(images)):
+        Image.fromarray(img).save(out_dir / f"{i:04d}.png")
+    meta = {"prompts": wanted, "seed": seed, "alpha": sampler.alpha, "student": sampler.module is not None,
+            "steps": len(sampler.times) if sampler.module is not None else sampler.teacher_steps}
+    atomic_write_text(out_dir / "prompts.json", json.dumps(meta, indent=2))
+    return out_dir
