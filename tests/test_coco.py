@@ -1,7 +1,6 @@
 """COCO-10k evaluation: the subset, reference processing, CLIP score (tiny open_clip model), end to end."""
 import json
 import math
-import random
 
 import numpy as np
 import pytest
@@ -12,27 +11,7 @@ from ddmd_lab.errors import UserError
 from ddmd_lab.eval.coco import (ClipScorer, coco_subset, evaluate_coco, generated_batch, reference_images,
                                 reference_stats, resolve_coco, square_resize, uint8_to_signed)
 
-
-def make_coco(root, n_images=12, seed=0):
-    """A COCO-2014-style folder: non-square images of random sizes, 2-3 captions each, json in shuffled order."""
-    rng = random.Random(seed)
-    (root / "annotations").mkdir(parents=True)
-    (root / "val2014").mkdir()
-    images, annotations = [], []
-    ann_ids = rng.sample(range(1000, 9999), 3 * n_images)  # unordered ids: "lowest" differs from "first listed"
-    for k in range(n_images):
-        image_id = 100 + 7 * k
-        w, h = rng.randrange(40, 90), rng.randrange(40, 90)
-        name = f"COCO_val2014_{image_id:012d}.jpg"
-        pixels = np.random.default_rng(k).integers(0, 256, (h, w, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / "val2014" / name, quality=95)
-        images.append({"id": image_id, "file_name": name, "width": w, "height": h})
-        for c in range(rng.choice([2, 3])):
-            annotations.append({"id": ann_ids.pop(), "image_id": image_id, "caption": f" image {image_id} caption {c}\n"})
-    rng.shuffle(images)
-    rng.shuffle(annotations)
-    (root / "annotations" / "captions_val2014.json").write_text(json.dumps({"images": images, "annotations": annotations}))
-    return root
+from .tiny_coco import make_coco, save_tiny_clip
 
 
 @pytest.fixture(scope="module")
@@ -85,24 +64,10 @@ def test_square_resize_crops_the_centre():
 
 # ----------------------------------------------------------------------------- CLIP score
 
-TINY_CLIP = {"embed_dim": 32,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 1}}
-
-
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """(config json, weights file) of a randomly initialised tiny open_clip model."""
-    import open_clip
-
-    root = tmp_path_factory.mktemp("clip")
-    config = root / "tiny-clip-test.json"
-    config.write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(config)
-    torch.manual_seed(0)
-    model = open_clip.create_model("tiny-clip-test")
-    torch.save(model.state_dict(), root / "tiny.pt")
-    return config, root / "tiny.pt"
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 def test_clip_score_matches_an_independent_computation(tiny_clip):

@@ -1,10 +1,8 @@
 """Tables, report, notebooks and the W&B workspace, from a tiny image sweep."""
 import json
-from pathlib import Path
 
 import pytest
 
-from ddmd_lab.report.runs import latest_runs
 from ddmd_lab.run import run_ablation
 
 from .tiny_images import image_cfg

@@ -13,7 +13,6 @@ import torch
 from ddmd_lab.config import load_config, parse_overrides
 from ddmd_lab.data.toy2d import ToyMixture
 from ddmd_lab.eval.distances import energy_distance
-from ddmd_lab.flow import renoise
 from ddmd_lab.report.tables import ablation_table
 from ddmd_lab.run import run_ablation
 

@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 
 from ..arms import REGISTRY
-from .runs import RunRecord, latest_runs, require_runs
+from .runs import RunRecord, require_runs
 
 PAPER_NUMBERS = Path(__file__).resolve().parents[2] / "analysis" / "paper_numbers.yaml"
 SCHEDULES = ("coupled", "decoupled_full", "decoupled_constrained", "decoupled_hybrid")  # the paper's #1..#4
