@@ -2,6 +2,8 @@
 #   make ablation ARM=decoupled_hybrid [SCALE=toy2d] [STEPS=N] [SEED=S] [SET="k=v k=v"]
 #   make ablation RESUME=runs/<scale>/<arm>/<run-id>   (or RESUME=auto ARM=<arm>)
 #   make tables|report [SCALE=fashion] [FORMAT=latex]   make dashboard [WANDB_ENTITY=you]
+#   make sample RUN=<run> PROMPT="a cat"  (or SCALE=zimage SET="teacher.source=<folder>" for the teacher)
+#   make eval-coco RUN=<run> COCO=/data/coco [N=10000] [CLIP_WEIGHTS=/path/open_clip_pytorch_model.bin]
 #   make test
 PYTHON ?= python3
 VENV   ?= .venv
@@ -20,9 +22,18 @@ RUN_ARGS = $(if $(SCALE),--scale $(SCALE)) $(if $(STEPS),--steps $(STEPS)) $(if 
 export WANDB_MODE ?= offline
 
 FORMAT ?= markdown
+PROMPT ?=
+PROMPTS ?=
+GUIDANCE ?=
+SAMPLE_STEPS ?=
+COCO ?=
+N ?= 10000
+export CLIP_WEIGHTS  # the open_clip checkpoint file eval-coco reads (hub downloads may be unavailable)
+SAMPLE_ARGS = $(if $(RUN),--run $(RUN)) $(if $(PROMPT),--prompt "$(PROMPT)") $(if $(PROMPTS),--prompts $(PROMPTS)) \
+  $(if $(GUIDANCE),--guidance $(GUIDANCE)) $(if $(SAMPLE_STEPS),--sample-steps $(SAMPLE_STEPS))
 WANDB_ENTITY ?=
 
-.PHONY: setup ablation sweep teacher classifier tables report dashboard notebooks spectra bench test
+.PHONY: setup ablation sweep teacher classifier tables report dashboard notebooks spectra sample eval-coco bench test
 setup: $(VENV)/.installed
 
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
@@ -66,6 +77,12 @@ notebooks: setup
 
 spectra: setup
 	$(PY) -m ddmd_lab spectra $(if $(RUN),--run $(RUN)) $(RUN_ARGS)
+
+sample: setup
+	$(PY) -m ddmd_lab sample $(SAMPLE_ARGS) $(RUN_ARGS)
+
+eval-coco: setup
+	$(PY) -m ddmd_lab eval-coco $(SAMPLE_ARGS) --coco "$(COCO)" --n $(N) $(RUN_ARGS)
 
 bench: setup
 	$(PY) -m ddmd_lab bench $(if $(ARMS),--arms $(ARMS)) $(RUN_ARGS)
