@@ -160,6 +160,9 @@ def print_summary(run_dir: Path) -> None:
     print("see it:")
     print(f"  tables + report   make tables SCALE={scale}; make report SCALE={scale}  (reports/{scale}/README.md)")
     print(f"  notebooks         make notebooks SCALE={scale}  (or open analysis/variance.ipynb, analysis/spectra.ipynb)")
+    if scale in ("zimage", "lumina2", "sdxl"):
+        print(f"  samples           make sample RUN={run_dir} PROMPT=\"a cat on a sofa\"")
+        print(f"  COCO-10k          make eval-coco RUN={run_dir} COCO=/data/coco CLIP_WEIGHTS=<open_clip file>")
     if (run_dir / "term_spectra.npz").is_file():
         print(f"  spectra           {run_dir / 'term_spectra.png'} (re-measure: make spectra RUN={run_dir})")
     if list(run_dir.glob("wandb/offline-run-*")):
