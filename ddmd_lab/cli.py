@@ -154,7 +154,8 @@ def cmd_eval_coco(args) -> None:
     import json
     from pathlib import Path
 
-    from .eval.coco import ClipScorer, coco_subset, evaluate_coco, resolve_coco
+    from .eval.clip_score import ClipScorer
+    from .eval.coco import coco_subset, evaluate_coco, resolve_coco
     from .eval.fid import InceptionFeatures
 
     if not args.coco:

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from ddmd_lab.errors import UserError
-from ddmd_lab.eval.coco import (ClipScorer, coco_subset, evaluate_coco, generated_batch, reference_images,
+from ddmd_lab.eval.clip_score import ClipScorer
+from ddmd_lab.eval.coco import (coco_subset, evaluate_coco, generated_batch, reference_images,
                                 reference_stats, resolve_coco, square_resize, uint8_to_signed)
 
 from .tiny_coco import make_coco, save_tiny_clip

@@ -1,0 +1,113 @@
+"""CLIP score with open_clip from a local checkpoint file (no hub access is assumed).
+
+DMD2's protocol (and the paper's Table 2): ViT-g-14 trained on LAION-2B, 100 x the
+mean cosine similarity of each image with its caption, open_clip's own eval
+transform.  ``model_name`` may also be a path to an open_clip model-config JSON,
+so custom or tiny models work the same way.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..errors import UserError
+from .fid import to_uint8_hwc
+
+DEFAULT_CLIP_MODEL = "ViT-g-14"
+# DMD2 / GigaGAN score with ViT-g-14 trained on LAION-2B (tag laion2b_s12b_b42k); the file is the
+# open_clip_pytorch_model.bin of HF's laion/CLIP-ViT-g-14-laion2B-s12B-b42K, downloaded elsewhere.
+CLIP_WEIGHTS_ENV = "CLIP_WEIGHTS"
+DEFAULT_CLIP_WEIGHTS = Path("~/.cache/ddmd_lab/open_clip/ViT-g-14-laion2b_s12b_b42k/open_clip_pytorch_model.bin")
+
+
+def _register_config(model_name: str | Path) -> str:
+    """A path to an open_clip model-config JSON is registered under its stem (custom / tiny models);
+    a built-in name is returned as is."""
+    import open_clip
+
+    path = Path(model_name)
+    if path.suffix != ".json":
+        if str(model_name).startswith("hf-hub:"):
+            raise UserError(f"CLIP model {model_name}: hub downloads are unavailable offline; pass a built-in open_clip "
+                            "name (e.g. ViT-g-14) or a model-config JSON, and the weights as a local file.")
+        if str(model_name).replace("/", "-") not in open_clip.list_models():
+            raise UserError(f"unknown open_clip model {model_name!r}; pass a built-in name (e.g. ViT-g-14) "
+                            "or the path of an open_clip model-config JSON.")
+        return str(model_name)
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the open_clip model config {path} ({e}); pass an existing JSON file.") from e
+    if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+        # open_clip silently skips such files, and would then say only "config not found"
+        raise UserError(f"{path} is not an open_clip model config: it needs embed_dim, vision_cfg and text_cfg.")
+    if open_clip.get_model_config(path.stem) != cfg:  # re-registering rescans every config folder: only when new
+        open_clip.add_model_config(path)
+    return path.stem
+
+
+def default_clip_weights() -> Path:
+    return Path(os.environ.get(CLIP_WEIGHTS_ENV) or DEFAULT_CLIP_WEIGHTS).expanduser()
+
+
+class ClipScorer:
+    """CLIP score of images against their captions with an open_clip model from a local file.
+
+    Score = 100 x the mean cosine similarity of image and caption embeddings,
+    the protocol of DMD2 and the paper (PAPER.md); no clamp at zero (torchmetrics'
+    CLIPScore clamps, which only matters for a model whose cosines go negative).
+    """
+
+    def __init__(self, model_name: str | Path = DEFAULT_CLIP_MODEL, weights: str | Path | None = None,
+                 device: str | torch.device = "cpu", batch_size: int = 32):
+        import open_clip
+
+        weights = default_clip_weights() if weights is None else Path(weights).expanduser()
+        if not weights.is_file():
+            raise UserError(f"CLIP weights {weights} not found: hub downloads are unavailable offline, so put the "
+                            f"open_clip checkpoint of {Path(model_name).name} there or pass "
+                            f"{CLIP_WEIGHTS_ENV}=/path/open_clip_pytorch_model.bin.")
+        name = _register_config(model_name)
+        try:
+            # pretrained=<absolute file path> makes open_clip load the file and never touch the hub
+            # (it tries tags first: a relative file named like a tag, e.g. laion2b_s12b_b42k, would download)
+            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=str(weights.resolve()), device=device)
+        except (RuntimeError, AssertionError, KeyError, ValueError, pickle.UnpicklingError) as e:
+            # strict load_state_dict raises RuntimeError, open_clip's pos-embed resizing an AssertionError
+            # (the file is for another architecture), torch.load an UnpicklingError (not a checkpoint)
+            reason = (str(e).splitlines() or [type(e).__name__])[0]
+            raise UserError(f"CLIP weights {weights} do not fit open_clip model {name} ({reason}); "
+                            f"pass the checkpoint that matches the model.") from e
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(name)
+        self.model_name, self.weights = name, weights
+        self.device, self.batch_size = torch.device(device), batch_size
+
+    @torch.no_grad()
+    def scores(self, images: np.ndarray | Tensor, captions: Sequence[str]) -> Tensor:
+        """Per-image scores (N,) in [-100, 100]; ``images`` uint8 (N, H, W, 3) or a tensor in [-1, 1] (N, C, H, W)."""
+        u8 = to_uint8_hwc(images) if isinstance(images, Tensor) else np.asarray(images, dtype=np.uint8)
+        if len(u8) != len(captions):
+            raise ValueError(f"{len(u8)} images but {len(captions)} captions")
+        out = []
+        for i in range(0, len(u8), self.batch_size):
+            # open_clip's own eval transform (bicubic resize, centre crop, its mean / std), as in DMD2
+            pixels = torch.stack([self.preprocess(Image.fromarray(img)) for img in u8[i:i + self.batch_size]])
+            tokens = self.tokenizer(list(captions[i:i + self.batch_size]))
+            img = self.model.encode_image(pixels.to(self.device)).float()
+            txt = self.model.encode_text(tokens.to(self.device)).float()
+            cos = torch.nn.functional.cosine_similarity(img, txt, dim=-1)
+            out.append((100 * cos).cpu())
+        return torch.cat(out)
+
+    def __call__(self, images: np.ndarray | Tensor, captions: Sequence[str]) -> float:
+        return float(self.scores(images, captions).mean())
