@@ -58,6 +58,13 @@ def evaluation_costs(model, cond, batch: int, repeats: int) -> dict[str, float]:
         model.features(x, t, cond).float().square().mean().backward()
 
     out["features_fwd_bwd"] = _median_time(features_fwd_bwd, repeats)
+    x2, t2, c2 = torch.cat([x, x]), torch.cat([t, t]), model.cat_conditions([cond, cond])
+
+    def features2_fwd_bwd():  # the discriminator step: generated and real batches in one call
+        model.zero_grad(set_to_none=True)
+        model.features(x2, t2, c2).float().square().mean().backward()
+
+    out["features2_fwd_bwd"] = _median_time(features2_fwd_bwd, repeats)
     return out
 
 
@@ -69,9 +76,9 @@ def step_floor(arm, cost: dict[str, float], ttur: int, student_steps: int) -> fl
     critic_only = (backsim + cost["fwd1"] + cost["fwd_bwd"]) if arm.train_fake else 0.0
     critic_on_gen_step = cost["fwd_bwd"] if arm.train_fake else 0.0
     # GAN: the generator's loss reads the fake's features of its sample; the discriminator
-    # step reads them for the sample and for a real batch (all with gradients)
+    # step reads them for the sample and a real batch in one call (all with gradients)
     gen_step += cost.get("features_fwd_bwd", 0.0) if arm.gan_weight else 0.0
-    gan_critic = 2 * cost.get("features_fwd_bwd", 0.0) if arm.gan_disc_weight else 0.0
+    gan_critic = cost.get("features2_fwd_bwd", 0.0) if arm.gan_disc_weight else 0.0
     critic_only += gan_critic
     critic_on_gen_step += gan_critic
     return (gen_step + critic_on_gen_step + (ttur - 1) * critic_only) / ttur

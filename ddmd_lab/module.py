@@ -155,8 +155,10 @@ class DistillModule(pl.LightningModule):
             if real is None:
                 raise UserError(f"arm {self.arm.name!r} needs real data in each batch; this scale's loader gives none.")
             real_tau, real_t = self._renoised(real.to(x0.device).float(), sample[1])
-            fake_logits = self.disc(self.fake.features(x_tau.detach(), tau, cond))
-            real_logits = self.disc(self.fake.features(real_tau, real_t, cond))
+            # generated and real batches through the fake's features in one call (per-sample network)
+            feats = self.fake.features(torch.cat([x_tau.detach(), real_tau]), torch.cat([tau, real_t]),
+                                       self.fake.cat_conditions([cond, cond]))
+            fake_logits, real_logits = self.disc(feats).chunk(2)
             d_loss = discriminator_loss(real_logits, fake_logits)
             logs.update(loss_discriminator=d_loss.item(), disc_real_acc=(real_logits > 0).float().mean().item(),
                         disc_fake_acc=(fake_logits < 0).float().mean().item())

@@ -22,6 +22,6 @@ def test_floor_with_ttur_and_backward_simulation():
 
 
 def test_floor_counts_the_gan_feature_passes():
-    cost = dict(COST, features_fwd_bwd=4.0)
-    # generator: + features of its sample; critic: + features of the sample and of a real batch
-    assert step_floor(REGISTRY["ca_gan"], cost, ttur=1, student_steps=1) == (10 + 2 + 4) + (10 + 2 * 4)
+    cost = dict(COST, features_fwd_bwd=4.0, features2_fwd_bwd=7.0)
+    # generator: + features of its sample; critic: + features of the sample and a real batch in one call
+    assert step_floor(REGISTRY["ca_gan"], cost, ttur=1, student_steps=1) == (10 + 2 + 4) + (10 + 7)
