@@ -143,7 +143,7 @@ def cmd_sample(args) -> None:
     if not prompts:
         raise UserError('no prompts: PROMPT="a cat on a sofa" (repeatable with --prompt) or PROMPTS=<file, one per line>.')
     sampler = _sampler(args)
-    where = Path(args.run) / "samples_cli" if args.run else Path("runs") / sampler.cfg.scale / "teacher_samples"
+    where = Path(args.run) / "samples_cli" if args.run else Path(sampler.cfg.runs_dir) / sampler.cfg.scale / "teacher_samples"
     out = Path(args.out) if args.out else where / f"{time.strftime('%Y%m%d-%H%M%S')}-s{args.seed or 0}"
     if out.exists():
         raise UserError(f"{out} already exists; samples never overwrite a folder -- pass another OUT.")
@@ -157,17 +157,18 @@ def cmd_eval_coco(args) -> None:
     from .eval.clip_score import ClipScorer
     from .eval.coco import coco_subset, evaluate_coco, resolve_coco
     from .eval.fid import InceptionFeatures
+    from .generate import default_device
 
     if not args.coco:
         raise UserError("no COCO folder: COCO=/data/coco (with annotations/captions_val2014.json and val2014/).")
     captions, images = resolve_coco(Path(args.coco))
     pairs = coco_subset(captions, images, args.n, args.subset_seed)
-    clip = None if args.no_clip else ClipScorer(args.clip_model, args.clip_weights, args.device)
+    clip = None if args.no_clip else ClipScorer(args.clip_model, args.clip_weights, default_device(args.device))
     sampler = _sampler(args)
-    out = Path(args.run) if args.run else Path("runs") / sampler.cfg.scale / "teacher"
+    out = Path(args.run) if args.run else Path(sampler.cfg.runs_dir) / sampler.cfg.scale / "teacher"
     out.mkdir(parents=True, exist_ok=True)
     results = evaluate_coco(lambda caps, first: sampler(caps), pairs, out, resolution=args.resolution,
-                            batch_size=args.batch, clip=clip, features=InceptionFeatures(args.device, progress=True),
+                            batch_size=args.batch, clip=clip, features=InceptionFeatures(default_device(args.device), progress=True),
                             cache_dir=Path(sampler.cfg.cache_dir) / "coco", seed=args.seed or 0)
     print(json.dumps(results, indent=2))
     print(f"written: {out / 'coco10k' / 'results.json'}")
@@ -177,12 +178,6 @@ def cmd_bench(args) -> None:
     from .bench import main as bench_main
 
     bench_main(args)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--sample-steps", type=int, help="network evaluations (student default: its own; teacher: the pipeline's)")
         p.add_argument("--guidance", type=float, help="CFG in the family's pipeline convention: zimage g (alpha = g + 1, "
                        "0 = none), lumina2/sdxl alpha (<= 1 = none); students default to none")
-        p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+        p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
 
     p = sub.add_parser("sample", help="images from prompts with a run's student or a scale's teacher")
     sampling(p)

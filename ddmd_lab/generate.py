@@ -21,7 +21,7 @@ from .backbones.text_to_image import TextToImage
 from .config import RunConfig, read_config
 from .errors import UserError
 from .guidance import alpha_from_offset, cfg as apply_cfg
-from .rollout import sample_student, student_times, teacher_cfg_sample
+from .rollout import sample_student, teacher_cfg_sample, times_for_model
 
 OFFSET_FAMILIES = {"zimage"}
 
@@ -47,7 +47,7 @@ class Sampler:
 
     cfg: RunConfig
     model: TextToImage
-    module: object | None  # the DistillModule holding the student; None = the teacher
+    student: object | None  # the generator (a Backbone or a LoRA view of one); None = the teacher
     times: Tensor | None
     alpha: float
     teacher_steps: int
@@ -55,20 +55,19 @@ class Sampler:
     @torch.no_grad()
     def __call__(self, prompts: list[str], noise: Tensor | None = None) -> Tensor:
         """Images in [-1, 1] (B, 3, H, W); ``noise`` (B, *latent shape) or fresh from torch's RNG."""
-        from .scales.text2image import _to
+        from .scales.text2image import to_device
 
-        backbone = self.model.backbone if self.module is None else self.module.generator
         device = next(self.model.backbone.parameters()).device
         if noise is None:
             noise = torch.randn(len(prompts), *self.model.backbone.sample_shape)
-        cond = _to(self.model.encode(prompts), device)
+        cond = to_device(self.model.encode(prompts), device)
         noise = noise.to(device)
-        if self.module is None:
-            latents = teacher_cfg_sample(backbone, noise, cond, self.alpha, self.teacher_steps, self.cfg.shift)
+        if self.student is None:
+            latents = teacher_cfg_sample(self.model.backbone, noise, cond, self.alpha, self.teacher_steps, self.cfg.shift)
         elif self.alpha == 1.0:
-            latents = sample_student(backbone, noise, cond, self.times.to(device))
+            latents = sample_student(self.student, noise, cond, self.times.to(device))
         else:
-            latents = sample_student(_Guided(backbone, self.alpha), noise, cond, self.times.to(device))
+            latents = sample_student(_Guided(self.student, self.alpha), noise, cond, self.times.to(device))
         return self.model.decode(latents).cpu()
 
 
@@ -85,54 +84,67 @@ class _Guided:
 
 
 def student_sampler(run_dir: Path, steps: int | None = None, guidance: float | None = None,
-                    device: str = "cpu") -> Sampler:
+                    device: str | None = None) -> Sampler:
     """A run's student with its own defaults (its step count, no CFG); other choices warn."""
-    from .module import DistillModule
-    from .scales.text2image import load_model
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run folder (no config.yaml); pass RUN=runs/<scale>/<arm>/<run-id>.")
     cfg = read_config(run_dir / "config.yaml")
     _require_text_scale(cfg)
     family = cfg.teacher["family"]
-    model = load_model(cfg, fresh=True)
-    module = DistillModule(model.backbone, cfg)
-    state = torch.load(run_checkpoint(run_dir), map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state)
-    module.eval().to(device)
-    model.vae.to(device)
-    for m in model.text_encoders:
-        m.to(device)
+    model, student = _load_student(cfg, run_checkpoint(run_dir))
+    _place(model, device)
     n = steps or cfg.student_steps
     if n != cfg.student_steps:
         warnings.warn(f"this student was trained for {cfg.student_steps} evaluations; {n} runs it at times it never "
                       "saw during training (expect worse images).", stacklevel=2)
-    times = module.times if n == cfg.student_steps else _times(model, n, cfg.shift)
+    times = times_for_model(model.backbone, n, cfg.shift, cfg.student_times if n == cfg.student_steps else None)
     alpha = alpha_from_guidance(family, guidance) if guidance is not None else 1.0
     if alpha != 1.0:
         warnings.warn(f"a distilled student has its guidance built in (distilled with alpha={cfg.alpha:g}); guidance "
                       f"{guidance:g} on top applies CFG twice (expect oversaturation). Distilled students sample with "
                       f"{'guidance 0' if family in OFFSET_FAMILIES else 'guidance 1 (none)'}.", stacklevel=2)
-    return Sampler(cfg, model, module, times, alpha, 0)
+    return Sampler(cfg, model, student, times, alpha, 0)
+
+
+def _load_student(cfg: RunConfig, ckpt: Path):
+    """(the pipeline, the student) from a run's checkpoint, holding one copy of the weights:
+    full fine-tuning loads the generator's weights into the loaded network itself; LoRA
+    rebuilds the adapters on it (cheap) and loads them."""
+    from .module import DistillModule
+    from .scales.text2image import load_model
+
+    model = load_model(cfg, fresh=True)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["state_dict"]
+    if int(cfg.lora.get("rank", 0)) > 0:
+        module = DistillModule(model.backbone, cfg)
+        module.load_state_dict(state)
+        return model, module.generator
+    weights = {k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")}
+    model.backbone.load_state_dict(weights)
+    return model, model.backbone
+
+
+def default_device(device: str | None = None) -> str:
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _place(model: TextToImage, device: str | None) -> None:
+    device = default_device(device)
+    for m in [model.backbone, model.vae, *model.text_encoders]:
+        m.eval().to(device)
 
 
 def teacher_sampler(cfg: RunConfig, steps: int | None = None, guidance: float | None = None,
-                    device: str = "cpu") -> Sampler:
+                    device: str | None = None) -> Sampler:
     """The scale's teacher with its pipeline's defaults (many steps, CFG)."""
     from .scales.text2image import load_model
 
     _require_text_scale(cfg)
     model = load_model(cfg, fresh=True)
-    for m in [model.backbone, model.vae, *model.text_encoders]:
-        m.eval().to(device)
+    _place(model, device)
     alpha = alpha_from_guidance(cfg.teacher["family"], guidance) if guidance is not None else model.teacher_alpha
     return Sampler(cfg, model, None, None, alpha, steps or model.teacher_steps)
-
-
-def _times(model: TextToImage, n: int, shift: float) -> Tensor:
-    times = model.backbone.default_student_times(n)
-    return student_times(n, shift) if times is None else times
 
 
 def _require_text_scale(cfg: RunConfig) -> None:
@@ -160,7 +172,7 @@ def write_samples(sampler: Sampler, prompts: list[str], out_dir: Path, per_promp
     save_grid(images, out_dir / "grid.png", nrow=per_prompt if per_prompt > 1 else min(len(wanted), 8))
     for i, img in enumerate(to_uint8_hwc(images)):
         Image.fromarray(img).save(out_dir / f"{i:04d}.png")
-    meta = {"prompts": wanted, "seed": seed, "alpha": sampler.alpha, "student": sampler.module is not None,
-            "steps": len(sampler.times) if sampler.module is not None else sampler.teacher_steps}
+    meta = {"prompts": wanted, "seed": seed, "alpha": sampler.alpha, "student": sampler.student is not None,
+            "steps": len(sampler.times) if sampler.student is not None else sampler.teacher_steps}
     atomic_write_text(out_dir / "prompts.json", json.dumps(meta, indent=2))
     return out_dir

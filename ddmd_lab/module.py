@@ -23,7 +23,7 @@ from .errors import NonFiniteError, UserError
 from .gan import DiscriminatorHead, discriminator_loss, generator_gan_loss
 from .flow import renoise
 from .objective import critic_loss, meanvar_kl, proxy_loss
-from .rollout import backward_simulate, sample_student, student_times
+from .rollout import backward_simulate, sample_student, times_for_model
 from .tau import TauRule, sample_tau
 from .update import UpdateSettings, generator_update
 
@@ -55,11 +55,7 @@ class DistillModule(pl.LightningModule):
         if self.arm.gan_weight or self.arm.gan_disc_weight:
             self.disc = DiscriminatorHead.for_backbone(self.fake)
         self.automatic_optimization = False
-        if cfg.student_times:
-            times = torch.tensor(cfg.student_times, dtype=torch.float32)
-        else:  # a backbone may know its family's published times (SDXL: DMD2's DDPM timesteps)
-            times = teacher.default_student_times(cfg.student_steps)
-            times = student_times(cfg.student_steps, cfg.shift) if times is None else times
+        times = times_for_model(teacher, cfg.student_steps, cfg.shift, cfg.student_times)
         self.register_buffer("times", times, persistent=False)
         self.settings = UpdateSettings(cfg.alpha, cfg.shift, tuple(cfg.tau_clamp), cfg.normaliser_eps)
         # Counters that define the run; saved in checkpoints.

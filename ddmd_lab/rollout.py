@@ -26,6 +26,15 @@ def student_times(num_steps: int, shift: float = 1.0) -> Tensor:
     return shift_time(torch.arange(num_steps, dtype=torch.float32) / num_steps, shift)
 
 
+def times_for_model(model, num_steps: int, shift: float = 1.0, explicit: list | None = None) -> Tensor:
+    """A student's times: explicit ones, else the family's published ones (SDXL: DMD2's DDPM
+    timesteps), else shift(k / N)."""
+    if explicit:
+        return torch.tensor(explicit, dtype=torch.float32)
+    times = model.default_student_times(num_steps)
+    return student_times(num_steps, shift) if times is None else times
+
+
 def _times_for(times: Tensor, k: int, batch: int, like: Tensor) -> Tensor:
     return times[k].to(like.device).expand(batch)
 

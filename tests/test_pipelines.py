@@ -67,6 +67,11 @@ def test_student_defaults_and_warnings(folders):
     run = _only_run(root, "zimage")
     sampler = student_sampler(run)
     assert len(sampler.times) == 8 and sampler.alpha == 1.0
+    # full fine-tuning: one network in memory, holding the generator's trained weights
+    state = torch.load(run / "checkpoints" / "final.ckpt", weights_only=False)["state_dict"]
+    for name, p in sampler.student.named_parameters():
+        torch.testing.assert_close(p, state[f"generator.{name}"])
+    assert not torch.equal(state["generator.transformer.t_embedder.mlp.0.weight"], state["teacher.transformer.t_embedder.mlp.0.weight"])
     with pytest.warns(UserWarning, match="guidance built in"):
         assert student_sampler(run, guidance=2.0).alpha == 3.0  # Z-Image's offset form: alpha = g + 1
     with pytest.warns(UserWarning, match="trained for 8 evaluations"):

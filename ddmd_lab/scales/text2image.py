@@ -209,7 +209,7 @@ class Evaluator:
         latents, images = [], []
         for i in range(0, len(self.rows), self.batch):
             cond = backbone.cat_conditions(self.rows[i:i + self.batch])
-            cond = _to(cond, device)
+            cond = to_device(cond, device)
             z = module.sample(self.noise[i:i + self.batch].to(device), cond)
             latents.append(z.float().cpu())
             images.append(self.model.decode(z).cpu())
@@ -225,7 +225,7 @@ class Evaluator:
         return metrics
 
 
-def _to(cond, device: torch.device):
+def to_device(cond, device: torch.device):
     """A condition (tensor or dataclass of tensors / lists of tensors) on ``device``."""
     from lightning_utilities.core.apply_func import apply_to_collection
 
