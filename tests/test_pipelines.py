@@ -39,7 +39,7 @@ def _only_run(root, family):
     return runs[-1]
 
 
-@pytest.mark.parametrize("family,extra", [("zimage", []), ("lumina2", ["data.precompute=true"]),
+@pytest.mark.parametrize("family,extra", [("zimage", ["teacher.text_dtype=bfloat16"]), ("lumina2", ["data.precompute=true"]),
                                           ("sdxl", ["lora.rank=2"])])
 def test_two_decoupled_hybrid_steps_and_a_sample_from_a_saved_folder(folders, family, extra, capsys):
     root = folders[2]
@@ -97,6 +97,18 @@ def test_sdxl_uses_dmd2_times_and_its_null_is_the_pipelines_negative(folders):
     tokens, _, pooled, _ = pipe.encode_prompt(["a cat"], device="cpu", do_classifier_free_guidance=False)
     torch.testing.assert_close(cond.tokens, tokens) and torch.testing.assert_close(cond.text_embeds, pooled)
     assert cond.time_ids.tolist() == [[32.0, 32, 0, 0, 32, 32]]
+
+
+def test_text_encoders_in_their_own_dtype(folders):
+    from ddmd_lab.config import load_config
+    from ddmd_lab.scales.text2image import load_model
+
+    cfg = load_config("zimage", "decoupled_hybrid", {"teacher": {"source": str(folders[0]["zimage"]), "resolution": 32,
+                                                                 "text_dtype": "bfloat16"}})
+    model = load_model(cfg, fresh=True)
+    assert next(model.text_encoders[0].parameters()).dtype == torch.bfloat16
+    assert next(model.backbone.parameters()).dtype == torch.float32  # the denoiser keeps teacher.dtype
+    assert model.encode(["a cat"]).features[0].dtype == torch.float32
 
 
 def test_zimage_text_path_of_the_loaded_pipeline(folders):

@@ -25,9 +25,11 @@ from ..eval.grid import save_grid
 from ..eval.spectra import raps, spectral_centroid
 from ..eval.stats import output_stats
 from ..io import atomic_torch_save
-from ..pipelines import load_pipeline
+from ..pipelines import DTYPES, load_pipeline
 
 TEACHER_DEFAULTS = {"family": None, "source": None, "dtype": "float32", "resolution": 1024,
+                    # frozen text encoders need no float32 master weights: e.g. bfloat16 halves Qwen3's memory
+                    "text_dtype": None,
                     "system_prompt": None, "thinking": None, "max_length": None}
 DATA_DEFAULTS = {
     "prompts": None,        # .txt (one prompt per line) or a COCO captions .json
@@ -81,6 +83,12 @@ def _build(cfg: RunConfig) -> TextToImage:
 
     t = teacher_settings(cfg)
     pipe = load_pipeline(t["source"], t["family"], t["dtype"])
+    if t["text_dtype"]:  # before anything is encoded, so null and prompt features come from the same weights
+        if t["text_dtype"] not in DTYPES:
+            raise UserError(f"teacher.text_dtype must be one of {', '.join(DTYPES)}, got {t['text_dtype']!r}.")
+        for name in ("text_encoder", "text_encoder_2"):
+            if getattr(pipe, name, None) is not None:
+                getattr(pipe, name).to(DTYPES[t["text_dtype"]])
     text = {k: t[k] for k in ("system_prompt", "max_length") if t[k] is not None}
     if t["family"] == "zimage":
         model = zimage.from_pipeline(pipe, t["resolution"], thinking=t["thinking"], **text)
