@@ -175,6 +175,14 @@ def load_config(scale: str, arm: str, overrides: dict | None = None) -> RunConfi
     return RunConfig.from_dict(merged, where=f"{path.name} + overrides")
 
 
+def scale_settings(given: dict, defaults: dict, what: str) -> dict:
+    """A scale's ``teacher`` / ``data`` dict over its defaults; unknown keys are an error."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise UserError(f"{what}: unknown key(s) {unknown}; known: {sorted(defaults)}.")
+    return {**defaults, **given}
+
+
 def _merge(base: dict, changes: dict) -> dict:
     """``changes`` over ``base``; dict values (teacher, data, lora) merge key by key, so
     --set teacher.source=... keeps the YAML's teacher.family."""

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pytorch_lightning.utilities import move_data_to_device
 from torch import Tensor
 
 from .backbones.text_to_image import TextToImage
 from .config import RunConfig, read_config
 from .errors import UserError
-from .guidance import alpha_from_offset, cfg as apply_cfg
-from .rollout import sample_student, teacher_cfg_sample, times_for_model
+from .guidance import alpha_from_offset
+from .rollout import Guided, sample_student, teacher_cfg_sample, times_for_model
 
 OFFSET_FAMILIES = {"zimage"}
 
@@ -55,32 +56,18 @@ class Sampler:
     @torch.no_grad()
     def __call__(self, prompts: list[str], noise: Tensor | None = None) -> Tensor:
         """Images in [-1, 1] (B, 3, H, W); ``noise`` (B, *latent shape) or fresh from torch's RNG."""
-        from .scales.text2image import to_device
-
         device = next(self.model.backbone.parameters()).device
         if noise is None:
             noise = torch.randn(len(prompts), *self.model.backbone.sample_shape)
-        cond = to_device(self.model.encode(prompts), device)
+        cond = move_data_to_device(self.model.encode(prompts), device)
         noise = noise.to(device)
         if self.student is None:
             latents = teacher_cfg_sample(self.model.backbone, noise, cond, self.alpha, self.teacher_steps, self.cfg.shift)
         elif self.alpha == 1.0:
             latents = sample_student(self.student, noise, cond, self.times.to(device))
         else:
-            latents = sample_student(_Guided(self.student, self.alpha), noise, cond, self.times.to(device))
+            latents = sample_student(Guided(self.student, self.alpha), noise, cond, self.times.to(device))
         return self.model.decode(latents).cpu()
-
-
-class _Guided:
-    """A model whose x0 is CFG-combined (for students asked for guidance anyway)."""
-
-    def __init__(self, model, alpha: float):
-        self.model, self.alpha = model, alpha
-
-    def x0(self, x: Tensor, t: Tensor, cond) -> Tensor:
-        both = self.model.cat_conditions([cond, self.model.null_condition(cond)])
-        c, u = self.model.x0(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
-        return apply_cfg(c, u, self.alpha)
 
 
 def student_sampler(run_dir: Path, steps: int | None = None, guidance: float | None = None,
@@ -148,8 +135,10 @@ def teacher_sampler(cfg: RunConfig, steps: int | None = None, guidance: float | 
 
 
 def _require_text_scale(cfg: RunConfig) -> None:
-    if cfg.scale not in ("zimage", "lumina2", "sdxl"):
-        raise UserError(f"sampling from prompts needs a text-to-image scale (zimage, lumina2, sdxl), not {cfg.scale!r}; "
+    from .scales import TEXT_TO_IMAGE
+
+    if cfg.scale not in TEXT_TO_IMAGE:
+        raise UserError(f"sampling from prompts needs a text-to-image scale ({', '.join(TEXT_TO_IMAGE)}), not {cfg.scale!r}; "
                         "image-scale runs keep their sample grids in <run>/samples/.")
 
 

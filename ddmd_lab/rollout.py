@@ -85,13 +85,22 @@ def sample_cfg_ode(
     return x
 
 
+class Guided:
+    """``model`` with CFG applied to its x0 (cond and uncond in one batched call): the
+    teacher's ODE, or a distilled student asked for guidance anyway."""
+
+    def __init__(self, model, alpha: float):
+        self.model, self.alpha = model, alpha
+        self._both = self._for = None
+
+    def x0(self, x: Tensor, t: Tensor, cond: Any) -> Tensor:
+        if self._for is not cond:  # samplers call with one condition throughout: build the pair once
+            self._both, self._for = self.model.cat_conditions([cond, self.model.null_condition(cond)]), cond
+        c, u = self.model.x0(torch.cat([x, x]), torch.cat([t, t]), self._both).chunk(2)
+        return cfg(c, u, self.alpha)
+
+
 def teacher_cfg_sample(model, noise: Tensor, cond: Any, alpha: float, steps: int, shift: float = 1.0) -> Tensor:
-    """The teacher's many-step CFG sample (cond and uncond in one batched call)."""
-    null = model.null_condition(cond)
-    both = model.cat_conditions([cond, null])
-
-    def guided(x: Tensor, t: Tensor) -> Tensor:
-        c, u = model.x0(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
-        return cfg(c, u, alpha)
-
-    return sample_cfg_ode(guided, noise, steps, shift, getattr(model, "min_time", 0.0))
+    """The teacher's many-step CFG sample."""
+    guided = Guided(model, alpha)
+    return sample_cfg_ode(lambda x, t: guided.x0(x, t, cond), noise, steps, shift, getattr(model, "min_time", 0.0))

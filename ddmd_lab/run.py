@@ -18,7 +18,7 @@ from .errors import UserError
 from .eval.callback import EvalCallback
 from .io import atomic_write_text, new_run_dir
 from .module import DistillModule
-from .scales import get_scale
+from .scales import TEXT_TO_IMAGE, get_scale
 
 
 def make_loggers(cfg: RunConfig, run_dir: Path) -> list:
@@ -160,7 +160,7 @@ def print_summary(run_dir: Path) -> None:
     print("see it:")
     print(f"  tables + report   make tables SCALE={scale}; make report SCALE={scale}  (reports/{scale}/README.md)")
     print(f"  notebooks         make notebooks SCALE={scale}  (or open analysis/variance.ipynb, analysis/spectra.ipynb)")
-    if scale in ("zimage", "lumina2", "sdxl"):
+    if scale in TEXT_TO_IMAGE:
         print(f"  samples           make sample RUN={run_dir} PROMPT=\"a cat on a sofa\"")
         print(f"  COCO-10k          make eval-coco RUN={run_dir} COCO=/data/coco CLIP_WEIGHTS=<open_clip file>")
     if (run_dir / "term_spectra.npz").is_file():

@@ -115,8 +115,8 @@ class LeadingFeatures:
         self.inner, self.dims = InceptionFeatures(batch_size=8), dims
         self.batch_size = self.inner.batch_size
 
-    def of_images(self, images):
-        return self.inner.of_images(images)[:, :self.dims]
+    def of_uint8(self, u8):
+        return self.inner.of_uint8(u8)[:, :self.dims]
 
 
 @pytest.fixture(scope="module")

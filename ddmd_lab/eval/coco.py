@@ -155,13 +155,9 @@ def reference_images(pairs: Sequence[CocoPair], resolution: int) -> np.ndarray:
 
 
 def uint8_to_signed(u8: np.ndarray) -> Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1], the input of ``InceptionFeatures.of_images``;
-    its ``to_uint8_hwc`` maps it back to exactly the same pixels."""
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1], a generator's output format;
+    ``to_uint8_hwc`` maps it back to exactly the same pixels."""
     return torch.from_numpy(np.ascontiguousarray(u8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-def features_of_uint8(features: InceptionFeatures, u8: np.ndarray) -> np.ndarray:
-    return features.of_images(uint8_to_signed(u8))
 
 
 def reference_stats(pairs: Sequence[CocoPair], resolution: int, cache_dir: Path,
@@ -170,7 +166,7 @@ def reference_stats(pairs: Sequence[CocoPair], resolution: int, cache_dir: Path,
     path = Path(cache_dir) / f"coco_ref_{subset_hash(pairs)}_n{len(pairs)}_r{resolution}.npz"
 
     def compute() -> np.ndarray:
-        return np.concatenate([features_of_uint8(features, batch)
+        return np.concatenate([features.of_uint8(batch)
                                for batch in iter_reference_batches(pairs, resolution, features.batch_size)])
 
     return cached_reference_stats(path, compute)
@@ -244,7 +240,7 @@ def _generate_and_score(generate, pairs, staging: Path, reference, *, resolution
                 name = f"{i + j:05d}_{p.image_id:012d}.png"
                 Image.fromarray(img).save(staging / "images" / name, compress_level=1)  # lossless; level 1 is fast
                 files.append(name)
-            feats.append(features_of_uint8(features, u8))  # the saved pixels exactly (PNG is lossless)
+            feats.append(features.of_uint8(u8))  # the saved pixels exactly (PNG is lossless)
             if clip is not None:
                 clip_scores.append(clip.scores(u8, captions))
     fid = fid_from_stats(stats(np.concatenate(feats)), reference)

@@ -34,9 +34,13 @@ class InceptionFeatures:
         self.batch_size, self.progress = batch_size, progress
 
     def of_images(self, images: Tensor) -> np.ndarray:
+        """Images in [-1, 1] (N, C, H, W)."""
+        return self.of_uint8(to_uint8_hwc(images))
+
+    def of_uint8(self, u8: np.ndarray) -> np.ndarray:
+        """uint8 pixels (N, H, W, 3), e.g. images read from disk."""
         from tqdm.auto import tqdm
 
-        u8 = to_uint8_hwc(images)
         feats = []
         for i in tqdm(range(0, len(u8), self.batch_size), desc="Inception features", unit="batch",
                       disable=not self.progress, leave=False):

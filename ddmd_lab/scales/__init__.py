@@ -13,6 +13,9 @@ SCALES = {"toy2d": "ddmd_lab.scales.toy2d", "fashion": "ddmd_lab.scales.images",
           "zimage": "ddmd_lab.scales.text2image", "lumina2": "ddmd_lab.scales.text2image", "sdxl": "ddmd_lab.scales.text2image"}
 
 
+TEXT_TO_IMAGE = tuple(name for name, module in SCALES.items() if module == "ddmd_lab.scales.text2image")
+
+
 def get_scale(name: str):
     if name not in SCALES:
         raise UserError(f"unknown scale {name!r}; known scales: {', '.join(sorted(SCALES))}.")

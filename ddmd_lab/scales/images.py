@@ -20,10 +20,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..backbones.class_unet import ClassUNet, build_unet
-from ..config import RunConfig
+from ..config import RunConfig, scale_settings
 from ..data.images import ImageSet, load_image_set
 from ..data.steps import step_loader
-from ..errors import UserError
 from ..eval.classifier import ClassifierMetrics, load_classifier, train_classifier
 from ..eval.fid import InceptionFeatures, cached_reference_stats, fid_from_stats, stats
 from ..eval.grid import save_grid
@@ -45,19 +44,12 @@ DATA_DEFAULTS = {
 EVAL_SEED = 1234
 
 
-def _settings(given: dict, defaults: dict, what: str) -> dict:
-    unknown = set(given) - set(defaults)
-    if unknown:
-        raise UserError(f"{what}: unknown key(s) {sorted(unknown)}; known: {sorted(defaults)}.")
-    return {**defaults, **given}
-
-
 def teacher_settings(cfg: RunConfig) -> dict:
-    return _settings(cfg.teacher, TEACHER_DEFAULTS, "teacher")
+    return scale_settings(cfg.teacher, TEACHER_DEFAULTS, "teacher")
 
 
 def data_settings(cfg: RunConfig) -> dict:
-    return _settings(cfg.data, DATA_DEFAULTS, "data")
+    return scale_settings(cfg.data, DATA_DEFAULTS, "data")
 
 
 @functools.lru_cache(maxsize=4)

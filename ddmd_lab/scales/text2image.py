@@ -16,9 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from pytorch_lightning.utilities import move_data_to_device
 
 from ..backbones.text_to_image import TextToImage
-from ..config import RunConfig
+from ..config import RunConfig, scale_settings
 from ..data.steps import step_loader
 from ..errors import UserError
 from ..eval.grid import save_grid
@@ -42,15 +43,8 @@ DATA_DEFAULTS = {
 EVAL_SEED = 1234
 
 
-def _settings(given: dict, defaults: dict, what: str) -> dict:
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise UserError(f"{what}: unknown key(s) {unknown}; known: {sorted(defaults)}.")
-    return {**defaults, **given}
-
-
 def teacher_settings(cfg: RunConfig) -> dict:
-    t = _settings(cfg.teacher, TEACHER_DEFAULTS, "teacher")
+    t = scale_settings(cfg.teacher, TEACHER_DEFAULTS, "teacher")
     if not t["family"] or not t["source"]:
         raise UserError(f"scale {cfg.scale!r} needs a checkpoint: --set teacher.source=<diffusers folder or hub id> "
                         "(and teacher.family, which its YAML sets).")
@@ -58,7 +52,7 @@ def teacher_settings(cfg: RunConfig) -> dict:
 
 
 def data_settings(cfg: RunConfig) -> dict:
-    return _settings(cfg.data, DATA_DEFAULTS, "data")
+    return scale_settings(cfg.data, DATA_DEFAULTS, "data")
 
 
 # load_teacher loads the pipeline afresh for every run (LoRA writes adapters into its
@@ -201,9 +195,9 @@ class Evaluator:
         self.model = load_model(cfg)
         d = data_settings(cfg)
         prompts = list(d["eval_prompts"])
-        n = max(cfg.eval_samples, len(prompts)) if cfg.eval_samples else len(prompts)
-        n = min(n, 64)  # real-model decoding is expensive; a grid does not need more
+        n = min(max(cfg.eval_samples, len(prompts)), 64)  # real-model decoding is expensive; a grid needs no more
         self.prompts = [prompts[i % len(prompts)] for i in range(n)]
+        self.nrow = len(prompts)  # one column per prompt
         self.batch = d["eval_batch"]
         with text_encoders_on(self.model, encode_device(cfg)):
             self.rows = encode_rows(self.model, self.prompts, self.batch)
@@ -217,7 +211,7 @@ class Evaluator:
         latents, images = [], []
         for i in range(0, len(self.rows), self.batch):
             cond = backbone.cat_conditions(self.rows[i:i + self.batch])
-            cond = to_device(cond, device)
+            cond = move_data_to_device(cond, device)
             z = module.sample(self.noise[i:i + self.batch].to(device), cond)
             latents.append(z.float().cpu())
             images.append(self.model.decode(z).cpu())
@@ -229,15 +223,8 @@ class Evaluator:
                    "spectral_centroid": spectral_centroid(raps(images))}
         if self.run_dir is not None:
             save_grid(images, self.run_dir / "samples" / f"step_{module.step_count:07d}.png",
-                      nrow=len(self.cfg.data.get("eval_prompts", DATA_DEFAULTS["eval_prompts"])))
+                      nrow=self.nrow)
         return metrics
-
-
-def to_device(cond, device: torch.device):
-    """A condition (tensor or dataclass of tensors / lists of tensors) on ``device``."""
-    from lightning_utilities.core.apply_func import apply_to_collection
-
-    return apply_to_collection(cond, torch.Tensor, lambda t: t.to(device))
 
 
 def make_evaluator(cfg: RunConfig, run_dir: Path | None = None) -> Evaluator:
