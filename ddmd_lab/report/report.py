@@ -28,14 +28,15 @@ def write_report(runs_dir: str | Path, scale: str, reports_dir: str | Path = "re
         tables = paper_tables(runs_dir, scale)
         atomic_write_text(staging / "tables.md", render_tables(tables, "markdown") + "\n")
         atomic_write_text(staging / "tables.tex", render_tables(tables, "latex") + "\n")
-        lines = _figures(runs, staging)
+        teacher = _teacher_ca_spectra(runs)  # read once: a figure and a finding use it
+        lines = _figures(runs, staging, teacher)
         page = [f"# ddmd_lab report: {scale}", "",
                 f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make report SCALE={scale}` "
                 f"from the newest finished run of each (arm, student steps) under `{Path(runs_dir) / scale}`. "
                 "Every number below was measured by those runs (their folders are named in the first table); "
                 "the paper's columns come from `analysis/paper_numbers.yaml`.", "",
                 *_sweep_commands(runs), "", "## The paper's findings, checked on these runs", "",
-                *[f"- {line}" for line in findings(runs)], "", "## Tables", "", render_tables(tables, "markdown"), "", "## Figures", "", *lines]
+                *[f"- {line}" for line in findings(runs, teacher)], "", "## Tables", "", render_tables(tables, "markdown"), "", "## Figures", "", *lines]
         atomic_write_text(staging / "README.md", "\n".join(page) + "\n")
         return publish_dir(staging, target)
     except BaseException:
@@ -56,7 +57,7 @@ def _sweep_commands(runs) -> list[str]:
     return out + [f"make report SCALE={next(iter(runs.values())).cfg.scale}", "```"]
 
 
-def _figures(runs, folder: Path) -> list[str]:
+def _figures(runs, folder: Path, teacher: dict | None) -> list[str]:
     out = []
 
     def figure(name: str, title: str, draw) -> None:
@@ -71,7 +72,6 @@ def _figures(runs, folder: Path) -> list[str]:
            lambda p: plots.variance_curves(runs, p))
     figure("quality.png", "Final FID and class adherence per arm (Table 2 analogue)",
            lambda p: plots.quality_bars(runs, p, reference=scale_reference(runs)))
-    teacher = _teacher_ca_spectra(runs)
     if teacher is not None:
         figure("term_spectra_teacher.png", "CA spectra per tau of the teacher on real test images",
                lambda p: plots.spectra_by_tau(teacher, "teacher on real images: where CA acts", p))
@@ -112,8 +112,9 @@ def _verdict(ok: bool) -> str:
     return "**holds**" if ok else "**does not hold**"
 
 
-def findings(runs) -> list[str]:
-    """The paper's claims as checks computed from the runs (nothing typed in by hand)."""
+def findings(runs, teacher: dict | None = None) -> list[str]:
+    """The paper's claims as checks computed from the runs (nothing typed in by hand);
+    ``teacher``: the teacher's CA spectra on real data, where measured."""
     import numpy as np
 
     out = []
@@ -159,7 +160,6 @@ def findings(runs) -> list[str]:
                        f"of the observer fake's x0 {obs['fake_x0_hf_excess']:.3g}, of the frozen teacher's x0 "
                        f"{obs['teacher_x0_hf_excess']:.3g} -- the observer carries the excess, the teacher does not: "
                        f"{_verdict(obs['fake_x0_hf_excess'] > obs['teacher_x0_hf_excess'] and obs['fake_x0_hf_excess'] > 0 >= obs['teacher_x0_hf_excess'])}.")
-    teacher = _teacher_ca_spectra(runs)
     if teacher is not None:
         cen, mids = teacher["ca_centroid"], teacher["bins"].mean(axis=1)
         out.append("Teacher on real test images (`make spectra SCALE=...`): CA-vector spectral centroid per tau " +
