@@ -154,10 +154,10 @@ def write_samples(sampler: Sampler, prompts: list[str], out_dir: Path, per_promp
     from .io import atomic_write_text
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=False)
     wanted = [p for p in prompts for _ in range(per_prompt)]
     torch.manual_seed(seed)
     images = torch.cat([sampler(wanted[i:i + batch]) for i in range(0, len(wanted), batch)])
+    out_dir.mkdir(parents=True, exist_ok=False)  # only now: a failed sampling leaves no empty folder behind
     save_grid(images, out_dir / "grid.png", nrow=per_prompt if per_prompt > 1 else min(len(wanted), 8))
     for i, img in enumerate(to_uint8_hwc(images)):
         Image.fromarray(img).save(out_dir / f"{i:04d}.png")
