@@ -35,6 +35,10 @@ class RunConfig:
     # Explicit student times in the paper's convention (empty: shift(k / student_steps)).
     # VP models cannot start at t = 0 (SDXL's DMD2 times are DDPM 999, 749, 499, 249).
     student_times: list = field(default_factory=list)
+    # How the student moves between its times, the same in training (backward simulation) and in use:
+    # renoise = x0 re-noised with fresh noise (DMD2; diffusers' LCMScheduler / stochastic flow Euler),
+    # euler = the deterministic flow step (Z-Image-Turbo's ZImagePipeline with its default scheduler).
+    student_sampler: str = "renoise"
     tau_clamp: list = field(default_factory=lambda: [0.02, 0.98])  # DMD2's clamp
     normaliser_eps: float = 1e-5
     critic_target: str = "x0"  # x0 | velocity
@@ -82,6 +86,7 @@ class RunConfig:
             (len(self.tau_clamp) == 2 and 0 <= self.tau_clamp[0] <= self.tau_clamp[1] <= 1,
              "tau_clamp must be [lo, hi] with 0 <= lo <= hi <= 1"),
             (self.critic_target in ("x0", "velocity"), "critic_target must be x0 or velocity"),
+            (self.student_sampler in ("renoise", "euler"), "student_sampler must be renoise or euler"),
             (not self.student_times or (len(self.student_times) == self.student_steps and self.student_times[0] >= 0
                                         and all(a < b for a, b in zip(self.student_times, self.student_times[1:] + [1.0]))),
              "student_times must list student_steps increasing times in [0, 1)"),

@@ -22,7 +22,7 @@ from .backbones.text_to_image import TextToImage
 from .config import RunConfig, read_config
 from .errors import UserError
 from .guidance import alpha_from_offset
-from .rollout import Guided, sample_student, teacher_cfg_sample, times_for_model
+from .rollout import Guided, sample_student, times_for_model
 
 OFFSET_FAMILIES = {"zimage"}
 
@@ -54,20 +54,26 @@ class Sampler:
     teacher_steps: int
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], noise: Tensor | None = None) -> Tensor:
-        """Images in [-1, 1] (B, 3, H, W); ``noise`` (B, *latent shape) or fresh from torch's RNG."""
+    def __call__(self, prompts: list[str], noise: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Images in [-1, 1] (B, 3, H, W)."""
+        return self.model.decode(self.latents(prompts, noise, generator)).cpu()
+
+    @torch.no_grad()
+    def latents(self, prompts: list[str], noise: Tensor | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+        """Latents of ``prompts``; ``noise`` (B, *latent shape) or drawn from ``generator`` (a CPU
+        generator, else torch's RNG), which also gives a renoise student its fresh noise, as a
+        diffusers pipeline's ``generator`` does."""
         device = next(self.model.backbone.parameters()).device
         if noise is None:
-            noise = torch.randn(len(prompts), *self.model.backbone.sample_shape)
+            noise = torch.randn(len(prompts), *self.model.backbone.sample_shape, generator=generator)
         cond = move_data_to_device(self.model.encode(prompts), device)
         noise = noise.to(device)
         if self.student is None:
-            latents = teacher_cfg_sample(self.model.backbone, noise, cond, self.alpha, self.teacher_steps, self.cfg.shift)
-        elif self.alpha == 1.0:
-            latents = sample_student(self.student, noise, cond, self.times.to(device))
-        else:
-            latents = sample_student(Guided(self.student, self.alpha), noise, cond, self.times.to(device))
-        return self.model.decode(latents).cpu()
+            return self.model.teacher_sample(noise, cond, self.alpha, self.teacher_steps)
+        student = self.student if self.alpha == 1.0 else Guided(self.student, self.alpha)
+        return sample_student(student, noise, cond, self.times.to(device), self.cfg.student_sampler, generator)
 
 
 def student_sampler(run_dir: Path, steps: int | None = None, guidance: float | None = None,
@@ -155,8 +161,8 @@ def write_samples(sampler: Sampler, prompts: list[str], out_dir: Path, per_promp
 
     out_dir = Path(out_dir)
     wanted = [p for p in prompts for _ in range(per_prompt)]
-    torch.manual_seed(seed)
-    images = torch.cat([sampler(wanted[i:i + batch]) for i in range(0, len(wanted), batch)])
+    generator = torch.Generator().manual_seed(seed)  # the noise and a renoise student's fresh noise, in order
+    images = torch.cat([sampler(wanted[i:i + batch], generator=generator) for i in range(0, len(wanted), batch)])
     out_dir.mkdir(parents=True, exist_ok=False)  # only now: a failed sampling leaves no empty folder behind
     save_grid(images, out_dir / "grid.png", nrow=per_prompt if per_prompt > 1 else min(len(wanted), 8))
     for i, img in enumerate(to_uint8_hwc(images)):

@@ -73,13 +73,13 @@ class DistillModule(pl.LightningModule):
 
     def sample(self, noise: Tensor, cond) -> Tensor:
         """The student's few-step sample (no gradients)."""
-        return sample_student(self.generator, noise, cond, self.times)
+        return sample_student(self.generator, noise, cond, self.times, self.cfg.student_sampler)
 
     def _student_input(self, cond, batch: int) -> tuple[Tensor, Tensor]:
         """Draw a step index k and the student's input at t_k (backward simulation)."""
         k = int(torch.randint(len(self.times), ()).item())
         noise = torch.randn(batch, *self.generator.sample_shape, device=self.device)
-        x_t = backward_simulate(self.generator, noise, cond, self.times, k)
+        x_t = backward_simulate(self.generator, noise, cond, self.times, k, self.cfg.student_sampler)
         return x_t, self.times[k].expand(batch)
 
     def _critic_params(self) -> list:

@@ -19,3 +19,13 @@ def image_dirs(tmp_path_factory):
     """runs_dir / cache_dir overrides shared by every tiny image test: one teacher, one classifier."""
     root = tmp_path_factory.mktemp("images")
     return [f"runs_dir={root / 'runs'}", f"cache_dir={root / 'cache'}"]
+
+
+@pytest.fixture(scope="session")
+def pipeline_folders(tmp_path_factory):
+    """Tiny pipelines of the three real families saved as diffusers folders, once per session."""
+    from .tiny_pipelines import save_lumina2, save_sdxl, save_zimage
+
+    root = tmp_path_factory.mktemp("tiny_pipelines")
+    return {name: save(root / name) for name, save in (("zimage", save_zimage), ("lumina2", save_lumina2),
+                                                       ("sdxl", save_sdxl))}

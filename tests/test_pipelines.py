@@ -12,17 +12,14 @@ from ddmd_lab.errors import UserError
 from ddmd_lab.pipelines import load_pipeline
 
 from .tiny_coco import make_coco, save_tiny_clip
-from .tiny_pipelines import save_lumina2, save_sdxl, save_zimage
-
-SAVERS = {"zimage": save_zimage, "lumina2": save_lumina2, "sdxl": save_sdxl}
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
+def folders(tmp_path_factory, pipeline_folders):
     root = tmp_path_factory.mktemp("pipelines")
     prompts = root / "prompts.txt"
     prompts.write_text("a photo of a cat\na red bus on a street\n\na bowl of fruit\ntwo dogs playing in the snow\n")
-    return {family: save(root / family) for family, save in SAVERS.items()}, prompts, root
+    return pipeline_folders, prompts, root
 
 
 def _sets(folders, family, *extra):

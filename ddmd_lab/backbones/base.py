@@ -23,6 +23,8 @@ class Backbone(nn.Module):
     sample_shape: tuple[int, ...]
     denoiser_attr: str = ""  # the attribute holding the diffusers network (what LoRA adapts)
     min_time: float = 0.0  # the noisiest time the network accepts (VP models: > 0); ODE samplers start here
+    # DDPM (epsilon, variance-preserving) networks start their trajectories at x_vp = noise (rollout.start_state)
+    variance_preserving: bool = False
 
     def denoiser(self) -> nn.Module:
         if not self.denoiser_attr:

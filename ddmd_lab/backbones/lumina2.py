@@ -102,6 +102,7 @@ def from_pipeline(pipe, resolution: int, system_prompt: str | None = None, max_l
     null = PaddedText(null_embeds.float().cpu(), null_mask.bool().cpu()).trimmed()
     net = pipe.transformer
     shape = latent_shape(pipe.vae, net.config.in_channels, resolution, net.config.patch_size)
-    # the paper's Table 1 teacher: 50 steps; the pipeline's default guidance 4 (standard form: alpha = 4)
+    # the paper's Table 1 teacher: 50 steps (Lumina2Pipeline's default is 30: an intentional difference, the
+    # paper's teacher row); the pipeline's default guidance 4 (standard form: alpha = 4)
     return TextToImage("lumina2", Lumina2Backbone(net, null, shape), torch.no_grad()(encode), pipe.vae,
-                       [pipe.text_encoder], teacher_steps=50, teacher_alpha=4.0)
+                       [pipe.text_encoder], teacher_steps=50, pipeline=pipe, teacher_alpha=4.0)

@@ -42,6 +42,7 @@ class SDXLCondition:
 
 class SDXLBackbone(Backbone):
     denoiser_attr = "unet"
+    variance_preserving = True
 
     def __init__(self, unet, alphas_cumprod: Tensor, null: SDXLCondition, latent_shape: tuple[int, int, int]):
         super().__init__()
@@ -120,4 +121,4 @@ def from_pipeline(pipe, resolution: int):
     backbone = SDXLBackbone(unet, pipe.scheduler.alphas_cumprod, null, shape)
     # SDXL base's usual sampling: 50 steps, guidance 5 (standard form, alpha = 5)
     return TextToImage("sdxl", backbone, encode, pipe.vae, [pipe.text_encoder, pipe.text_encoder_2],
-                       teacher_steps=50, teacher_alpha=5.0)
+                       teacher_steps=50, pipeline=pipe, teacher_alpha=5.0)

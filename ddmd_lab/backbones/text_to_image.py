@@ -28,11 +28,22 @@ class TextToImage:
     # what the family's own pipeline uses for the teacher: steps and guidance in the paper's alpha form
     teacher_steps: int = 50
     teacher_alpha: float = 4.0
+    pipeline: Any = None  # the loaded diffusers pipeline (its scheduler drives the teacher sampler; export saves it)
+    guidance: Any = None  # pipeline_sampling.PipelineCFG: the pipeline's CFG options (None: its defaults)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """Latents -> images in [-1, 1], with the checkpoint's own VAE scaling (and shift, where it has one)."""
         return decode_latents(self.vae, latents)
+
+    def teacher_sample(self, noise: Tensor, cond: Any, alpha: float, steps: int) -> Tensor:
+        """The teacher's latents as the family's pipeline samples them by default (its scheduler's
+        grid and CFG options), with ``steps`` network evaluations per condition."""
+        from .pipeline_sampling import PipelineCFG, pipeline_teacher_sample
+
+        guidance = self.guidance or PipelineCFG.pipeline_default(self.family)
+        return pipeline_teacher_sample(self.family, self.backbone, self.pipeline.scheduler, guidance, noise, cond,
+                                       alpha, steps)
 
 
 @torch.no_grad()

@@ -113,4 +113,4 @@ def from_pipeline(pipe, resolution: int, system_prompt: str | None = None, think
     null = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""], max_length, system_prompt)[0].float().cpu()
     # Z-Image's base pipeline samples 50 steps with cond + 5*(cond - uncond), i.e. alpha = 6
     return TextToImage("zimage", ZImageBackbone(net, null, shape), encode, pipe.vae, [pipe.text_encoder],
-                       teacher_steps=50, teacher_alpha=6.0)
+                       teacher_steps=50, pipeline=pipe, teacher_alpha=6.0)

@@ -31,7 +31,10 @@ from ..pipelines import DTYPES, load_pipeline
 TEACHER_DEFAULTS = {"family": None, "source": None, "dtype": "float32", "resolution": 1024,
                     # frozen text encoders need no float32 master weights: e.g. bfloat16 halves Qwen3's memory
                     "text_dtype": None,
-                    "system_prompt": None, "thinking": None, "max_length": None}
+                    "system_prompt": None, "thinking": None, "max_length": None,
+                    # the teacher sampler's CFG options, as the family's pipeline names them (null: the pipeline's
+                    # default; Lumina2 renormalises, Z-Image does not).  Training's CA term is plain CFG regardless.
+                    "cfg_normalization": None, "cfg_truncation": None}
 DATA_DEFAULTS = {
     "prompts": None,        # .txt (one prompt per line) or a COCO captions .json
     "precompute": False,    # encode every prompt once and cache the conditions (memory: all of them at once)
@@ -92,6 +95,9 @@ def _build(cfg: RunConfig) -> TextToImage:
         if text or t["thinking"]:
             raise UserError("SDXL's CLIP encoders take no system prompt, thinking or max_length; remove them from teacher.")
         model = sdxl.from_pipeline(pipe, t["resolution"])
+    from ..backbones.pipeline_sampling import PipelineCFG
+
+    model.guidance = PipelineCFG.pipeline_default(t["family"], t["cfg_normalization"], t["cfg_truncation"])
     for m in [model.vae, *model.text_encoders]:
         m.eval().requires_grad_(False)
     return model
