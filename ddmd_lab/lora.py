@@ -7,17 +7,55 @@ adapters switched off.  LoRA's B matrices start at zero, so at step 0 all
 three views compute exactly the teacher, as the full-copy recipe does.
 
 Each view activates its adapter right before each call, so the order of
-calls in a step never matters; autograd keeps what each call computed.
+calls in a step never matters; autograd keeps what each call computed.  With
+gradient checkpointing a block's forward runs again during backward, when
+another adapter (or none) is on: ``AdapterSwitch.checkpoint`` recomputes each
+block with the adapter its forward had.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .errors import UserError
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # diffusers' attention projections (UNets and DiTs)
+
+
+class AdapterSwitch:
+    """Which view has the shared network now (the last one activated), and the
+    gradient checkpointing function that network needs."""
+
+    def __init__(self):
+        self.active: AdapterView | None = None
+
+    def checkpoint(self, block, *args, **kwargs):
+        """diffusers' ``gradient_checkpointing_func``: non-reentrant checkpointing whose
+        recomputation (during backward) runs with the adapter that was on in the forward,
+        then switches back to the one on before it."""
+        context = _RecomputeWith(self, self.active)
+        return torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False,
+                                                 context_fn=lambda: (contextlib.nullcontext(), context), **kwargs)
+
+
+class _RecomputeWith:
+    """A reusable context (a second backward through one graph recomputes again)."""
+
+    def __init__(self, switch: AdapterSwitch, owner: "AdapterView | None"):
+        self.switch, self.owner, self.before = switch, owner, None
+
+    def __enter__(self):
+        self.before = self.switch.active
+        if self.owner is not None and self.owner is not self.before:
+            self.owner._activate()
+
+    def __exit__(self, *exc):
+        if self.before is not None and self.switch.active is not self.before:
+            self.before._activate()
+        return False
 
 
 class AdapterView:
@@ -28,8 +66,10 @@ class AdapterView:
     weights only, which is what its optimiser and gradient clipping need.
     """
 
-    def __init__(self, backbone: nn.Module, adapter: str | None, trainable: list | None = None):
+    def __init__(self, backbone: nn.Module, adapter: str | None, trainable: list | None = None,
+                 switch: AdapterSwitch | None = None):
         self.backbone, self.adapter, self.trainable = backbone, adapter, trainable or []
+        self.switch = switch or AdapterSwitch()
 
     def _activate(self) -> None:
         net = self.backbone.denoiser()
@@ -42,6 +82,7 @@ class AdapterView:
         # gradients of a graph built earlier in the step, so every adapter stays trainable here
         for p in self.trainable:
             p.requires_grad_(True)
+        self.switch.active = self
 
     def x0(self, *args, **kwargs):
         self._activate()
@@ -92,7 +133,8 @@ def shared_base_views(backbone: nn.Module, plan: LoraPlan, adapters: tuple[str, 
         net.add_adapter(LoraConfig(r=plan.rank, lora_alpha=plan.alpha, target_modules=list(plan.targets),
                                    init_lora_weights=True), adapter_name=name)
     trainable = [p for name in adapters for p in AdapterView(backbone, name).parameters()]
-    views = {name: AdapterView(backbone, name, trainable) for name in (*adapters, None)}
+    switch = AdapterSwitch()
+    views = {name: AdapterView(backbone, name, trainable, switch) for name in (*adapters, None)}
     views["teacher"] = views.pop(None)
     for p in trainable:
         p.requires_grad_(True)

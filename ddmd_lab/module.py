@@ -49,8 +49,10 @@ class DistillModule(pl.LightningModule):
             self.fake = copy.deepcopy(teacher).train().requires_grad_(True) if self.arm.train_fake else None
         if cfg.gradient_checkpointing:  # trades a second forward for activation memory on the trained nets
             nets = {id(m.denoiser()): m.denoiser() for m in (self.generator, self.fake) if m is not None}
+            # LoRA: one network, several adapters; a block is recomputed with the adapter of its forward
+            func = {"gradient_checkpointing_func": self.generator.switch.checkpoint} if cfg.lora.get("rank", 0) else {}
             for net in nets.values():
-                net.enable_gradient_checkpointing()
+                net.enable_gradient_checkpointing(**func)
         self.disc = None
         if self.arm.gan_weight or self.arm.gan_disc_weight:
             self.disc = DiscriminatorHead.for_backbone(self.fake)

@@ -1,0 +1,164 @@
+"""LoRA + gradient checkpointing: the same gradients as without checkpointing.
+
+The generator, the fake model and the teacher share one diffusers network; a
+checkpointed block is recomputed during backward, when another adapter (or
+none) is on, so it must be recomputed with the adapter its forward had.  LoRA's
+B starts at zero (every view is then the teacher and the bug invisible), so the
+adapters get random B here.
+"""
+import copy
+
+import pytest
+import torch
+
+from ddmd_lab.arms import REGISTRY
+from ddmd_lab.config import RunConfig
+from ddmd_lab.module import DistillModule
+
+from .tiny_models import sdxl_alphas_cumprod, tiny_lumina2_transformer, tiny_sdxl_unet, tiny_zimage_transformer
+
+ATOL, RTOL = 1e-6, 1e-5
+
+
+def _zimage():
+    from ddmd_lab.backbones.zimage import Captions, ZImageBackbone
+
+    net = ZImageBackbone(tiny_zimage_transformer(), torch.randn(3, 16), (16, 8, 8))
+    return net, lambda: Captions([torch.randn(3, 16), torch.randn(5, 16)]), {}
+
+
+def _zimage_with_features():
+    """Z-Image with a stand-in features() (its x0 maps), so that the GAN arms run: the
+    text-to-image backbones have no feature tap today, and the class UNet, which has one,
+    takes no LoRA (UNet2DModel lacks diffusers' PEFT mixin)."""
+    from ddmd_lab.backbones.zimage import Captions, ZImageBackbone
+
+    class WithFeatures(ZImageBackbone):
+        def features(self, x_t, t, cond):
+            return self.x0(x_t, t, cond)
+
+    net = WithFeatures(tiny_zimage_transformer(), torch.randn(3, 16), (16, 8, 8))
+    return net, lambda: Captions([torch.randn(3, 16), torch.randn(5, 16)]), {}
+
+
+def _lumina2():
+    from ddmd_lab.backbones.lumina2 import Lumina2Backbone, PaddedText
+
+    null = PaddedText(torch.randn(1, 3, 32), torch.ones(1, 3, dtype=torch.bool))
+    net = Lumina2Backbone(tiny_lumina2_transformer(), null, (4, 16, 16))
+    return net, lambda: PaddedText(torch.randn(2, 4, 32), torch.ones(2, 4, dtype=torch.bool)), {}
+
+
+def _sdxl():
+    from ddmd_lab.backbones.sdxl import SDXLBackbone, SDXLCondition
+
+    ids = torch.tensor([[32.0, 32, 0, 0, 32, 32]])
+    null = SDXLCondition(torch.zeros(1, 7, 64), torch.zeros(1, 32), ids)
+    net = SDXLBackbone(tiny_sdxl_unet(), sdxl_alphas_cumprod(), null, (4, 32, 32))
+    return net, lambda: SDXLCondition(torch.randn(2, 7, 64), torch.randn(2, 32), ids.repeat(2, 1)), {}
+
+
+_BASES = {}
+
+
+def _base(family):
+    """One teacher per family (built once); each run gets a copy."""
+    if family not in _BASES:
+        torch.manual_seed(0)
+        _BASES[family] = family()
+    return _BASES[family]
+
+
+def _module(family, arm, checkpointing: bool) -> tuple[DistillModule, object]:
+    teacher, make_cond, lora = _base(family)
+    teacher = copy.deepcopy(teacher)
+    times = []
+    if family is _sdxl:  # VP models cannot start at t = 0
+        from ddmd_lab.flow import t_from_ddpm_timestep
+
+        times = t_from_ddpm_timestep(torch.tensor([999, 499]), sdxl_alphas_cumprod()).tolist()
+    cfg = RunConfig(arm=arm, ttur=1, batch_size=2, student_steps=2, alpha=4.0, wandb="disabled", grad_clip=1e9,
+                    lora={"rank": 2, **lora}, gradient_checkpointing=checkpointing, student_times=times)
+    torch.manual_seed(1)  # the discriminator head's initialisation
+    module = DistillModule(teacher, cfg).train()
+    torch.manual_seed(2)
+    with torch.no_grad():  # adapters that matter: B != 0 (peft starts it at zero)
+        for name, p in module.base.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.3)
+    module.manual_backward = lambda loss: loss.backward()  # no trainer here
+    return module, make_cond
+
+
+class _Recorder:
+    """Stands in for an optimiser: zero_grad as AdamW's; step records every trainable gradient."""
+
+    def __init__(self, module: DistillModule, params: list, phase: str, out: dict):
+        self.module, self.params, self.phase, self.out = module, params, phase, out
+
+    def zero_grad(self, set_to_none: bool = True):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        for n, p in self.module.named_parameters():
+            if not ("lora_" in n or n.startswith("disc.")):
+                continue
+            self.out[f"{self.phase}/{n}"] = torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+
+
+def _step_gradients(family, arm, checkpointing: bool) -> dict:
+    """Every trainable gradient of one generator step and one critic step (same seeds)."""
+    module, make_cond = _module(family, arm, checkpointing)
+    grads: dict = {}
+    torch.manual_seed(4)  # on Z-Image: the student's step k = 1 (a rollout first, tau_CA above t > 0)
+    cond = make_cond()
+    real = torch.randn(len(cond), *module.generator.sample_shape)
+    logs: dict = {}
+    gen_opt = _Recorder(module, list(module.generator.parameters()), "generator", grads)
+    sample = module._generator_step(cond, gen_opt, logs)
+    if module.fake is not None:
+        module._critic_step(cond, sample, _Recorder(module, module._critic_params(), "critic", grads), logs, real)
+    assert module.skipped_steps == 0
+    return grads
+
+
+def _assert_same(on: dict, off: dict) -> None:
+    assert on.keys() == off.keys() and on
+    worst = max((on[k] - off[k]).abs().max().item() for k in on)
+    for k in on:
+        torch.testing.assert_close(on[k], off[k], atol=ATOL, rtol=RTOL,
+                                   msg=lambda m: f"{k}: {m} (max diff {worst:.3g})")
+    assert any(v.abs().max() > 0 for k, v in off.items() if ".generator." in k)  # the generator's adapter learns
+
+
+# GAN arms need the backbone's features() (the generator's loss then goes through the fake's adapter)
+CASES = [(_zimage_with_features if arm.gan_weight or arm.gan_disc_weight else _zimage, name)
+         for name, arm in REGISTRY.items()]
+CASES += [(_lumina2, "decoupled_hybrid"), (_sdxl, "decoupled_hybrid"), (_sdxl, "ca_only")]
+
+
+@pytest.mark.parametrize("family,arm", CASES, ids=[f"{f.__name__[1:]}-{a}" for f, a in CASES])
+def test_one_step_gradients_do_not_depend_on_checkpointing(family, arm):
+    off = _step_gradients(family, REGISTRY[arm], False)
+    on = _step_gradients(family, REGISTRY[arm], True)
+    _assert_same(on, off)
+
+
+def test_two_adapters_and_the_teacher_in_one_graph():
+    """The generator's output through the fake model and the teacher, with grad, one graph
+    (backpropagated twice: a second backward recomputes the blocks again)."""
+
+    def grads(checkpointing):
+        module, make_cond = _module(_zimage, REGISTRY["decoupled_hybrid"], checkpointing)
+        torch.manual_seed(3)
+        cond = make_cond()
+        x = torch.randn(len(cond), *module.generator.sample_shape)
+        t, tau = torch.tensor([0.2, 0.6]), torch.tensor([0.5, 0.9])
+        g = module.generator.x0(x, t, cond)
+        loss = module.fake.x0(g, tau, cond).square().mean() + module.teacher.x0(g, tau, cond).square().mean()
+        loss.backward(retain_graph=True)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in module.base.named_parameters() if "lora_" in n}
+
+    _assert_same(grads(True), grads(False))
