@@ -3,7 +3,9 @@
 #   make ablation RESUME=runs/<scale>/<arm>/<run-id>   (or RESUME=auto ARM=<arm>)
 #   make tables|report [SCALE=fashion] [FORMAT=latex]   make dashboard [WANDB_ENTITY=you]
 #   make sample RUN=<run> PROMPT="a cat"  (or SCALE=zimage SET="teacher.source=<folder>" for the teacher)
+#   make export RUN=<run> [OUT=folder]   (the student as a diffusers pipeline folder + model card)
 #   make eval-coco RUN=<run> COCO=/data/coco [N=10000] [CLIP_WEIGHTS=/path/open_clip_pytorch_model.bin]
+#   make plan SCALE=sdxl [SET="devices=8 strategy=fsdp lora.rank=0"] [GPU_GIB=140]   (per-GPU memory, no GPU needed)
 #   make test
 PYTHON ?= python3
 VENV   ?= .venv
@@ -33,7 +35,7 @@ SAMPLE_ARGS = $(if $(RUN),--run $(RUN)) $(if $(PROMPT),--prompt "$(PROMPT)") $(i
   $(if $(GUIDANCE),--guidance $(GUIDANCE)) $(if $(SAMPLE_STEPS),--sample-steps $(SAMPLE_STEPS))
 WANDB_ENTITY ?=
 
-.PHONY: setup ablation sweep teacher classifier tables report dashboard notebooks spectra sample eval-coco bench test
+.PHONY: setup ablation sweep teacher classifier tables report dashboard notebooks spectra sample eval-coco export plan bench test
 setup: $(VENV)/.installed
 
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
@@ -83,6 +85,19 @@ sample: setup
 
 eval-coco: setup
 	$(PY) -m ddmd_lab eval-coco $(SAMPLE_ARGS) --coco "$(COCO)" --n $(N) $(RUN_ARGS)
+
+OUT ?=
+export: setup
+	$(PY) -m ddmd_lab export --run "$(RUN)" $(if $(OUT),--out $(OUT))
+
+# per-GPU memory of a text-to-image recipe (real architectures on the meta device); FSDP_TEACHER=replicate,
+# MASTER_DTYPE=float32 (what-if: float32 trained copies of a bf16 teacher, not in the training code yet)
+GPU_GIB ?=
+FSDP_TEACHER ?=
+MASTER_DTYPE ?=
+plan: setup
+	$(PY) -m ddmd_lab plan $(if $(ARM),--arm $(ARM)) $(if $(GPU_GIB),--gpu-gib $(GPU_GIB)) \
+	  $(if $(FSDP_TEACHER),--fsdp-teacher $(FSDP_TEACHER)) $(if $(MASTER_DTYPE),--master-dtype $(MASTER_DTYPE)) $(RUN_ARGS)
 
 bench: setup
 	$(PY) -m ddmd_lab bench $(if $(ARMS),--arms $(ARMS)) $(RUN_ARGS)

@@ -174,6 +174,32 @@ def cmd_eval_coco(args) -> None:
     print(f"written: {out / 'coco10k' / 'results.json'}")
 
 
+def cmd_export(args) -> None:
+    from .export import export_student
+
+    if not args.run:
+        raise UserError("no run to export: RUN=runs/<scale>/<arm>/<run-id> [OUT=<new folder>].")
+    out = export_student(args.run, args.out)
+    print(f"diffusers pipeline written: {out} (how to call it: {out / 'README.md'})")
+
+
+def cmd_plan(args) -> None:
+    from pathlib import Path
+
+    from .memory_plan import PLAN_FILE, format_table, memory_plan, write_plan
+    from .scales import TEXT_TO_IMAGE
+
+    cfg = _config(args, args.arm or DEFAULT_ARM)
+    if cfg.scale not in TEXT_TO_IMAGE:
+        raise UserError(f"a memory plan is for the GPU scales: make plan SCALE={'|'.join(TEXT_TO_IMAGE)}.")
+    plan = memory_plan(cfg, gpu_gib=args.gpu_gib, fsdp_teacher=args.fsdp_teacher, master_dtype=args.master_dtype)
+    print(format_table(plan))
+    path = Path(cfg.runs_dir) / cfg.scale / PLAN_FILE
+    replaced = write_plan(plan, path)
+    print(f"\nmemory plan written: {path}" + (" (replaced the previous one: a plan is derived from the config "
+                                                 "and rebuilt by make plan)" if replaced else ""))
+
+
 def cmd_bench(args) -> None:
     from .bench import main as bench_main
 
@@ -255,6 +281,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clip-weights", default=None, help="local open_clip checkpoint (default: $CLIP_WEIGHTS)")
     p.add_argument("--no-clip", action="store_true", help="FID only")
     p.set_defaults(func=cmd_eval_coco)
+
+    p = sub.add_parser("export", help="a run's student as a diffusers pipeline folder with its scheduler and a model card")
+    p.add_argument("--run", help="a text-to-image run folder")
+    p.add_argument("--out", default=None, help="a new folder (default: <run>/export)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("plan", help="per-GPU memory of a text-to-image recipe, from its real architecture on the "
+                       "meta device (no GPU, no weights); written to <runs_dir>/<scale>/memory_plan.json")
+    p.add_argument("--arm", default=None, help=f"arm name (default {DEFAULT_ARM})")
+    _common(p)
+    p.add_argument("--gpu-gib", type=float, default=None, help="memory of one GPU in GiB (default 80; an H200: 140)")
+    p.add_argument("--fsdp-teacher", choices=("shard", "replicate"), default="shard",
+                   help="under strategy=fsdp: the frozen teacher sharded like the trained weights, or replicated")
+    p.add_argument("--master-dtype", default=None, help="what-if: trained weights in this dtype (e.g. float32) while "
+                   "the teacher stays in teacher.dtype; the training code does not do this yet")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("bench", help="step time against the network-evaluation floor, per arm")
     _common(p)

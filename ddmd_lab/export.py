@@ -76,6 +76,11 @@ def export_student(run_dir: Path, out: Path | None = None) -> Path:
         net = backbone.denoiser()
         net.fuse_lora(adapter_names=["generator"])
         net.unload_lora()  # plain diffusers layers holding the merged weights
+    # one dtype for the whole folder, as diffusers pipelines expect (Lumina2's and SDXL's pass the text
+    # features on uncast); a run's bfloat16 text encoders (teacher.text_dtype) are saved in the denoiser's dtype
+    dtype = next(backbone.parameters()).dtype
+    for encoder in model.text_encoders:
+        encoder.to(dtype)
     pipe.scheduler = student_scheduler(family, pipe.scheduler, cfg.student_sampler, cfg.shift, cfg.student_steps)
     pipe.save_pretrained(out)
     (out / "README.md").write_text(model_card(cfg, run_dir, call, lora))

@@ -71,8 +71,9 @@ def save_lumina2(folder: Path) -> Path:
     tok = GemmaTokenizer(tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>")
     encoder = Gemma2Model(Gemma2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                        num_key_value_heads=1, head_dim=16, intermediate_size=64))
+    # the VAE declares a shift factor, as Lumina-Image-2.0's (FLUX's) does: Lumina2Pipeline's decode requires one
     pipe = Lumina2Pipeline(transformer=tiny_lumina2_transformer(), scheduler=FlowMatchEulerDiscreteScheduler(),
-                           vae=tiny_vae(4), text_encoder=encoder, tokenizer=tok)
+                           vae=tiny_vae(4, 0.0), text_encoder=encoder, tokenizer=tok)
     pipe.save_pretrained(folder)
     return Path(folder)
 
