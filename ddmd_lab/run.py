@@ -17,6 +17,7 @@ from .config import RunConfig, read_config, save_config
 from .errors import UserError
 from .eval.callback import EvalCallback
 from .io import atomic_write_text, new_run_dir
+from .memory_plan import write_run_plan
 from .module import DistillModule
 from .scales import TEXT_TO_IMAGE, get_scale
 
@@ -58,6 +59,7 @@ def run_ablation(cfg: RunConfig) -> Path:
         run_dir = new_run_dir(Path(cfg.runs_dir), cfg.scale, cfg.arm.name, cfg.seed)
     if not (run_dir / "config.yaml").exists():
         save_config(cfg, run_dir / "config.yaml")
+    write_run_plan(cfg, run_dir)  # memory_plan.json (text-to-image scales)
     if handed_over or not _distributed(cfg):
         return _fit(cfg, run_dir, teacher)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # for the ranks the launcher starts during fit

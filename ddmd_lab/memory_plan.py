@@ -1,0 +1,638 @@
+"""Per-GPU memory of a text-to-image run, planned without a GPU (``make plan``).
+
+The real architectures are built at full size on the meta device from the
+configs in experiments/architectures/<family>/ (no weights, no download); their
+parameters are counted, and one trained forward pass on the meta device tells
+how many bytes autograd keeps (the activation estimate).  What the run holds
+follows the code:
+
+- full fine-tuning (lora.rank 0): the teacher, and the generator and fake as
+  deep copies of it (module.py), so all three in ``teacher.dtype``; each trained
+  copy with gradients and AdamW's two states (exp_avg, exp_avg_sq) in its dtype.
+- LoRA (lora.rank > 0): one frozen base (the teacher) and two peft adapters on
+  the ``lora.targets`` linears (lora.py); peft gives adapters the base's dtype.
+- ``ddp``: everything replicated, plus DDP's gradient buckets (a second copy of
+  the gradients: Lightning leaves gradient_as_bucket_view off).  ``fsdp``:
+  trained weights, gradients and optimiser states divided by the GPUs, the
+  frozen teacher sharded or replicated (``fsdp_teacher``), plus the gathered
+  block.  ``auto`` on one GPU: everything once.
+- ``precision: bf16-mixed`` keeps float32 weights; torch.autocast caches the
+  bf16 copy of every weight that requires grad for the whole training_step.
+- frozen text encoders in ``teacher.text_dtype`` on the GPU unless prompts are
+  precomputed (``data.precompute``); the VAE in ``teacher.dtype``, moved to the
+  GPU for the evaluation grids.
+
+The arithmetic (``components``) is separate from the meta instantiation
+(``architecture_facts``) so that the tests check it against a small model
+measured on the CPU.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import UserError
+
+GIB = 2 ** 30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
+DEFAULT_GPU_GIB = 80.0  # A100 / H100 80 GB (80 GiB); an H200's 141 GB is ~140 GiB
+DEFAULT_MARGIN = 0.10  # kept free: CUDA context, cuBLAS/NCCL workspaces, allocator fragmentation
+PLAN_FILE = "memory_plan.json"
+
+# Blocks diffusers' enable_gradient_checkpointing() recomputes (class names; a name prefix where
+# only some instances are): SDXL checkpoints its resnets and transformer blocks, Z-Image its
+# refiners and main layers, Lumina2 only its main layers (the refiners keep their activations).
+CHECKPOINTED = {"sdxl": (("ResnetBlock2D", "BasicTransformerBlock"), ""),
+                "zimage": (("ZImageTransformerBlock",), ""),
+                "lumina2": (("Lumina2TransformerBlock",), "layers.")}
+DENOISER = {"sdxl": "unet", "zimage": "transformer", "lumina2": "transformer"}
+DEFAULT_TEXT_TOKENS = {"zimage": 512, "lumina2": 256}  # the adapters' max_length (SDXL: CLIP's 77)
+
+
+# ---- the arithmetic ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Activations:
+    """What autograd keeps per sample in one trained forward of the denoiser (bytes, compute dtype),
+    measured at batch 1 and scaled by the batch.  outside: saved outside the checkpointed blocks;
+    boundaries: the blocks' inputs (what checkpointing keeps); block_max: the largest block's
+    internals; blocks: all blocks' internals."""
+    outside: int
+    boundaries: int
+    block_max: int
+    blocks: int
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Counted on the real architecture (meta device)."""
+    denoiser_params: int
+    adapter_params: int = 0  # one LoRA adapter at the plan's rank and targets
+    largest_block_params: int = 0  # the biggest checkpointed block: one FSDP unit under per-block wrapping
+    text_encoder_params: tuple = ()  # (name, params) per frozen text encoder
+    vae_params: int = 0
+    activations: Activations | None = None  # None: not estimated
+    vae_decode_elements: int = 0  # the VAE decoder's largest activation for one image
+
+
+@dataclass(frozen=True)
+class Settings:
+    batch: int = 1  # per GPU
+    teacher_queries: int = 3  # samples per student sample in the teacher's batched call (update.py)
+    eval_batch: int = 4
+    teacher_dtype: str = "float32"
+    trained_dtype: str = "float32"  # today's code: the teacher's dtype (deep copies / peft adapters)
+    text_dtype: str = "bfloat16"
+    precision: str = "bf16-mixed"
+    lora_rank: int = 0
+    train_fake: bool = True
+    strategy: str = "single"  # single | ddp | fsdp
+    gpus: int = 1
+    fsdp_teacher: str = "shard"  # shard | replicate
+    gradient_checkpointing: bool = True
+    text_on_gpu: bool = True
+    gpu_gib: float = DEFAULT_GPU_GIB
+    margin: float = DEFAULT_MARGIN
+
+
+def compute_bytes(precision: str) -> int:
+    p = str(precision)
+    return 8 if p.startswith("64") else 2 if p.startswith(("bf16", "16")) else 4
+
+
+def weight_dtypes(s: Settings) -> tuple[str, str]:
+    """(teacher, trained) weight dtypes: Lightning's ``*-true`` precisions cast the whole module."""
+    true = {"bf16-true": "bfloat16", "16-true": "float16", "64-true": "float64"}.get(str(s.precision))
+    return (true, true) if true else (s.teacher_dtype, s.trained_dtype)
+
+
+def training_activations(a: Activations | None, s: Settings) -> int:
+    """The generator step's peak: its graph at ``batch`` (with checkpointing: what lies outside the
+    blocks, the blocks' inputs, and one block recomputed in backward), while the teacher's
+    no-grad batched call runs at teacher_queries x batch (counted as one block's internals)."""
+    if a is None:
+        return 0
+    graph = s.batch * (a.outside + (a.boundaries if s.gradient_checkpointing else a.blocks))
+    transient = max(s.teacher_queries, 1) * s.batch * a.block_max
+    return graph + transient
+
+
+def components(f: Facts, s: Settings) -> dict[str, int]:
+    """Per-GPU bytes by component (the peak is ``peak_bytes``)."""
+    teacher_dtype, trained_dtype = weight_dtypes(s)
+    tb, rb = DTYPE_BYTES[teacher_dtype], DTYPE_BYTES[trained_dtype]
+    trained = f.adapter_params if s.lora_rank else f.denoiser_params  # one trained model's parameters
+    n_trained = 2 if s.train_fake else 1
+    shard = s.gpus if s.strategy == "fsdp" else 1
+    teacher_shard = shard if s.fsdp_teacher == "shard" else 1
+    mixed = str(s.precision).endswith("-mixed") and compute_bytes(s.precision) < 4
+    return {
+        "teacher": math.ceil(f.denoiser_params * tb / teacher_shard),
+        "generator": math.ceil(trained * rb / shard),
+        "fake": math.ceil(trained * rb / shard) if s.train_fake else 0,
+        "gradients": math.ceil(n_trained * trained * rb / shard),
+        "optimizer": math.ceil(2 * n_trained * trained * rb / shard),  # AdamW: exp_avg + exp_avg_sq
+        "ddp_buckets": n_trained * trained * rb if s.strategy == "ddp" else 0,
+        # autocast keeps the low-precision copy of each float32 weight that requires grad
+        "autocast_cache": n_trained * trained * compute_bytes(s.precision) if mixed and rb == 4 and s.strategy != "fsdp" else 0,
+        # FSDP: one block gathered, the next prefetched, its unsharded gradient (compute dtype)
+        "fsdp_gathered": 3 * f.largest_block_params * compute_bytes(s.precision) if s.strategy == "fsdp" else 0,
+        "text_encoders": sum(n for _, n in f.text_encoder_params) * DTYPE_BYTES[s.text_dtype] if s.text_on_gpu else 0,
+        "vae": f.vae_params * DTYPE_BYTES[s.teacher_dtype],  # the pipeline's dtype: not in the LightningModule
+        "activations": training_activations(f.activations, s),
+        # evaluation grids, between steps: input, output and one temporary of the largest layer
+        "vae_decode": 3 * f.vae_decode_elements * DTYPE_BYTES[s.teacher_dtype] * s.eval_batch,
+    }
+
+
+STATIC = ("teacher", "generator", "fake", "gradients", "optimizer", "ddp_buckets", "autocast_cache",
+          "text_encoders", "vae")
+
+
+def peak_bytes(c: dict[str, int]) -> int:
+    """Everything held, plus the larger transient: a training step's or an evaluation's decode."""
+    return sum(c[k] for k in STATIC) + c["fsdp_gathered"] + max(c["activations"], c["vae_decode"])
+
+
+DESCRIPTIONS = {
+    "teacher": "frozen teacher denoiser (LoRA: the shared base)",
+    "generator": "generator weights (full copy or LoRA adapter)",
+    "fake": "fake-model weights (full copy or LoRA adapter)",
+    "gradients": "gradients of the trained weights",
+    "optimizer": "AdamW exp_avg + exp_avg_sq",
+    "ddp_buckets": "DDP gradient buckets (second gradient copy)",
+    "autocast_cache": "autocast's bf16 copies of float32 trained weights",
+    "fsdp_gathered": "FSDP: gathered + prefetched block, its gradient",
+    "text_encoders": "frozen text encoders (0: prompts precomputed)",
+    "vae": "VAE (evaluation decoding)",
+    "activations": "activations of a training step (estimate)",
+    "vae_decode": "VAE decode of an evaluation batch (estimate)",
+}
+
+
+# ---- the real architectures on the meta device ------------------------------------------------
+
+def architectures_dir() -> Path:
+    from .config import experiments_dir
+
+    return experiments_dir() / "architectures"
+
+
+def family_specs(family: str) -> dict:
+    """The family's full-size configs from experiments/architectures/<family>/ (denoiser, text encoders, VAE)."""
+    folder = architectures_dir() / family
+    if family not in CHECKPOINTED or not folder.is_dir():
+        raise UserError(f"no memory plan for family {family!r}; known: {', '.join(sorted(CHECKPOINTED))}.")
+
+    def read(name: str) -> dict:
+        return json.loads((folder / f"{name}.json").read_text())
+
+    return {"denoiser": read(DENOISER[family]), "vae": read("vae"),
+            "text_encoders": [read(p.stem) for p in sorted(folder.glob("text_encoder*.json"))]}
+
+
+def model_specs(model) -> dict:
+    """The same, read from a loaded TextToImage teacher (what a run actually holds)."""
+    def diffusers_spec(net) -> dict:
+        return {"_library": "diffusers", "_class_name": type(net).__name__,
+                **{k: v for k, v in dict(net.config).items() if not k.startswith("_")}}
+
+    return {"denoiser": diffusers_spec(model.backbone.denoiser()), "vae": diffusers_spec(model.vae),
+            "text_encoders": [{"_library": "transformers", "_class_name": type(m).__name__, **m.config.to_dict()}
+                              for m in model.text_encoders]}
+
+
+@contextmanager
+def _quiet():
+    import logging
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loggers = [logging.getLogger(n) for n in ("diffusers", "transformers")]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, lv in zip(loggers, levels):
+                lg.setLevel(lv)
+
+
+def build_meta(spec: dict, dtype: str = "float32"):
+    """The spec's class at full size on the meta device (no memory, no weights)."""
+    import torch
+
+    kwargs = {k: v for k, v in spec.items() if not k.startswith("_")}
+    with _quiet(), torch.device("meta"):
+        if spec["_library"] == "diffusers":
+            import diffusers
+
+            net = getattr(diffusers, spec["_class_name"])(**kwargs)
+        else:
+            import transformers
+
+            cls = getattr(transformers, spec["_class_name"])
+            net = cls(cls.config_class.from_dict(kwargs))
+        if dtype != "float32":
+            net = net.to(getattr(torch, dtype))
+    return net
+
+
+def count(module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+
+
+def matches(name: str, targets) -> bool:
+    """peft's rule for a list of target modules: the full name or its last dotted parts."""
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def adapter_params(net, rank: int, targets) -> int:
+    """One LoRA adapter's parameters: A (rank x in) and B (out x rank) per targeted layer."""
+    from torch import nn
+
+    total = 0
+    for name, m in net.named_modules():
+        if not matches(name, targets):
+            continue
+        if isinstance(m, nn.Linear):
+            total += rank * (m.in_features + m.out_features)
+        elif isinstance(m, nn.Conv2d):  # A: a conv to rank channels, B: 1x1 conv back
+            total += rank * m.in_channels // m.groups * math.prod(m.kernel_size) + rank * m.out_channels
+        else:
+            raise UserError(f"lora.targets {name!r} is a {type(m).__name__}; the plan counts Linear and Conv2d layers.")
+    if rank and not total:
+        raise UserError(f"no module of {type(net).__name__} matches lora.targets {list(targets)}.")
+    return total
+
+
+def checkpointed_blocks(net, family: str) -> list:
+    classes, prefix = CHECKPOINTED[family]
+    return [(n, m) for n, m in net.named_modules() if type(m).__name__ in classes and n.startswith(prefix)]
+
+
+def denoiser_facts(net, family: str, lora_rank: int = 0, targets=()) -> Facts:
+    blocks = checkpointed_blocks(net, family)
+    return Facts(count(net), adapter_params(net, lora_rank, targets) if lora_rank else 0,
+                 max((count(m) for _, m in blocks), default=0))
+
+
+@contextmanager
+def _flash_like_attention():
+    """F.scaled_dot_product_attention that keeps what flash / memory-efficient attention keeps
+    for backward on a GPU (q, k, v, output, logsumexp), not the attention matrix."""
+    import torch
+    import torch.nn.functional as F
+
+    class FlashLike(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v):
+            out = q.new_empty(*q.shape[:-1], v.shape[-1])
+            ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):  # never run: the forward pass is on the meta device
+            raise NotImplementedError
+
+    original = F.scaled_dot_product_attention
+
+    def sdpa(query, key, value, *args, **kwargs):
+        return FlashLike.apply(query, key, value)
+
+    F.scaled_dot_product_attention = sdpa
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def _meta_forward(net, family: str, batch: int, side: int, tokens: int, dtype):
+    """One forward of the denoiser on meta inputs shaped as the backbones call it."""
+    import torch
+
+    def empty(*shape, dt=dtype):
+        return torch.empty(*shape, device="meta", dtype=dt)
+
+    c = net.config
+    t = empty(batch)
+    if family == "sdxl":
+        pooled = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
+        return net(empty(batch, c.in_channels, side, side), t, encoder_hidden_states=empty(batch, tokens, c.cross_attention_dim),
+                   added_cond_kwargs={"text_embeds": empty(batch, pooled), "time_ids": empty(batch, 6)}, return_dict=False)[0]
+    if family == "zimage":
+        return net([empty(c.in_channels, 1, side, side) for _ in range(batch)], t,
+                   [empty(tokens, c.cap_feat_dim) for _ in range(batch)], return_dict=False)[0]
+    # lumina2: its rotary embedder reads caption lengths from the mask's values, which meta tensors lack;
+    # it runs on the CPU (all tokens valid: conditions are trimmed to the longest caption) and its
+    # outputs move to the meta device
+    rope = net.rope_embedder
+    with torch.device("cpu"):
+        rope.freqs_cis = rope._precompute_freqs_cis(rope.axes_dim, rope.axes_lens, rope.theta)
+    real_forward = type(rope).forward
+
+    def cpu_rope(hidden, mask):
+        out = real_forward(rope, torch.zeros(hidden.shape, dtype=hidden.dtype), torch.ones(mask.shape, dtype=torch.bool))
+        return tuple(o.to("meta") if torch.is_tensor(o) else o for o in out)
+
+    rope.forward = cpu_rope
+    try:
+        return net(hidden_states=empty(batch, c.in_channels, side, side), timestep=t,
+                   encoder_hidden_states=empty(batch, tokens, c.cap_feat_dim),
+                   encoder_attention_mask=empty(batch, tokens, dt=torch.bool), return_dict=False)[0]
+    finally:
+        del rope.forward
+
+
+def _storage(t) -> tuple[int, int]:
+    s = t.untyped_storage()
+    return s._cdata, s.nbytes()
+
+
+def measure_saved(net, family: str, batch: int, side: int, tokens: int, dtype) -> tuple[int, int, int, int]:
+    """(outside, boundaries, largest block, all blocks): bytes autograd saves in one forward,
+    split by diffusers' checkpointed blocks (storages counted once; weights excluded)."""
+    import torch
+
+    exclude = {_storage(p)[0] for p in net.parameters()} | {_storage(b)[0] for b in net.buffers()}
+    saved: dict[int, tuple[int, str | None]] = {}
+    boundary: dict[int, int] = {}
+    where: list = [None]
+
+    def enter(name):
+        def hook(module, args, kwargs):
+            for x in [*args, *kwargs.values()]:
+                if torch.is_tensor(x):
+                    key, nbytes = _storage(x)
+                    if key not in exclude:
+                        boundary.setdefault(key, nbytes)
+            where[0] = name
+        return hook
+
+    def leave(module, args, kwargs, out):
+        where[0] = None
+
+    def pack(x):
+        key, nbytes = _storage(x)
+        if key not in exclude and key not in saved:
+            saved[key] = (nbytes, where[0])
+        return x
+
+    handles = []
+    for name, m in checkpointed_blocks(net, family):
+        handles += [m.register_forward_pre_hook(enter(name), with_kwargs=True),
+                    m.register_forward_hook(leave, with_kwargs=True)]
+    try:
+        with _quiet(), torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x), _flash_like_attention():
+            _meta_forward(net, family, batch, side, tokens, dtype)
+    finally:
+        for h in handles:
+            h.remove()
+    per_block: dict = defaultdict(int)
+    for nbytes, block in saved.values():
+        if block is not None:
+            per_block[block] += nbytes
+    outside = sum(n for n, block in saved.values() if block is None)
+    boundaries = sum(n for k, n in boundary.items() if not (k in saved and saved[k][1] is None))
+    return outside, boundaries, max(per_block.values(), default=0), sum(per_block.values())
+
+
+def vae_decode_elements(vae, side: int) -> int:
+    """Elements of the VAE decoder's largest activation for one image (module outputs, meta device)."""
+    import torch
+
+    largest = [0]
+
+    def hook(module, args, out):
+        if torch.is_tensor(out):
+            largest[0] = max(largest[0], out.numel())
+
+    handles = [m.register_forward_hook(hook) for m in vae.modules()]
+    try:
+        with _quiet(), torch.no_grad():
+            p = next(vae.parameters())
+            vae.decode(torch.empty(1, vae.config.latent_channels, side, side, device="meta", dtype=p.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+    return largest[0]
+
+
+def architecture_facts(family: str, resolution: int, text_tokens: int, precision: str, lora_rank: int = 0,
+                       targets: tuple = (), specs: dict | None = None) -> Facts:
+    """Facts of the real architecture (the family's full-size configs unless ``specs`` are given),
+    built on the meta device: a few seconds at full size."""
+    specs = specs or family_specs(family)
+    return _facts(json.dumps(specs, sort_keys=True), family, resolution, text_tokens, precision, lora_rank,
+                  tuple(targets))
+
+
+@lru_cache(maxsize=16)
+def _facts(specs_json: str, family: str, resolution: int, text_tokens: int, precision: str, lora_rank: int,
+           targets: tuple) -> Facts:
+    import torch
+
+    specs = json.loads(specs_json)
+    vae = build_meta(specs["vae"])
+    side = resolution // 2 ** (len(vae.config.block_out_channels) - 1)
+    compute = {2: "bfloat16", 4: "float32", 8: "float64"}[compute_bytes(precision)]
+    net = build_meta(specs["denoiser"], compute)
+    facts = denoiser_facts(net, family, lora_rank, targets)
+    if lora_rank:  # the real adapter on the meta net: the frozen base saves less (no weight gradients)
+        from peft import LoraConfig
+
+        with _quiet():
+            net.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=list(targets)), adapter_name="generator")
+        net.requires_grad_(False)
+        for n, p in net.named_parameters():
+            p.requires_grad_(".generator." in n)
+    dtype = getattr(torch, compute)
+    acts = Activations(*measure_saved(net, family, 1, side, text_tokens, dtype))
+    texts = tuple((spec["_class_name"], count(build_meta(spec))) for spec in specs["text_encoders"])
+    return Facts(facts.denoiser_params, facts.adapter_params, facts.largest_block_params, texts, count(vae),
+                 acts, vae_decode_elements(vae, side))
+
+
+# ---- from a run's config ------------------------------------------------------------------------
+
+def world_size(cfg) -> int:
+    d = cfg.devices
+    if isinstance(d, (list, tuple)):
+        n = len(d)
+    elif isinstance(d, int) or (isinstance(d, str) and d.strip().isdigit()):
+        n = int(d)
+    else:
+        n = -1
+    if n < 1:
+        raise UserError(f"devices={d!r}: the memory plan needs a number of GPUs, e.g. SET=\"devices=8\".")
+    return n * int(cfg.num_nodes)
+
+
+def strategy_kind(cfg, gpus: int) -> str:
+    s = str(cfg.strategy)
+    if s == "auto":
+        return "single" if gpus == 1 else "ddp"  # Lightning picks DDP for several GPUs
+    if s.startswith("ddp"):
+        return "ddp"
+    if s.startswith("fsdp"):
+        return "fsdp"
+    raise UserError(f"strategy {s!r}: the memory plan knows auto, ddp and fsdp.")
+
+
+def teacher_queries(arm) -> int:
+    """Samples per student sample in update.generator_update's one batched teacher call."""
+    shared = arm.shared_draw and arm.uses_ca and arm.uses_dm
+    return max(int(arm.uses_dm) + (int(not shared) + 1 if arm.uses_ca else 0), 1)
+
+
+def settings_from_config(cfg, gpu_gib: float | None = None, fsdp_teacher: str = "shard",
+                         master_dtype: str | None = None, margin: float = DEFAULT_MARGIN) -> tuple[Settings, dict]:
+    from .config import scale_settings
+    from .scales.text2image import TEACHER_DEFAULTS, data_settings
+
+    t, d = scale_settings(cfg.teacher, TEACHER_DEFAULTS, "teacher"), data_settings(cfg)  # no checkpoint needed
+    for key in ("dtype", "text_dtype"):
+        if t[key] is not None and t[key] not in DTYPE_BYTES:
+            raise UserError(f"teacher.{key} must be one of {', '.join(DTYPE_BYTES)}, got {t[key]!r}.")
+    if master_dtype is not None and master_dtype not in DTYPE_BYTES:
+        raise UserError(f"master dtype must be one of {', '.join(DTYPE_BYTES)}, got {master_dtype!r}.")
+    if fsdp_teacher not in ("shard", "replicate"):
+        raise UserError(f"fsdp_teacher must be shard or replicate, got {fsdp_teacher!r}.")
+    gpus = world_size(cfg)
+    s = Settings(batch=cfg.batch_size, teacher_queries=teacher_queries(cfg.arm), eval_batch=int(d["eval_batch"]),
+                 teacher_dtype=t["dtype"], trained_dtype=master_dtype or t["dtype"], text_dtype=t["text_dtype"] or t["dtype"],
+                 precision=str(cfg.precision), lora_rank=int(cfg.lora.get("rank", 0)), train_fake=cfg.arm.train_fake,
+                 strategy=strategy_kind(cfg, gpus), gpus=gpus, fsdp_teacher=fsdp_teacher,
+                 gradient_checkpointing=cfg.gradient_checkpointing, text_on_gpu=not d["precompute"],
+                 gpu_gib=float(gpu_gib or DEFAULT_GPU_GIB), margin=margin)
+    return s, t
+
+
+def memory_plan(cfg, gpu_gib: float | None = None, fsdp_teacher: str = "shard", master_dtype: str | None = None,
+                margin: float = DEFAULT_MARGIN, model=None) -> dict:
+    """The plan of a text-to-image run's config, as a JSON-ready dict: for the family's full-size
+    architecture, or for ``model`` (a loaded TextToImage teacher: what a run holds)."""
+    from .lora import DEFAULT_TARGETS
+
+    s, t = settings_from_config(cfg, gpu_gib, fsdp_teacher, master_dtype, margin)
+    family = model.family if model is not None else t["family"]
+    if family not in CHECKPOINTED:
+        raise UserError(f"no memory plan for teacher.family {family!r}; known: {', '.join(sorted(CHECKPOINTED))}.")
+    specs = model_specs(model) if model is not None else family_specs(family)
+    if family == "sdxl":  # CLIP's context
+        tokens = int(specs["text_encoders"][0]["max_position_embeddings"])
+    else:
+        tokens = int(t["max_length"] or DEFAULT_TEXT_TOKENS[family])
+    targets = tuple(cfg.lora.get("targets", DEFAULT_TARGETS)) if s.lora_rank else ()
+    facts = architecture_facts(family, int(t["resolution"]), tokens, s.precision, s.lora_rank, targets, specs)
+    c = components(facts, s)
+    peak = peak_bytes(c)
+    usable = s.gpu_gib * (1 - s.margin) * GIB
+    return {
+        "scale": cfg.scale, "family": family, "arm": cfg.arm.name,
+        "architecture": "the run's checkpoint" if model is not None else f"experiments/architectures/{family}",
+        "settings": asdict(s), "text_tokens": tokens, "resolution": int(t["resolution"]),
+        "params": {"denoiser": facts.denoiser_params, "lora_adapter": facts.adapter_params,
+                   "largest_block": facts.largest_block_params,
+                   "text_encoders": [{"class": n, "params": p} for n, p in facts.text_encoder_params],
+                   "vae": facts.vae_params},
+        "bytes": c, "gib": {k: round(v / GIB, 2) for k, v in c.items()},
+        "peak_gib": round(peak / GIB, 2), "gpu_gib": s.gpu_gib, "usable_gib": round(usable / GIB, 2),
+        "fits": peak <= usable, "headroom_gib": round((usable - peak) / GIB, 2),
+        "notes": notes(s, family),
+    }
+
+
+def notes(s: Settings, family: str) -> list[str]:
+    """How the numbers were made, and where the code does not (yet) do what they assume."""
+    classes, prefix = CHECKPOINTED[family]
+    out = [
+        "activations: an estimate. One trained forward of the real architecture on the meta device at the "
+        "recipe's resolution, text length and compute dtype; the bytes autograd saves, weights excluded, "
+        "attention as flash / memory-efficient SDPA keeps them (q, k, v, output, logsumexp). "
+        + ("With gradient checkpointing: what lies outside the checkpointed blocks "
+           f"({', '.join(classes)}{' under ' + prefix if prefix else ''}) + every block's input + one block's internals"
+           if s.gradient_checkpointing else "Without gradient checkpointing: everything saved")
+        + f"; measured at batch 1, times the batch ({s.batch}). Plus, for the teacher's batched no-grad call "
+          f"({s.teacher_queries} x batch) while the generator's graph is held, one block's internals at that batch "
+          "(pessimistic: a no-grad pass frees as it goes). Float32 norms and upcasts under autocast can add some.",
+        "vae_decode: 3 x the decoder's largest activation x data.eval_batch, in the VAE's dtype; it happens "
+        "between steps, so the peak takes the larger of it and the step's activations.",
+        f"fits: peak <= {1 - s.margin:.0%} of {s.gpu_gib:g} GiB (the rest: CUDA context, workspaces, fragmentation).",
+    ]
+    teacher_dtype, trained_dtype = weight_dtypes(s)
+    if s.trained_dtype != s.teacher_dtype and not str(s.precision).endswith("-true"):
+        out.append(f"NOT IN THE TRAINING CODE YET: a {s.teacher_dtype} teacher with {s.trained_dtype} trained weights. "
+                   "DistillModule deep-copies the teacher in its dtype and peft gives LoRA adapters the base's "
+                   "dtype; the generator / fake copies (or adapters) would need casting to "
+                   f"{s.trained_dtype} after they are made.")
+    if trained_dtype in ("bfloat16", "float16"):
+        out.append(f"trained weights in {trained_dtype} have no float32 master copy: AdamW updates smaller than "
+                   "~1/256 of a weight (lr 5e-7 gives such updates) are rounded away.")
+    if s.strategy == "fsdp":
+        out.append(f"fsdp assumes every {' / '.join(classes)} is its own FSDP unit. ddmd_lab.run.make_strategy "
+                   "hands Lightning the string 'fsdp', whose FSDPStrategy() without auto_wrap_policy wraps only "
+                   "the root module: every weight is gathered at once and these numbers do not hold until it "
+                   f"passes auto_wrap_policy={{{', '.join(classes)}}}. Autocast's weight cache is not modelled "
+                   f"under FSDP (its mixed precision gathers bf16 weights). Teacher: {s.fsdp_teacher}ed.")
+    return out
+
+
+# ---- output -------------------------------------------------------------------------------------
+
+def format_table(plan: dict) -> str:
+    s = plan["settings"]
+    lora = f"LoRA rank {s['lora_rank']}" if s["lora_rank"] else "full fine-tuning"
+    head = (f"memory plan: {plan['scale']} ({plan['family']}), {lora}, {s['strategy']} on {s['gpus']} GPU(s), "
+            f"batch {s['batch']}/GPU at {plan['resolution']} px, teacher {s['teacher_dtype']}, trained "
+            f"{s['trained_dtype']}, {s['precision']}, gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}")
+    rows = [head, "", f"{'component':<16}{'GiB/GPU':>9}  what"]
+    for key, what in DESCRIPTIONS.items():
+        rows.append(f"{key:<16}{plan['gib'][key]:>9.2f}  {what}")
+    verdict = "fits" if plan["fits"] else "DOES NOT FIT"
+    rows += ["", f"{'peak':<16}{plan['peak_gib']:>9.2f}  held + fsdp_gathered + max(activations, vae_decode)",
+             f"{verdict}: {plan['peak_gib']:.2f} of {plan['usable_gib']:.2f} usable GiB "
+             f"({plan['gpu_gib']:g} GiB GPU), headroom {plan['headroom_gib']:.2f} GiB", ""]
+    rows += [f"- {n}" for n in plan["notes"]]
+    return "\n".join(rows)
+
+
+def write_plan(plan: dict, path: Path) -> bool:
+    """Write the plan (atomically); True when it replaced an earlier plan (a derived file)."""
+    from .io import atomic_write_text
+
+    path = Path(path)
+    existed = path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(plan, indent=2) + "\n")
+    return existed
+
+
+def write_run_plan(cfg, run_dir: Path) -> None:
+    """The run folder's memory_plan.json (text-to-image scales; once per run folder).  Against the
+    GPU's own memory when there is one.  A plan that cannot be made never stops the run."""
+    from .scales import TEXT_TO_IMAGE
+
+    path = Path(run_dir) / PLAN_FILE
+    if cfg.scale not in TEXT_TO_IMAGE or path.exists():
+        return
+    try:
+        import torch
+
+        gib = torch.cuda.get_device_properties(0).total_memory / GIB if torch.cuda.is_available() else None
+        from .scales.text2image import load_model
+
+        plan = memory_plan(cfg, gpu_gib=gib, model=load_model(cfg))  # the teacher the run just loaded
+        if not plan["fits"]:
+            warnings.warn(f"memory plan: {plan['peak_gib']} GiB per GPU against {plan['usable_gib']} usable; "
+                          f"see {path} (make plan SCALE={cfg.scale}).", stacklevel=2)
+    except Exception as exc:  # the plan is advice; the run goes on
+        plan = {"scale": cfg.scale, "error": f"{exc.__class__.__name__}: {exc}"}
+    write_plan(plan, path)
