@@ -4,11 +4,16 @@ Frozen teacher, trainable generator and fake model (both copies of the
 teacher), manual optimisation with TTUR.  The cadence is counted here, not
 read from trainer.global_step, because Lightning counts every optimiser's
 step there (a critic and a generator step make global_step advance by two).
+
+Under data parallelism every rank holds the same model (initialised from
+cfg.seed) but draws its own training randomness (see seed_rank), every rank
+skips a non-finite update or none does (_update), and each rank's RNG state
+is checkpointed.  Values are read from the device only on the steps that are
+logged, plus one agreed finiteness flag per update.
 """
 from __future__ import annotations
 
 import copy
-import math
 import random
 
 import numpy as np
@@ -101,22 +106,31 @@ class DistillModule(pl.LightningModule):
         return [opt_g, opt_f]
 
     # ---- one step -----------------------------------------------------------
+    def _logged_step(self) -> bool:
+        """Whether Lightning logs this step (log_every_n_steps = cfg.log_every, counted in
+        steps done; step_count is this step's index until the step ends)."""
+        return (self.step_count + 1) % self.cfg.log_every == 0
+
     def training_step(self, batch, batch_idx):
         cond = condition_of(batch)
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
-        logs: dict[str, float] = {}
+        # 0-dim tensors, read (by Lightning) only on logged steps: reading them every step
+        # would make the host wait for the device some twenty times a step
+        logs: dict[str, Tensor | float] = {}
         self._step_had_nonfinite = False
         sample = None
         if self.step_count % self.cfg.ttur == 0:
             sample = self._generator_step(cond, opts[0], logs)
         if self.fake is not None:
             self._critic_step(cond, sample, opts[1], logs, real_data_of(batch))
+        logged = self._logged_step()
         self.step_count += 1
         self._count_nonfinite_run()
-        logs.update(step=float(self.step_count), generator_steps=float(self.generator_step_count),
-                    skipped_steps=float(self.skipped_steps))
-        self.log_dict(logs, on_step=True, prog_bar=False)
+        if logged:
+            logs.update(step=float(self.step_count), generator_steps=float(self.generator_step_count),
+                        skipped_steps=float(self.skipped_steps))
+            self.log_dict(logs, on_step=True, prog_bar=False)
 
     def _generator_step(self, cond, opt, logs) -> tuple[Tensor, Tensor]:
         x_t, t = self._student_input(cond, len(cond))
@@ -126,17 +140,19 @@ class DistillModule(pl.LightningModule):
         if self.arm.gan_weight:
             x_tau, tau = self._renoised(x, t)
             gan = generator_gan_loss(self.disc(self.fake.features(x_tau, tau, cond)))
-            logs["loss_gan_generator"] = gan.item()
+            logs["loss_gan_generator"] = gan.detach()
             loss = loss + self.arm.gan_weight * gan
         if self.arm.meanvar_weight:
             reg = meanvar_kl(x, self.cfg.meanvar_mu, self.cfg.meanvar_var, self.cfg.meanvar_scope)
-            logs["loss_meanvar"] = reg.item()
+            logs["loss_meanvar"] = reg.detach()
             loss = loss + self.arm.meanvar_weight * reg
-        nonfinite = int((~torch.isfinite(update)).sum()) + int((~torch.isfinite(x.detach())).sum())
-        logs.update({f"gen/{k}": v for k, v in ulogs.items()})
-        logs.update({"loss_generator": loss.item(), "nonfinite": float(nonfinite),
-                     "gen/out_mean": x.detach().mean().item(), "gen/out_std": x.detach().std().item()})
-        if self._guard(loss, nonfinite) and self._backward_and_step(loss, opt, list(self.generator.parameters()), logs, "generator"):
+        finite = torch.isfinite(update).all() & torch.isfinite(x.detach()).all()
+        if self._logged_step():
+            nonfinite = (~torch.isfinite(update)).sum() + (~torch.isfinite(x.detach())).sum()
+            logs.update({f"gen/{k}": v for k, v in ulogs.items()})
+            logs.update({"loss_generator": loss.detach(), "nonfinite": nonfinite.float(),
+                         "gen/out_mean": x.detach().mean(), "gen/out_std": x.detach().std()})
+        if self._update(loss, opt, list(self.generator.parameters()), logs, "generator", finite):
             self.generator_step_count += 1
         return x.detach(), t
 
@@ -148,7 +164,7 @@ class DistillModule(pl.LightningModule):
         x0 = sample[0]
         x_tau, tau = self._renoised(x0, sample[1])
         loss = critic_loss(self.fake.x0(x_tau, tau, cond), x0, tau, self.cfg.critic_target)
-        logs["loss_critic"] = loss.item()
+        logs["loss_critic"] = loss.detach()
         if self.arm.gan_disc_weight:
             if real is None:
                 raise UserError(f"arm {self.arm.name!r} needs real data in each batch; this scale's loader gives none.")
@@ -158,32 +174,43 @@ class DistillModule(pl.LightningModule):
                                        self.fake.cat_conditions([cond, cond]))
             fake_logits, real_logits = self.disc(feats).chunk(2)
             d_loss = discriminator_loss(real_logits, fake_logits)
-            logs.update(loss_discriminator=d_loss.item(), disc_real_acc=(real_logits > 0).float().mean().item(),
-                        disc_fake_acc=(fake_logits < 0).float().mean().item())
+            logs["loss_discriminator"] = d_loss.detach()
+            if self._logged_step():
+                logs.update(disc_real_acc=(real_logits.detach() > 0).float().mean(),
+                            disc_fake_acc=(fake_logits.detach() < 0).float().mean())
             loss = loss + self.arm.gan_disc_weight * d_loss
-        if self._guard(loss, 0) and self._backward_and_step(loss, opt, self._critic_params(), logs, "fake"):
+        if self._update(loss, opt, self._critic_params(), logs, "fake"):
             self.critic_step_count += 1
 
-    def _backward_and_step(self, loss: Tensor, opt, params: list, logs: dict, name: str) -> bool:
-        """Backward, clip, step -- unless the gradient is not finite (then skip)."""
+    def _update(self, loss: Tensor, opt, params: list, logs: dict, name: str, finite: Tensor | None = None) -> bool:
+        """Backward, clip, step -- on every rank, or on none (the update is skipped and counted).
+
+        Every rank runs backward whatever its loss: under DDP backward all-reduces the
+        gradients, a collective the other ranks would wait in forever.  Then all ranks agree
+        on one flag: the loss, ``finite`` (the generator's update direction and output) and
+        the clipped gradient norm are finite on every rank.  A NaN on one rank makes all
+        ranks skip, so weights and counters stay identical.  Reading that flag is the one
+        host sync of an update.
+        """
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-        logs[f"grad_norm_{name}"] = grad_norm.item()
-        if not torch.isfinite(grad_norm):
-            opt.zero_grad(set_to_none=True)
-            self._guard(grad_norm, 1)  # counts the skip
-            return False
-        opt.step()
-        return True
-
-    def _guard(self, loss: Tensor, nonfinite: int) -> bool:
-        """False (skip this update) when its loss or update is not finite."""
-        if math.isfinite(loss.item()) and nonfinite == 0:
+        logs[f"grad_norm_{name}"] = grad_norm.detach()
+        ok = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
+        if self._on_every_rank(ok if finite is None else ok & finite):
+            opt.step()
             return True
+        opt.zero_grad(set_to_none=True)
         self.skipped_steps += 1
         self._step_had_nonfinite = True
         return False
+
+    def _on_every_rank(self, ok: Tensor) -> bool:
+        """Whether ``ok`` (a 0-dim bool tensor) holds on every rank: an all-reduce, one host sync."""
+        bad = (~ok).to(torch.int32)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        return not bool(bad)
 
     def _count_nonfinite_run(self) -> None:
         """Stop after max_nonfinite_in_row training steps in a row had a skipped update."""
@@ -199,20 +226,62 @@ class DistillModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["ddmd_counters"] = {k: getattr(self, k) for k in self.COUNTERS}
         checkpoint["ddmd_config"] = self.cfg.to_dict()
-        checkpoint["ddmd_rng"] = rng_state()
+        # every rank's state, in rank order (every rank calls trainer.save_checkpoint)
+        checkpoint["ddmd_rng"] = every_rank(rng_state())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         for k, v in checkpoint.get("ddmd_counters", {}).items():
             setattr(self, k, v)
+        states = checkpoint.get("ddmd_rng")
+        ranks = self._trainer.world_size if self._trainer is not None else 1
+        if isinstance(states, dict):
+            # written before each rank's state was kept: rank 0's only.  Rank 0 goes on
+            # exactly; other ranks draw from their own seed (seed_rank), not what they drew.
+            states = [states] + [None] * (ranks - 1)
+        if states is not None and len(states) != ranks:
+            raise UserError(
+                f"this checkpoint holds the random state of {len(states)} ranks, but this run has {ranks}; a run "
+                f"continues exactly only on as many ranks as it started with: resume with devices / num_nodes "
+                f"giving {len(states)} ranks (the run's config.yaml), or start a new run.")
         # Applied just before the next step, not now: Lightning draws from the
         # global RNG between restoring and the first step (e.g. the DataLoader's
         # base seed), which an uninterrupted run does not do at that point.
-        self._pending_rng = checkpoint.get("ddmd_rng")
+        self._pending_rng = states[self.global_rank] if states is not None else None
+
+    def on_train_start(self) -> None:
+        if self.global_rank > 0:
+            seed_rank(self.cfg.seed, self.global_rank)
 
     def on_train_batch_start(self, batch, batch_idx):
         if getattr(self, "_pending_rng", None) is not None:
             set_rng_state(self._pending_rng)
             self._pending_rng = None
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Give data-parallel rank ``rank`` > 0 training draws of its own.
+
+    Every rank seeds with cfg.seed before building the model, so all ranks hold the same
+    initial weights; at train start ranks 1.. re-seed the global RNGs (torch, CUDA, numpy,
+    random) from (seed, rank), and every draw of training -- the student's step k and noise,
+    tau and the re-noising noise, the critic's tau' -- comes from them.  Rank 0 keeps
+    cfg.seed's stream: a single-process run draws what it always drew, as does rank 0 of
+    a data-parallel run.  (Data batches have their own per-rank seeds: data/steps.py.)
+    """
+    derived = int(np.random.SeedSequence([seed % 2**64, rank]).generate_state(1, np.uint64)[0])
+    torch.manual_seed(derived)  # CPU and every CUDA device
+    random.seed(derived)
+    np.random.seed(derived % 2**32)
+
+
+def every_rank(obj) -> list:
+    """``obj`` of every rank, in rank order (a collective under torch.distributed)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def rng_state() -> dict:

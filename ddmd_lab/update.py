@@ -62,8 +62,12 @@ def generator_update(
     fake,
     s: UpdateSettings,
     draws: Draws | None = None,
-) -> tuple[Tensor, dict[str, float]]:
-    """Return the x0-space update Delta for generator output x, and logs."""
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Return the x0-space update Delta for generator output x, and logs.
+
+    The logs are 0-dim tensors on x's device: reading one waits for the device, which
+    the caller does only on the steps it logs.
+    """
     x = x.detach().float()
     d = draws or draw(arm, x, t_student, s)
     shared = arm.shared_draw and arm.uses_ca and arm.uses_dm
@@ -80,29 +84,29 @@ def generator_update(
     if shared:
         real["cond_ca"] = real["cond_dm"]
 
-    logs: dict[str, float] = {}
+    logs: dict[str, Tensor] = {}
     ca = dm = None
     if arm.uses_ca:
         ca = ca_vector(real["cond_ca"], real["uncond_ca"], s.alpha)
-        logs["tau_ca_mean"] = d.tau_ca.mean().item()
+        logs["tau_ca_mean"] = d.tau_ca.mean()
     if arm.uses_dm:
         fake_cond = fake.x0(x_dm, d.tau_dm, cond)
         dm = dm_vector(real["cond_dm"], fake_cond)
-        logs["tau_dm_mean"] = d.tau_dm.mean().item()
+        logs["tau_dm_mean"] = d.tau_dm.mean()
 
     norm_ca, norm_dm = _normalisers(arm, x, real, s)
     update = torch.zeros_like(x)
     if ca is not None:
         ca_term = arm.ca_weight * ca / norm_ca
         update += ca_term
-        logs["update_norm_ca"] = per_sample_norm(ca_term).mean().item()
-        logs["normaliser_ca"] = norm_ca.mean().item()
+        logs["update_norm_ca"] = per_sample_norm(ca_term).mean()
+        logs["normaliser_ca"] = norm_ca.mean()
     if dm is not None:
         dm_term = arm.dm_weight * dm / norm_dm
         update += dm_term
-        logs["update_norm_dm"] = per_sample_norm(dm_term).mean().item()
-        logs["normaliser_dm"] = norm_dm.mean().item()
-    logs["update_norm"] = per_sample_norm(update).mean().item()
+        logs["update_norm_dm"] = per_sample_norm(dm_term).mean()
+        logs["normaliser_dm"] = norm_dm.mean()
+    logs["update_norm"] = per_sample_norm(update).mean()
     return update, logs
 
 
