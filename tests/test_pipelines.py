@@ -158,14 +158,22 @@ def test_eval_coco_of_a_student(folders, tmp_path):
     assert len(list((run / "coco10k" / "images").glob("*.png"))) == 5
 
 
-@pytest.mark.parametrize("family", ["zimage", "lumina2", "sdxl"])
+@pytest.mark.parametrize("family", ["zimage", "lumina2", "sdxl", "zimage-lora"])
 def test_export_samples_like_make_sample_in_plain_diffusers(folders, family, tmp_path, capsys):
-    """zimage / lumina2: full fine-tuning, euler students (their recipes); sdxl: LoRA, renoise (LCMScheduler)."""
+    """zimage / lumina2: full fine-tuning, euler students (their recipes); sdxl and zimage-lora: LoRA (sdxl: renoise,
+    LCMScheduler)."""
     from diffusers import DiffusionPipeline
 
     from ddmd_lab.generate import student_sampler
 
-    run = _only_run(folders[2], family)
+    if family == "zimage-lora":  # a LoRA run of a transformer family, exported through its own LoRA loader
+        family = "zimage"
+        runs = tmp_path / "lora-runs"
+        assert main(["ablation", "--scale", "zimage", "--steps", "1", *_sets(folders, "zimage", "lora.rank=2",
+                                                                               f"runs_dir={runs}")]) == 0
+        run = next((runs / "zimage" / "decoupled_hybrid").iterdir())
+    else:
+        run = _only_run(folders[2], family)
     out = tmp_path / "export"
     assert main(["export", "--run", str(run), "--out", str(out)]) == 0
     assert main(["export", "--run", str(run), "--out", str(out)]) == 2  # never over an existing folder
@@ -183,8 +191,8 @@ def test_export_samples_like_make_sample_in_plain_diffusers(folders, family, tmp
         theirs = pipe("a cat", height=side, width=side, generator=torch.Generator().manual_seed(3), output_type="pt",
                       **call).images
     torch.testing.assert_close(ours, theirs * 2 - 1, atol=2e-4, rtol=0)
-    if family == "sdxl":  # the adapter alone, on the teacher, with the export's scheduler
-        base = DiffusionPipeline.from_pretrained(folders[0]["sdxl"])
+    if (out / "student_lora").is_dir():  # the adapter alone, on the teacher, with the export's scheduler
+        base = DiffusionPipeline.from_pretrained(folders[0][family])
         base.set_progress_bar_config(disable=True)
         base.load_lora_weights(out / "student_lora")
         base.scheduler = pipe.scheduler
