@@ -10,6 +10,7 @@ Configs and the math always hold the standard alpha (guidance.py).
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,10 +71,18 @@ class Sampler:
             noise = torch.randn(len(prompts), *self.model.backbone.sample_shape, generator=generator)
         cond = move_data_to_device(self.model.encode(prompts), device)
         noise = noise.to(device)
-        if self.student is None:
-            return self.model.teacher_sample(noise, cond, self.alpha, self.teacher_steps)
-        student = self.student if self.alpha == 1.0 else Guided(self.student, self.alpha)
-        return sample_student(student, noise, cond, self.times.to(device), self.cfg.student_sampler, generator)
+        with self._autocast(device):
+            if self.student is None:
+                return self.model.teacher_sample(noise, cond, self.alpha, self.teacher_steps)
+            student = self.student if self.alpha == 1.0 else Guided(self.student, self.alpha)
+            return sample_student(student, noise, cond, self.times.to(device), self.cfg.student_sampler, generator)
+
+    def _autocast(self, device: torch.device):
+        """The run's precision on an accelerator (bf16-mixed: autocast, as in training); float32 on the CPU,
+        where the tests compare samples with diffusers' pipelines exactly."""
+        if device.type == "cuda" and self.cfg.precision.startswith("bf16"):
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
 
 def student_sampler(run_dir: Path, steps: int | None = None, guidance: float | None = None,

@@ -113,6 +113,7 @@ def _drop_rows_after(path: Path, step: int) -> None:
 
 def _fit(cfg: RunConfig, run_dir: Path, teacher, ckpt_path: Path | None = None, start_step: int = 0) -> Path:
     scale = get_scale(cfg.scale)
+    allow_tf32()
     pl.seed_everything(cfg.seed, verbose=False)
     module = DistillModule(teacher, cfg)
     checkpoints = AtomicCheckpoint(run_dir / "checkpoints", cfg.checkpoint_every)
@@ -139,6 +140,15 @@ def _fit(cfg: RunConfig, run_dir: Path, teacher, ckpt_path: Path | None = None, 
     finally:
         _finish_wandb(trainer.loggers)
     return run_dir
+
+
+def allow_tf32() -> None:
+    """TF32 for float32 matmuls and convolutions on GPUs (Ampere+): what autocast leaves in float32 (norms, the
+    x0 conversions' inputs, the float32 master weights' optimiser math) runs on tensor cores.  The
+    objective's float64 and float32 conversions are elementwise and unaffected."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def _finish_wandb(loggers) -> None:

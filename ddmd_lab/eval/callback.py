@@ -29,7 +29,8 @@ class EvalCallback(pl.Callback):
         # Evaluation must not move the training RNG: how often a run is
         # evaluated then never changes its training, and resumes stay exact.
         cuda = [module.device.index or 0] if module.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
+        # in the run's precision (bf16-mixed: autocast, as the training step), not float32
+        with torch.random.fork_rng(devices=cuda), module.trainer.precision_plugin.forward_context():
             metrics = self.evaluate(module)
         module.train(was_training)
         row = {"step": module.step_count, "generator_steps": module.generator_step_count, **metrics}
