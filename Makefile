@@ -3,9 +3,11 @@
 #   make ablation RESUME=runs/<scale>/<arm>/<run-id>   (or RESUME=auto ARM=<arm>)
 #   make tables|report [SCALE=fashion] [FORMAT=latex]   make dashboard [WANDB_ENTITY=you]
 #   make sample RUN=<run> PROMPT="a cat"  (or SCALE=zimage SET="teacher.source=<folder>" for the teacher)
+#   make gpu-check   (one GPU, < 8 min: full-size SDXL / Z-Image, random weights: memory vs plan, step vs floor, bf16 vs fp32)
 #   make export RUN=<run> [OUT=folder]   (the student as a diffusers pipeline folder + model card)
 #   make eval-coco RUN=<run> COCO=/data/coco [N=10000] [CLIP_WEIGHTS=/path/open_clip_pytorch_model.bin]
 #   make plan SCALE=sdxl [SET="devices=8 strategy=fsdp lora.rank=0"] [GPU_GIB=140]   (per-GPU memory, no GPU needed)
+#   make embed SCALE=sdxl SET="teacher.source=<folder> data.prompts=<captions.json>"   (then runs with data.precompute=true)
 #   make test
 PYTHON ?= python3
 VENV   ?= .venv
@@ -35,7 +37,7 @@ SAMPLE_ARGS = $(if $(RUN),--run $(RUN)) $(if $(PROMPT),--prompt "$(PROMPT)") $(i
   $(if $(GUIDANCE),--guidance $(GUIDANCE)) $(if $(SAMPLE_STEPS),--sample-steps $(SAMPLE_STEPS))
 WANDB_ENTITY ?=
 
-.PHONY: setup ablation sweep teacher classifier tables report dashboard notebooks spectra sample eval-coco export plan bench test
+.PHONY: setup ablation sweep teacher classifier tables report dashboard notebooks spectra sample eval-coco export plan gpu-check embed bench test
 setup: $(VENV)/.installed
 
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
@@ -98,6 +100,13 @@ MASTER_DTYPE ?=
 plan: setup
 	$(PY) -m ddmd_lab plan $(if $(ARM),--arm $(ARM)) $(if $(GPU_GIB),--gpu-gib $(GPU_GIB)) \
 	  $(if $(FSDP_TEACHER),--fsdp-teacher $(FSDP_TEACHER)) $(if $(MASTER_DTYPE),--master-dtype $(MASTER_DTYPE)) $(RUN_ARGS)
+
+gpu-check: setup
+	$(PY) -m ddmd_lab.gpu_check
+
+# text conditions once, memory-mapped under <cache_dir>/embeddings: data.precompute=true runs load no text encoder
+embed: setup
+	$(PY) -m ddmd_lab embed $(RUN_ARGS)
 
 bench: setup
 	$(PY) -m ddmd_lab bench $(if $(ARMS),--arms $(ARMS)) $(RUN_ARGS)

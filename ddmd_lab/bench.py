@@ -31,8 +31,8 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def evaluation_costs(model, cond, batch: int, repeats: int) -> dict[str, float]:
-    """Seconds for one no-grad forward at batch B, 2B, 3B, one forward+backward at B, and one
+def evaluation_costs(model, cond, batch: int, repeats: int, gan: bool = True) -> dict[str, float]:
+    """Seconds for one no-grad forward at batch B, 2B, 3B, one forward+backward at B, and (``gan``) one
     forward+backward of the features the GAN arm's discriminator reads (its extra evaluations)."""
     shape = model.sample_shape
     x = torch.randn(batch, *shape)
@@ -52,6 +52,8 @@ def evaluation_costs(model, cond, batch: int, repeats: int) -> dict[str, float]:
         model.x0(x, t, cond).square().mean().backward()
 
     out["fwd_bwd"] = _median_time(fwd_bwd, repeats)
+    if not gan:
+        return out
 
     def features_fwd_bwd():
         model.zero_grad(set_to_none=True)
