@@ -92,14 +92,12 @@ OUT ?=
 export: setup
 	$(PY) -m ddmd_lab export --run "$(RUN)" $(if $(OUT),--out $(OUT))
 
-# per-GPU memory of a text-to-image recipe (real architectures on the meta device); FSDP_TEACHER=replicate,
-# MASTER_DTYPE=float32 (what-if: float32 trained copies of a bf16 teacher, not in the training code yet)
+# per-GPU memory of a text-to-image recipe (real architectures on the meta device); FSDP_TEACHER=replicate
 GPU_GIB ?=
 FSDP_TEACHER ?=
-MASTER_DTYPE ?=
 plan: setup
 	$(PY) -m ddmd_lab plan $(if $(ARM),--arm $(ARM)) $(if $(GPU_GIB),--gpu-gib $(GPU_GIB)) \
-	  $(if $(FSDP_TEACHER),--fsdp-teacher $(FSDP_TEACHER)) $(if $(MASTER_DTYPE),--master-dtype $(MASTER_DTYPE)) $(RUN_ARGS)
+	  $(if $(FSDP_TEACHER),--fsdp-teacher $(FSDP_TEACHER)) $(RUN_ARGS)
 
 gpu-check: setup
 	$(PY) -m ddmd_lab.gpu_check

@@ -192,7 +192,7 @@ def cmd_plan(args) -> None:
     cfg = _config(args, args.arm or DEFAULT_ARM)
     if cfg.scale not in TEXT_TO_IMAGE:
         raise UserError(f"a memory plan is for the GPU scales: make plan SCALE={'|'.join(TEXT_TO_IMAGE)}.")
-    plan = memory_plan(cfg, gpu_gib=args.gpu_gib, fsdp_teacher=args.fsdp_teacher, master_dtype=args.master_dtype)
+    plan = memory_plan(cfg, gpu_gib=args.gpu_gib, fsdp_teacher=args.fsdp_teacher)
     print(format_table(plan))
     path = Path(cfg.runs_dir) / cfg.scale / PLAN_FILE
     replaced = write_plan(plan, path)
@@ -294,9 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu-gib", type=float, default=None, help="memory of one GPU in GiB (default 80; an H200: 140)")
     p.add_argument("--fsdp-teacher", choices=("shard", "replicate"), default="shard",
                    help="under strategy=fsdp: the frozen teacher sharded like the trained weights, or replicated")
-    p.add_argument("--master-dtype", default=None, help="what-if: trained weights in this dtype (e.g. float32) while "
-                   "the teacher stays in teacher.dtype; the training code does not do this yet")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("embed", help="text conditions of data.prompts (and the eval prompts) computed once into "
+                       "memory-mapped bfloat16 shards under <cache_dir>/embeddings, read by data.precompute=true runs")
+    _common(p)
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("bench", help="step time against the network-evaluation floor, per arm")
     _common(p)

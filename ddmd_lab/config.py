@@ -70,6 +70,9 @@ class RunConfig:
     lora: dict = field(default_factory=lambda: {"rank": 0})
     precision: str = "32-true"  # Lightning's precision, e.g. "bf16-mixed" (autocast; the math stays float32/64)
     gradient_checkpointing: bool = False  # diffusers' own, on the trained networks
+    # dtype of what is trained (generator, fake, LoRA adapters, discriminator head) and so of its optimiser
+    # states, whatever teacher.dtype is: float32 master weights under a bfloat16 frozen teacher / LoRA base
+    master_dtype: str = "float32"
     num_nodes: int = 1
     progress_bar: bool = True
     teacher: dict = field(default_factory=dict)  # scale-specific teacher settings
@@ -87,6 +90,7 @@ class RunConfig:
              "tau_clamp must be [lo, hi] with 0 <= lo <= hi <= 1"),
             (self.critic_target in ("x0", "velocity"), "critic_target must be x0 or velocity"),
             (self.student_sampler in ("renoise", "euler"), "student_sampler must be renoise or euler"),
+            (self.master_dtype in ("float32", "bfloat16"), "master_dtype must be float32 or bfloat16"),
             (not self.student_times or (len(self.student_times) == self.student_steps and self.student_times[0] >= 0
                                         and all(a < b for a, b in zip(self.student_times, self.student_times[1:] + [1.0]))),
              "student_times must list student_steps increasing times in [0, 1)"),

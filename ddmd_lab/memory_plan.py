@@ -493,7 +493,7 @@ def teacher_queries(arm) -> int:
 
 
 def settings_from_config(cfg, gpu_gib: float | None = None, fsdp_teacher: str = "shard",
-                         master_dtype: str | None = None, margin: float = DEFAULT_MARGIN) -> tuple[Settings, dict]:
+                         margin: float = DEFAULT_MARGIN) -> tuple[Settings, dict]:
     from .config import scale_settings
     from .scales.text2image import TEACHER_DEFAULTS, data_settings
 
@@ -501,13 +501,11 @@ def settings_from_config(cfg, gpu_gib: float | None = None, fsdp_teacher: str = 
     for key in ("dtype", "text_dtype"):
         if t[key] is not None and t[key] not in DTYPE_BYTES:
             raise UserError(f"teacher.{key} must be one of {', '.join(DTYPE_BYTES)}, got {t[key]!r}.")
-    if master_dtype is not None and master_dtype not in DTYPE_BYTES:
-        raise UserError(f"master dtype must be one of {', '.join(DTYPE_BYTES)}, got {master_dtype!r}.")
     if fsdp_teacher not in ("shard", "replicate"):
         raise UserError(f"fsdp_teacher must be shard or replicate, got {fsdp_teacher!r}.")
     gpus = world_size(cfg)
     s = Settings(batch=cfg.batch_size, teacher_queries=teacher_queries(cfg.arm), eval_batch=int(d["eval_batch"]),
-                 teacher_dtype=t["dtype"], trained_dtype=master_dtype or t["dtype"], text_dtype=t["text_dtype"] or t["dtype"],
+                 teacher_dtype=t["dtype"], trained_dtype=cfg.master_dtype, text_dtype=t["text_dtype"] or t["dtype"],
                  precision=str(cfg.precision), lora_rank=int(cfg.lora.get("rank", 0)), train_fake=cfg.arm.train_fake,
                  strategy=strategy_kind(cfg, gpus), gpus=gpus, fsdp_teacher=fsdp_teacher,
                  gradient_checkpointing=cfg.gradient_checkpointing, text_on_gpu=not d["precompute"],
@@ -515,13 +513,13 @@ def settings_from_config(cfg, gpu_gib: float | None = None, fsdp_teacher: str = 
     return s, t
 
 
-def memory_plan(cfg, gpu_gib: float | None = None, fsdp_teacher: str = "shard", master_dtype: str | None = None,
+def memory_plan(cfg, gpu_gib: float | None = None, fsdp_teacher: str = "shard",
                 margin: float = DEFAULT_MARGIN, model=None) -> dict:
     """The plan of a text-to-image run's config, as a JSON-ready dict: for the family's full-size
     architecture, or for ``model`` (a loaded TextToImage teacher: what a run holds)."""
     from .lora import DEFAULT_TARGETS
 
-    s, t = settings_from_config(cfg, gpu_gib, fsdp_teacher, master_dtype, margin)
+    s, t = settings_from_config(cfg, gpu_gib, fsdp_teacher, margin)
     family = model.family if model is not None else t["family"]
     if family not in CHECKPOINTED:
         raise UserError(f"no memory plan for teacher.family {family!r}; known: {', '.join(sorted(CHECKPOINTED))}.")
@@ -568,11 +566,6 @@ def notes(s: Settings, family: str) -> list[str]:
         f"fits: peak <= {1 - s.margin:.0%} of {s.gpu_gib:g} GiB (the rest: CUDA context, workspaces, fragmentation).",
     ]
     teacher_dtype, trained_dtype = weight_dtypes(s)
-    if s.trained_dtype != s.teacher_dtype and not str(s.precision).endswith("-true"):
-        out.append(f"NOT IN THE TRAINING CODE YET: a {s.teacher_dtype} teacher with {s.trained_dtype} trained weights. "
-                   "DistillModule deep-copies the teacher in its dtype and peft gives LoRA adapters the base's "
-                   "dtype; the generator / fake copies (or adapters) would need casting to "
-                   f"{s.trained_dtype} after they are made.")
     if trained_dtype in ("bfloat16", "float16"):
         out.append(f"trained weights in {trained_dtype} have no float32 master copy: AdamW updates smaller than "
                    "~1/256 of a weight (lr 5e-7 gives such updates) are rounded away.")
@@ -629,7 +622,7 @@ def write_run_plan(cfg, run_dir: Path) -> None:
         gib = torch.cuda.get_device_properties(0).total_memory / GIB if torch.cuda.is_available() else None
         from .scales.text2image import load_model
 
-        plan = memory_plan(cfg, gpu_gib=gib, model=load_model(cfg))  # the teacher the run just loaded
+        plan = memory_plan(cfg, gpu_gib=gib, model=load_model(cfg, training=True))  # the teacher the run just loaded
         if not plan["fits"]:
             warnings.warn(f"memory plan: {plan['peak_gib']} GiB per GPU against {plan['usable_gib']} usable; "
                           f"see {path} (make plan SCALE={cfg.scale}).", stacklevel=2)

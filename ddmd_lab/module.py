@@ -52,6 +52,7 @@ class DistillModule(pl.LightningModule):
             self.teacher = teacher.eval().requires_grad_(False)
             self.generator = copy.deepcopy(teacher).train().requires_grad_(True)
             self.fake = copy.deepcopy(teacher).train().requires_grad_(True) if self.arm.train_fake else None
+        self._cast_trained(getattr(torch, cfg.master_dtype))
         if cfg.gradient_checkpointing:  # trades a second forward for activation memory on the trained nets
             nets = {id(m.denoiser()): m.denoiser() for m in (self.generator, self.fake) if m is not None}
             # LoRA: one network, several adapters; a block is recomputed with the adapter of its forward
@@ -71,8 +72,26 @@ class DistillModule(pl.LightningModule):
         self.critic_step_count = 0
         self.skipped_steps = 0
         self.nonfinite_in_row = 0
+        # Checkpoints leave the frozen teacher out (it is the scale's, loaded before the module);
+        # its fingerprint, taken before Lightning moves or casts anything, says which teacher it was.
+        frozen = self._frozen_state()
+        self._frozen_keys = frozenset(frozen)
+        self.teacher_fingerprint = teacher_fingerprint(frozen, type(teacher).__name__)
 
     # ---- pieces -----------------------------------------------------------
+    def _cast_trained(self, dtype: torch.dtype) -> None:
+        """What is trained in ``dtype`` (cfg.master_dtype): full copies cast whole, LoRA adapters
+        parameter by parameter (peft gives them the base's dtype and computes each adapter in its own),
+        so a bfloat16 teacher keeps float32 master weights and optimiser states for what moves."""
+        for m in (self.generator, self.fake):
+            if m is None:
+                continue
+            if self.cfg.lora.get("rank", 0):
+                for p in m.parameters():
+                    p.data = p.data.to(dtype)
+            else:
+                m.to(dtype)
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.teacher.eval()  # the teacher never leaves eval mode

@@ -48,14 +48,16 @@ def test_full_size_architectures_on_meta_match_published_parameter_counts(family
         assert abs(count(qwen) - qwen.embed_tokens.weight.numel() - 3.6e9) <= 0.05e9
 
 
-def _tiny_zimage_module_after_a_step(rank: int, dtype: torch.dtype):
-    """A DistillModule on a tiny Z-Image teacher after one backward and AdamW step of each trained model."""
+def _tiny_zimage_module_after_a_step(rank: int, dtype: torch.dtype, master: torch.dtype):
+    """A DistillModule on a tiny Z-Image teacher (``dtype``) with ``master`` trained weights, after one backward
+    and AdamW step of each trained model."""
     from ddmd_lab.backbones.zimage import Captions, ZImageBackbone
     from ddmd_lab.module import DistillModule
 
     torch.manual_seed(0)
     teacher = ZImageBackbone(tiny_zimage_transformer(), torch.randn(2, 16), (16, 8, 8)).to(dtype)
-    module = DistillModule(teacher, RunConfig(scale="zimage", lora={"rank": rank}, student_steps=2))
+    module = DistillModule(teacher, RunConfig(scale="zimage", lora={"rank": rank}, student_steps=2,
+                                              master_dtype=str(master).removeprefix("torch.")))
     opts = module.configure_optimizers()
     cond = Captions([torch.randn(3, 16), torch.randn(5, 16)])
     for net, opt in zip((module.generator, module.fake), opts):
@@ -65,12 +67,15 @@ def _tiny_zimage_module_after_a_step(rank: int, dtype: torch.dtype):
     return module, opts
 
 
-@pytest.mark.parametrize("rank,dtype", [(0, torch.float32), (2, torch.float32), (2, torch.bfloat16)],
-                         ids=["full-float32", "lora-float32", "lora-bfloat16"])
-def test_plan_bytes_equal_a_tiny_distill_module_measured_on_cpu(rank, dtype):
+@pytest.mark.parametrize("rank,dtype,master", [(0, torch.float32, torch.float32), (2, torch.float32, torch.float32),
+                                                (2, torch.bfloat16, torch.bfloat16), (0, torch.bfloat16, torch.float32),
+                                                (2, torch.bfloat16, torch.float32)],
+                         ids=["full-float32", "lora-float32", "lora-bfloat16", "full-bf16-teacher-fp32-master",
+                              "lora-bf16-base-fp32-master"])
+def test_plan_bytes_equal_a_tiny_distill_module_measured_on_cpu(rank, dtype, master):
     from ddmd_lab.lora import DEFAULT_TARGETS
 
-    module, opts = _tiny_zimage_module_after_a_step(rank, dtype)
+    module, opts = _tiny_zimage_module_after_a_step(rank, dtype, master)
     params = list({id(p): p for p in module.parameters()}.values())
     weights = sum(p.numel() * p.element_size() for p in params)
     grads = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
@@ -79,16 +84,16 @@ def test_plan_bytes_equal_a_tiny_distill_module_measured_on_cpu(rank, dtype):
 
     with torch.device("meta"):
         meta = tiny_zimage_transformer()
-    name = {torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype]
+    name = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
     facts = denoiser_facts(meta, "zimage", rank, DEFAULT_TARGETS)
-    c = components(facts, Settings(teacher_dtype=name, trained_dtype=name, precision="32-true", lora_rank=rank,
-                                   text_on_gpu=False))
+    c = components(facts, Settings(teacher_dtype=name[dtype], trained_dtype=name[master], precision="32-true",
+                                   lora_rank=rank, text_on_gpu=False))
     assert c["teacher"] + c["generator"] + c["fake"] == weights
     assert c["gradients"] == grads
     assert c["optimizer"] == opt_bytes
-    if rank:  # peft's adapters: the base's dtype, rank * (in + out) per targeted linear
+    if rank:  # the adapters in master_dtype (peft would give them the base's), rank * (in + out) per targeted linear
         adapters = [p for n, p in module.base.named_parameters() if "lora_" in n]
-        assert {p.dtype for p in adapters} == {dtype}
+        assert {p.dtype for p in adapters} == {master}
         assert sum(p.numel() for p in adapters) == 2 * facts.adapter_params
 
 
@@ -127,9 +132,10 @@ def test_full_fine_tuning_does_not_fit_one_gpu_and_sharding_it_notes_the_missing
     assert not full["fits"] and full["gib"]["optimizer"] > 35  # 2 AdamW states of 2 float32 transformers
     fsdp = memory_plan(load_config("lumina2", "decoupled_hybrid", {"lora": {"rank": 0}, "devices": 8, "strategy": "fsdp"}))
     assert fsdp["fits"] and any("auto_wrap_policy" in n for n in fsdp["notes"])
-    bf16 = memory_plan(load_config("lumina2", "decoupled_hybrid", {"teacher": {"dtype": "bfloat16"}}), master_dtype="float32")
-    assert bf16["bytes"]["teacher"] * 2 == full["bytes"]["teacher"] and bf16["settings"]["trained_dtype"] == "float32"
-    assert any(n.startswith("NOT IN THE TRAINING CODE YET") for n in bf16["notes"])
+    # the recipe's bfloat16 teacher with float32 master weights, against an all-float32 one
+    f32 = memory_plan(load_config("lumina2", "decoupled_hybrid", {"teacher": {"dtype": "float32"}, "lora": {"rank": 0}}))
+    assert full["bytes"]["teacher"] * 2 == f32["bytes"]["teacher"] and full["settings"]["trained_dtype"] == "float32"
+    assert full["bytes"]["optimizer"] == f32["bytes"]["optimizer"]  # float32 master weights: the same AdamW states
 
 
 def test_make_plan_prints_the_table_and_writes_the_plan(tmp_path, capsys):
@@ -159,7 +165,8 @@ def test_a_run_writes_the_plan_of_the_checkpoint_it_loaded(family, pipeline_fold
     assert plan["architecture"] == "the run's checkpoint"
     assert plan["params"]["denoiser"] == count(teacher.denoiser())
     assert [e["params"] for e in plan["params"]["text_encoders"]] == [count(m) for m in load_model(cfg).text_encoders]
-    assert plan["bytes"]["teacher"] == 4 * count(teacher.denoiser()) and plan["bytes"]["activations"] > 0
+    held = next(teacher.denoiser().parameters()).element_size()  # the recipe's teacher.dtype (bfloat16)
+    assert held == 2 and plan["bytes"]["teacher"] == held * count(teacher.denoiser()) and plan["bytes"]["activations"] > 0
     assert plan["params"]["lora_adapter"] > 0 and "error" not in plan
     (run / "memory_plan.json").write_text("{}")
     write_run_plan(cfg, run)  # once per run folder (ranks started later find it)

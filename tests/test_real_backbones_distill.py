@@ -119,3 +119,31 @@ def test_bf16_autocast_with_gradient_checkpointing_and_lora_trains():
     assert module.generator_step_count == 2 and module.skipped_steps == 0
     assert all(p.dtype == torch.float32 for p in module.generator.parameters())  # master weights stay float32
     assert any(not torch.equal(a, b) for a, b in zip(before, module.generator.parameters()))
+
+
+@pytest.mark.parametrize("lora", [0, 2])
+def test_bfloat16_teacher_with_float32_master_weights(lora):
+    """master_dtype: what is trained (and its AdamW states) in float32 while the frozen teacher / LoRA base is
+    bfloat16; a step moves the master weights, the teacher's stay bit for bit."""
+    torch.manual_seed(0)
+    teacher, make_cond = _zimage()
+    teacher.to(torch.bfloat16)
+    frozen = {n: p.clone() for n, p in teacher.named_parameters()}
+    cfg = RunConfig(arm=REGISTRY["decoupled_hybrid"], steps=2, ttur=1, batch_size=2, student_steps=2, alpha=4.0,
+                    wandb="disabled", lora={"rank": lora}, precision="bf16-mixed", master_dtype="float32")
+    module = DistillModule(teacher, cfg)
+    trained = [p for m in (module.generator, module.fake) for p in m.parameters()]
+    assert trained and all(p.dtype == torch.float32 for p in trained)
+    teacher_params = list(module.base.parameters() if lora else module.teacher.parameters())
+    assert any(p.dtype == torch.bfloat16 for p in teacher_params)
+    before = [p.clone() for p in module.generator.parameters()]
+    loader = torch.utils.data.DataLoader(_Conditions(make_cond, 2), batch_size=None, collate_fn=lambda b: b)
+    pl.Trainer(max_epochs=1, accelerator="cpu", precision=cfg.precision, logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False).fit(module, loader)
+    assert module.generator_step_count == 2 and module.skipped_steps == 0
+    state = [s for m in module.optimizers() for s in m.optimizer.state.values()]
+    assert state and all(s["exp_avg"].dtype == torch.float32 for s in state)
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.generator.parameters()))
+    net = module.base if lora else module.teacher
+    now = {n.replace(".base_layer", ""): p for n, p in net.named_parameters() if ".lora_" not in n}
+    assert now.keys() == frozen.keys() and all(torch.equal(now[n], frozen[n]) for n in frozen)
