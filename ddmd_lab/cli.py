@@ -200,6 +200,18 @@ def cmd_plan(args) -> None:
                                                  "and rebuilt by make plan)" if replaced else ""))
 
 
+def cmd_embed(args) -> None:
+    from .scales import TEXT_TO_IMAGE
+
+    cfg = _config(args, DEFAULT_ARM)
+    if cfg.scale not in TEXT_TO_IMAGE:
+        raise UserError(f"prompt embeddings are for the text-to-image scales: make embed SCALE={'|'.join(TEXT_TO_IMAGE)}.")
+    from .scales.text2image import embed
+
+    embed(cfg)
+    print("train on them with SET=\"data.precompute=true\" (same teacher and data settings): no text encoder is loaded")
+
+
 def cmd_bench(args) -> None:
     from .bench import main as bench_main
 
