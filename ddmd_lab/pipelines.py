@@ -65,8 +65,10 @@ def pipeline_class_of(folder: Path) -> str:
                         "re-download the checkpoint.") from None
 
 
-def load_pipeline(source: str, family: str, dtype: str = "float32"):
+def load_pipeline(source: str, family: str, dtype: str = "float32", text_encoders: bool = True):
     """diffusers' pipeline of ``family`` from ``source``, weights in ``dtype``, on the CPU.
+    ``text_encoders=False``: the text encoders are built on the meta device from their configs
+    (architecture only, no weights read or held: conditions then come from an embedding cache).
 
     A folder of another family is refused (an SDXL folder under teacher.family=zimage
     would otherwise fail deep inside the first forward pass)."""
@@ -82,9 +84,27 @@ def load_pipeline(source: str, family: str, dtype: str = "float32"):
     import diffusers
 
     try:
-        return getattr(diffusers, expected).from_pretrained(folder, dtype=DTYPES[dtype])
+        meta = {} if text_encoders else _meta_text_encoders(folder, DTYPES[dtype])
+        return getattr(diffusers, expected).from_pretrained(folder, dtype=DTYPES[dtype], **meta)
     except (OSError, ValueError, EnvironmentError) as exc:
         # diffusers names the missing component / weight file in its message
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise UserError(f"cannot load the {expected} in {folder}: {first_line} -- re-download the checkpoint "
                         "or restore the missing file.") from None
+
+
+def _meta_text_encoders(folder: Path, dtype: torch.dtype) -> dict:
+    """The pipeline's text encoders as weightless modules on the meta device (their configs kept)."""
+    import transformers
+
+    index = json.loads((folder / "model_index.json").read_text())
+    encoders = {}
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        library, class_name = (index.get(name) or [None, None])[:2]
+        if library != "transformers" or not class_name:
+            continue
+        cls = getattr(transformers, class_name)
+        config = cls.config_class.from_pretrained(folder / name)
+        with torch.device("meta"):
+            encoders[name] = cls(config).to(dtype).eval().requires_grad_(False)
+    return encoders

@@ -82,10 +82,11 @@ class Lumina2Backbone(Backbone):
         return cond.rows()
 
 
-def from_pipeline(pipe, resolution: int, system_prompt: str | None = None, max_length: int = 256):
+def from_pipeline(pipe, resolution: int, system_prompt: str | None = None, max_length: int = 256,
+                  null: PaddedText | None = None):
     """A loaded Lumina2Pipeline as a TextToImage teacher; prompts go through the pipeline's own
     encode_prompt (its system prompt unless one is given), the null condition is its negative
-    prompt's encoding."""
+    prompt's encoding, or ``null`` (from an embedding cache: the text encoder is then never called)."""
     from .text_to_image import TextToImage, latent_shape
 
     def encode_pair(prompts: list[str], cfg: bool):
@@ -97,9 +98,10 @@ def from_pipeline(pipe, resolution: int, system_prompt: str | None = None, max_l
         embeds, mask, _, _ = encode_pair(prompts, False)
         return PaddedText(embeds.float().cpu(), mask.bool().cpu()).trimmed()
 
-    with torch.no_grad():
-        _, _, null_embeds, null_mask = encode_pair([""], True)
-    null = PaddedText(null_embeds.float().cpu(), null_mask.bool().cpu()).trimmed()
+    if null is None:
+        with torch.no_grad():
+            _, _, null_embeds, null_mask = encode_pair([""], True)
+        null = PaddedText(null_embeds.float().cpu(), null_mask.bool().cpu()).trimmed()
     net = pipe.transformer
     shape = latent_shape(pipe.vae, net.config.in_channels, resolution, net.config.patch_size)
     # the paper's Table 1 teacher: 50 steps (Lumina2Pipeline's default is 30: an intentional difference, the

@@ -95,11 +95,12 @@ def time_ids(resolution: int) -> Tensor:
     return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32)
 
 
-def from_pipeline(pipe, resolution: int):
+def from_pipeline(pipe, resolution: int, null: SDXLCondition | None = None):
     """A loaded StableDiffusionXLPipeline as a TextToImage teacher; prompts go through the
     pipeline's encode_prompt (both CLIP encoders, penultimate layers, pooled embedding of the
     second), the null condition is its negative for an empty prompt (zeros when the
-    checkpoint sets force_zeros_for_empty_prompt, as SDXL base does)."""
+    checkpoint sets force_zeros_for_empty_prompt, as SDXL base does), or ``null`` (from an embedding
+    cache: the text encoders are then never called)."""
     from .text_to_image import TextToImage, latent_shape
 
     ids = time_ids(resolution)
@@ -113,9 +114,10 @@ def from_pipeline(pipe, resolution: int):
         tokens, _, pooled, _ = encode_all(prompts, False)
         return SDXLCondition(tokens.float().cpu(), pooled.float().cpu(), ids.repeat(len(prompts), 1))
 
-    with torch.no_grad():
-        _, null_tokens, _, null_pooled = encode_all([""], True)
-    null = SDXLCondition(null_tokens.float().cpu(), null_pooled.float().cpu(), ids)
+    if null is None:
+        with torch.no_grad():
+            _, null_tokens, _, null_pooled = encode_all([""], True)
+        null = SDXLCondition(null_tokens.float().cpu(), null_pooled.float().cpu(), ids)
     unet = pipe.unet
     shape = latent_shape(pipe.vae, unet.config.in_channels, resolution)
     backbone = SDXLBackbone(unet, pipe.scheduler.alphas_cumprod, null, shape)

@@ -99,9 +99,10 @@ class ZImageBackbone(Backbone):
 
 
 def from_pipeline(pipe, resolution: int, system_prompt: str | None = None, thinking: str | None = None,
-                  max_length: int = 512):
+                  max_length: int = 512, null: Captions | None = None):
     """A loaded ZImagePipeline as a TextToImage teacher.  The null condition is the empty
-    prompt through the same template (the pipeline's default negative prompt is "")."""
+    prompt through the same template (the pipeline's default negative prompt is ""), or
+    ``null`` (one row, from an embedding cache: the text encoder is then never called)."""
     from .text_to_image import TextToImage, latent_shape
 
     def encode(prompts: list[str]) -> Captions:
@@ -110,7 +111,8 @@ def from_pipeline(pipe, resolution: int, system_prompt: str | None = None, think
 
     net = pipe.transformer
     shape = latent_shape(pipe.vae, net.config.in_channels, resolution, net.config.all_patch_size[0])
-    null = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""], max_length, system_prompt)[0].float().cpu()
+    null = (null.features[0] if null is not None else
+            encode_prompts(pipe.tokenizer, pipe.text_encoder, [""], max_length, system_prompt)[0].float().cpu())
     # Z-Image's base pipeline samples 50 steps with cond + 5*(cond - uncond), i.e. alpha = 6
     return TextToImage("zimage", ZImageBackbone(net, null, shape), encode, pipe.vae, [pipe.text_encoder],
                        teacher_steps=50, pipeline=pipe, teacher_alpha=6.0)

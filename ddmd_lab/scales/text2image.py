@@ -10,8 +10,8 @@ once up front with ``data.precompute: true`` (cached under cache_dir).
 """
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,13 +20,13 @@ from pytorch_lightning.utilities import move_data_to_device
 
 from ..backbones.text_to_image import TextToImage
 from ..config import RunConfig, scale_settings
+from ..data.embeddings import Embeddings, cache_folder, open_embeddings, text_files_fingerprint, write_embeddings
 from ..data.steps import step_loader
 from ..errors import UserError
 from ..eval.grid import save_grid
 from ..eval.spectra import raps, spectral_centroid
 from ..eval.stats import output_stats
-from ..io import atomic_torch_save
-from ..pipelines import DTYPES, load_pipeline
+from ..pipelines import DTYPES, load_pipeline, resolve_source
 
 TEACHER_DEFAULTS = {"family": None, "source": None, "dtype": "float32", "resolution": 1024,
                     # frozen text encoders need no float32 master weights: e.g. bfloat16 halves Qwen3's memory
@@ -37,7 +37,9 @@ TEACHER_DEFAULTS = {"family": None, "source": None, "dtype": "float32", "resolut
                     "cfg_normalization": None, "cfg_truncation": None}
 DATA_DEFAULTS = {
     "prompts": None,        # .txt (one prompt per line) or a COCO captions .json
-    "precompute": False,    # encode every prompt once and cache the conditions (memory: all of them at once)
+    # true: conditions from the embedding cache (make embed; built first if missing), memory-mapped bfloat16 --
+    # training never loads the text encoders.  false: encoded per batch on the rank's accelerator
+    "precompute": False,
     "encode_batch": 16,
     "eval_prompts": ["a photo of a cat sitting on a windowsill", "a red double-decker bus on a city street",
                      "a bowl of fruit on a wooden table", "a snowy mountain landscape at sunrise"],
@@ -63,23 +65,43 @@ def data_settings(cfg: RunConfig) -> dict:
 _LOADED: dict = {}
 
 
-def _key(cfg: RunConfig) -> str:
-    return json.dumps(teacher_settings(cfg), sort_keys=True)
+def _cached_text(cfg: RunConfig, training: bool) -> bool:
+    """Whether a model's conditions come from the embedding cache: training with data.precompute."""
+    return training and bool(data_settings(cfg)["precompute"])
 
 
-def load_model(cfg: RunConfig, fresh: bool = False) -> TextToImage:
-    key = _key(cfg)
+def _key(cfg: RunConfig, training: bool = False) -> str:
+    return json.dumps(teacher_settings(cfg), sort_keys=True) + (" cached-text" if _cached_text(cfg, training) else "")
+
+
+def load_model(cfg: RunConfig, fresh: bool = False, training: bool = False) -> TextToImage:
+    """The teacher with its VAE and text path.  ``training`` (load_teacher, the condition loader, the
+    evaluator): with data.precompute the text encoders are never loaded (weightless, on the meta
+    device) and every condition comes from the embedding cache, built first if missing."""
+    key = _key(cfg, training)
     if fresh or key not in _LOADED:
         _LOADED.clear()  # one pipeline in memory at a time
-        _LOADED[key] = _build(cfg)
+        _LOADED[key] = _build(cfg, training)
     return _LOADED[key]
 
 
-def _build(cfg: RunConfig) -> TextToImage:
+def _no_text_encoders(prompts: list[str]):
+    raise UserError("this training run reads its prompts from the embedding cache (data.precompute=true) and holds no "
+                    "text encoders; encode prompts with a model loaded for sampling (load_model without training).")
+
+
+def _build(cfg: RunConfig, training: bool = False) -> TextToImage:
     from ..backbones import lumina2, sdxl, zimage
 
     t = teacher_settings(cfg)
-    pipe = load_pipeline(t["source"], t["family"], t["dtype"])
+    cached = None
+    if _cached_text(cfg, training):
+        caches = find_embeddings(cfg)
+        if all(c is not None for c in caches.values()):
+            cached = caches["training"]
+            print(f"text conditions: reusing the embedding cache {cached.folder} ({cached.describe()}); "
+                  "text encoders not loaded")
+    pipe = load_pipeline(t["source"], t["family"], t["dtype"], text_encoders=cached is None)
     if t["text_dtype"]:  # before anything is encoded, so null and prompt features come from the same weights
         if t["text_dtype"] not in DTYPES:
             raise UserError(f"teacher.text_dtype must be one of {', '.join(DTYPES)}, got {t['text_dtype']!r}.")
@@ -87,29 +109,45 @@ def _build(cfg: RunConfig) -> TextToImage:
             if getattr(pipe, name, None) is not None:
                 getattr(pipe, name).to(DTYPES[t["text_dtype"]])
     text = {k: t[k] for k in ("system_prompt", "max_length") if t[k] is not None}
+    null = cached.null if cached is not None else None
     if t["family"] == "zimage":
-        model = zimage.from_pipeline(pipe, t["resolution"], thinking=t["thinking"], **text)
+        model = zimage.from_pipeline(pipe, t["resolution"], thinking=t["thinking"], null=null, **text)
     elif t["family"] == "lumina2":
-        model = lumina2.from_pipeline(pipe, t["resolution"], **text)
+        model = lumina2.from_pipeline(pipe, t["resolution"], null=null, **text)
     else:
         if text or t["thinking"]:
             raise UserError("SDXL's CLIP encoders take no system prompt, thinking or max_length; remove them from teacher.")
-        model = sdxl.from_pipeline(pipe, t["resolution"])
+        model = sdxl.from_pipeline(pipe, t["resolution"], null=null)
     from ..backbones.pipeline_sampling import PipelineCFG
 
     model.guidance = PipelineCFG.pipeline_default(t["family"], t["cfg_normalization"], t["cfg_truncation"])
     for m in [model.vae, *model.text_encoders]:
         m.eval().requires_grad_(False)
+    if _cached_text(cfg, training):
+        if cached is None:  # the first run of this text path and prompt set: embed now, then drop the encoders
+            embed(cfg, model)
+            for m in model.text_encoders:
+                m.to("meta")  # weightless from here on: the architecture stays (memory plans read it)
+        model.encode = _no_text_encoders
     return model
 
 
 def load_teacher(cfg: RunConfig):
-    return load_model(cfg, fresh=True).backbone
+    return load_model(cfg, fresh=True, training=True).backbone
 
 
 def encode_device(cfg: RunConfig) -> torch.device:
+    """This rank's accelerator, for the text encoders and the VAE outside the training step.  Read
+    from LOCAL_RANK (set by Lightning's launcher for ranks 1.. and by torchrun) and cfg.devices, not
+    from torch.cuda.current_device(): loaders and evaluators are made before Lightning sets it."""
     if cfg.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())  # the rank's device under DDP
+        rank = int(os.environ.get("LOCAL_RANK", 0))
+        devices = cfg.devices
+        if isinstance(devices, str) and "," in devices:
+            devices = [int(d) for d in devices.split(",") if d.strip()]
+        if isinstance(devices, (list, tuple)) and devices:
+            return torch.device("cuda", int(devices[rank % len(devices)]))
+        return torch.device("cuda", rank % torch.cuda.device_count())
     return torch.device("cpu")
 
 
@@ -153,18 +191,83 @@ def read_prompts(path: str | None) -> list[str]:
     return prompts
 
 
-def precomputed_rows(cfg: RunConfig, model: TextToImage, prompts: list[str]) -> list:
-    """Every prompt's condition, cached per (checkpoint and text settings, prompts)."""
+def text_identity(cfg: RunConfig) -> dict:
+    """What decides the conditions a prompt gets: the checkpoint (its id or folder, and a fingerprint
+    of its text encoders' and tokenizers' files), the text settings, the dtype the encoders run in."""
+    t = teacher_settings(cfg)
+    identity = {"family": t["family"], "source": t["source"], "text_dtype": t["text_dtype"] or t["dtype"],
+                "files": text_files_fingerprint(resolve_source(t["source"])),
+                **{k: t[k] for k in ("system_prompt", "thinking", "max_length")}}
+    if t["family"] == "sdxl":
+        identity["resolution"] = t["resolution"]  # SDXL's conditions carry the time ids (image size)
+    return identity
+
+
+def embedding_sets(cfg: RunConfig) -> dict[str, list[str]]:
+    """The prompt lists a run embeds: every prompt of data.prompts (GAN arms use the captions of their
+    images among them), and the evaluator's fixed prompts."""
     d = data_settings(cfg)
-    digest = hashlib.sha256((_key(cfg) + "\n".join(prompts)).encode()).hexdigest()[:16]
-    path = Path(cfg.cache_dir) / "prompt_embeddings" / f"{teacher_settings(cfg)['family']}-{digest}.pt"
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=False)
-    with text_encoders_on(model, encode_device(cfg)):
-        rows = encode_rows(model, prompts, d["encode_batch"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(rows, path)
-    return rows
+    return {"training": read_prompts(d["prompts"]), "eval": list(d["eval_prompts"])}
+
+
+def find_embeddings(cfg: RunConfig) -> dict[str, Embeddings | None]:
+    """The complete caches of the run's prompt sets (None where missing); loads no model."""
+    identity = text_identity(cfg)
+    return {name: open_embeddings(cache_folder(cfg.cache_dir, identity, prompts))
+            for name, prompts in embedding_sets(cfg).items()}
+
+
+def embed(cfg: RunConfig, model: TextToImage | None = None, log=print) -> dict[str, Embeddings]:
+    """make embed: the embedding caches of the training and evaluation prompts, written where
+    missing (text encoders on this rank's device), reused where complete."""
+    identity, caches = text_identity(cfg), {}
+    for name, prompts in embedding_sets(cfg).items():
+        folder = cache_folder(cfg.cache_dir, identity, prompts)
+        cache = open_embeddings(folder)
+        if cache is not None:
+            log(f"{name} prompts: reusing the complete embedding cache {folder} ({cache.describe()})")
+        else:
+            model = model or load_model(cfg)
+            batch = data_settings(cfg)["encode_batch"]
+            with text_encoders_on(model, encode_device(cfg)):
+                cache = write_embeddings(folder, lambda ps: model.backbone.condition_rows(model.encode(ps)), prompts,
+                                         batch, model.backbone.null_batch(1), identity)
+            log(f"{name} prompts: embedding cache written to {folder} ({cache.describe()})")
+        caches[name] = cache
+    return caches
+
+
+class EmbeddedRows:
+    """Prompt i of a loader's list -> its cached condition (float32, read from the memory map)."""
+
+    def __init__(self, cache: Embeddings, index: list[int] | None):
+        self.cache, self.index = cache, index
+
+    def __len__(self) -> int:
+        return len(self.index) if self.index is not None else len(self.cache)
+
+    def __getitem__(self, i):
+        i = int(i)
+        return self.cache[self.index[i] if self.index is not None else i]
+
+
+def embedded_rows(cfg: RunConfig, prompts: list[str]) -> EmbeddedRows:
+    """``prompts`` (all of data.prompts, or some of them: a GAN arm's captions) from the embedding cache."""
+    load_model(cfg, training=True)  # builds the caches if missing
+    every = embedding_sets(cfg)["training"]
+    cache = open_embeddings(cache_folder(cfg.cache_dir, text_identity(cfg), every))
+    if cache is None:
+        raise UserError(f"the embedding cache of {data_settings(cfg)['prompts']} vanished while loading; run make embed again.")
+    if prompts == every:
+        return EmbeddedRows(cache, None)
+    first: dict[str, int] = {}
+    for i, p in enumerate(every):
+        first.setdefault(p, i)
+    missing = [p for p in prompts if p not in first]
+    if missing:
+        raise UserError(f"{len(missing)} prompts are not among data.prompts' (e.g. {missing[0]!r}); "
+                        "their conditions cannot come from its embedding cache -- set data.precompute=false.")
+    return EmbeddedRows(cache, [first[p] for p in prompts])
 
 
 def condition_loader(cfg: RunConfig, start_step: int = 0):
@@ -172,11 +275,11 @@ def condition_loader(cfg: RunConfig, start_step: int = 0):
     if cfg.arm.gan_weight or cfg.arm.gan_disc_weight:
         raise UserError(f"arm {cfg.arm.name!r} needs real images for its discriminator; text-to-image scales provide "
                         "prompts only -- pick an arm without a GAN term.")
-    model, d = load_model(cfg), data_settings(cfg)
+    model, d = load_model(cfg, training=True), data_settings(cfg)
     prompts = read_prompts(d["prompts"])
     backbone = model.backbone
     if d["precompute"]:
-        rows = precomputed_rows(cfg, model, prompts)
+        rows = embedded_rows(cfg, prompts)  # memory-mapped; the text encoders are not loaded
 
         def make_batch(g: torch.Generator):
             return backbone.cat_conditions([rows[i] for i in torch.randint(len(rows), (cfg.batch_size,), generator=g)])
@@ -198,15 +301,19 @@ class Evaluator:
 
     def __init__(self, cfg: RunConfig, run_dir: Path | None = None):
         self.cfg, self.run_dir = cfg, run_dir
-        self.model = load_model(cfg)
+        self.model = load_model(cfg, training=True)
         d = data_settings(cfg)
         prompts = list(d["eval_prompts"])
         n = min(max(cfg.eval_samples, len(prompts)), 64)  # real-model decoding is expensive; a grid needs no more
         self.prompts = [prompts[i % len(prompts)] for i in range(n)]
         self.nrow = len(prompts)  # one column per prompt
         self.batch = d["eval_batch"]
-        with text_encoders_on(self.model, encode_device(cfg)):
-            self.rows = encode_rows(self.model, self.prompts, self.batch)
+        if d["precompute"]:  # embedded with the training prompts (make embed)
+            cache = embed(cfg, self.model, log=lambda _: None)["eval"]
+            self.rows = [cache[i % len(prompts)] for i in range(n)]
+        else:
+            with text_encoders_on(self.model, encode_device(cfg)):
+                self.rows = encode_rows(self.model, self.prompts, self.batch)
         gen = torch.Generator().manual_seed(EVAL_SEED)
         self.noise = torch.randn(n, *self.model.backbone.sample_shape, generator=gen)
 
