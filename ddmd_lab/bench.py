@@ -98,12 +98,18 @@ class StepTimer(pl.Callback):
             self.times.append(time.perf_counter() - self._t0)
 
 
-def bench_arm(teacher, cfg, loader, warmup: int) -> float:
+def bench_arm(teacher, cfg, loader, warmup: int) -> tuple[float, float]:
+    """(mean seconds per step, host reads per step made by ddmd_lab's code: each waits for the device)."""
+    from .host_reads import counting_host_reads
+
     timer = StepTimer(warmup)
     trainer = pl.Trainer(max_epochs=1, accelerator=cfg.accelerator, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
-    trainer.fit(DistillModule(teacher, cfg), loader)
-    return statistics.mean(timer.times)
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+                         log_every_n_steps=cfg.log_every)
+    module = DistillModule(teacher, cfg)
+    with counting_host_reads() as reads:
+        trainer.fit(module, loader)
+    return statistics.mean(timer.times), reads.get("all", 0) / module.step_count
 
 
 def main(args) -> None:
@@ -122,17 +128,19 @@ def main(args) -> None:
     print(f"scale {base.scale}, batch {base.batch_size}, {base.student_steps}-step student, ttur {base.ttur}, "
           f"{steps} steps per arm, torch threads {torch.get_num_threads()}")
     print("network evaluations (median ms): " + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in cost.items()))
-    print("| arm | steps/s | generator steps/s | step ms | floor ms | step / floor |")
-    print("|---|---|---|---|---|---|")
+    print(f"host reads / step: ddmd_lab's own .item() / bool() / ... per step, logging every {base.log_every} steps")
+    print("| arm | steps/s | generator steps/s | step ms | floor ms | step / floor | host reads / step |")
+    print("|---|---|---|---|---|---|---|")
     for name, arm in REGISTRY.items():
         if args.arms and name not in args.arms.split(","):
             continue
         if arm.gan_weight and real_data_of(next(iter(loader))) is None:
             continue
         cfg = replace(base, arm=arm)
-        step = bench_arm(teacher, cfg, loader, warmup=base.ttur)
+        step, reads = bench_arm(teacher, cfg, loader, warmup=base.ttur)
         floor = step_floor(arm, cost, cfg.ttur, cfg.student_steps)
-        print(f"| {name} | {1 / step:.1f} | {1 / step / cfg.ttur:.1f} | {step * 1e3:.2f} | {floor * 1e3:.2f} | {step / floor:.2f} |")
+        print(f"| {name} | {1 / step:.1f} | {1 / step / cfg.ttur:.1f} | {step * 1e3:.2f} | {floor * 1e3:.2f} | "
+              f"{step / floor:.2f} | {reads:.2f} |")
     if len(teacher.sample_shape) == 3:  # image scales: the Inception network's throughput
         from .eval.fid import InceptionFeatures
 

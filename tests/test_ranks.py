@@ -147,10 +147,9 @@ def test_resume_with_another_number_of_ranks_is_refused():
 def test_a_step_reads_the_device_once_per_update_unless_it_is_logged(monkeypatch, tmp_path):
     """Host reads made by ddmd_lab code in each training step (single process, toy model).
 
-    Patched: Tensor.item / tolist / __bool__ / __float__ / __int__, counted only when called
+    Counted (ddmd_lab.host_reads): Tensor.item / tolist / __bool__ / __float__ / __int__ called
     from a ddmd_lab file (torch's AdamW reads its own CPU step counter; Lightning reads the
-    logged values, on logging steps only).  student_steps=1: backward simulation's reads of
-    the student times (rollout.py, k of them in a step) do not occur.
+    logged values, on logging steps only).  A 4-step student: backward simulation reads nothing.
     """
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
@@ -159,22 +158,10 @@ def test_a_step_reads_the_device_once_per_update_unless_it_is_logged(monkeypatch
     from ddmd_lab.arms import REGISTRY
     from ddmd_lab.backbones.toy import ToyFlowMLP
     from ddmd_lab.config import RunConfig
+    from ddmd_lab.host_reads import counting_host_reads
     from ddmd_lab.module import DistillModule
 
-    package = str(ROOT / "ddmd_lab")
-    step, counts = [None], {}
-
-    def counted(name):
-        real = getattr(torch.Tensor, name)
-
-        def wrapper(self, *a, **kw):
-            if step[0] is not None and sys._getframe(1).f_code.co_filename.startswith(package):
-                counts[step[0]] = counts.get(step[0], 0) + 1
-            return real(self, *a, **kw)
-        return wrapper
-
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
-        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    step = [None]
     real_step = DistillModule.training_step
 
     def training_step(self, batch, batch_idx):
@@ -186,13 +173,14 @@ def test_a_step_reads_the_device_once_per_update_unless_it_is_logged(monkeypatch
 
     monkeypatch.setattr(DistillModule, "training_step", training_step)
     pl.seed_everything(0, verbose=False)
-    cfg = RunConfig(arm=REGISTRY["decoupled_hybrid"], steps=8, ttur=2, batch_size=8, student_steps=1,
+    cfg = RunConfig(arm=REGISTRY["decoupled_hybrid"], steps=8, ttur=2, batch_size=8, student_steps=4,
                     log_every=3, wandb="disabled")
     module = DistillModule(ToyFlowMLP(num_classes=3, hidden=16, depth=2), cfg)
     loader = DataLoader(TensorDataset(torch.randint(3, (64,)), torch.randn(64, 2)), batch_size=8)
     logger = CSVLogger(tmp_path, name="logs")
-    pl.Trainer(max_epochs=1, accelerator="cpu", logger=logger, enable_checkpointing=False, enable_progress_bar=False,
-               enable_model_summary=False, log_every_n_steps=cfg.log_every).fit(module, loader)
+    with counting_host_reads(lambda: step[0]) as counts:
+        pl.Trainer(max_epochs=1, accelerator="cpu", logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, log_every_n_steps=cfg.log_every).fit(module, loader)
     assert module.generator_step_count == 4 and module.critic_step_count == 8
     # per step: the draw of k (a CPU scalar: no device sync) and one finiteness flag per update,
     # agreed by all ranks (generator + critic on even steps, the critic alone on odd ones);
