@@ -218,6 +218,7 @@ class DistillModule(pl.LightningModule):
         ok = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
         if self._on_every_rank(ok if finite is None else ok & finite):
             opt.step()
+            opt.zero_grad(set_to_none=True)  # gradients are not held between steps (a full model's worth each)
             return True
         opt.zero_grad(set_to_none=True)
         self.skipped_steps += 1
