@@ -102,6 +102,12 @@ REGISTRY: dict[str, Arm] = {
         # DMD2's SDXL weights: 5e-3 for the generator, 1e-2 for the discriminator
         Arm("ca_gan", "CA plus a GAN regulariser on the fake model's features instead of DM.",
             dm_weight=0.0, tau_ca=FULL, gan_weight=5e-3, gan_disc_weight=1e-2),
+        # Table 2's two rows: DMD2's full SDXL recipe (coupled DMD + GAN) and the paper's
+        # Decoupled-Hybrid trained with the same recipe; they differ in the schedule only
+        Arm("dmd2", "DMD2's full recipe: coupled DMD (schedule #1) plus its GAN on the fake's features (5e-3 / 1e-2).",
+            tau_ca=FULL, tau_dm=FULL, shared_draw=True, gan_weight=5e-3, gan_disc_weight=1e-2),
+        Arm("decoupled_hybrid_gan", "Decoupled-hybrid (schedule #4) plus DMD2's GAN (5e-3 / 1e-2): the paper's Table 2 recipe.",
+            tau_ca=ABOVE_T, tau_dm=FULL, gan_weight=5e-3, gan_disc_weight=1e-2),
     ]
 }
 

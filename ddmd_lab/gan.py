@@ -30,7 +30,11 @@ class DiscriminatorHead(nn.Module):
 
     @classmethod
     def for_backbone(cls, backbone) -> "DiscriminatorHead":
-        """A head sized by probing the backbone's features once."""
+        """A head sized by the backbone's ``feature_shape`` where it declares one (real models:
+        no forward on the CPU at full resolution), else by probing its features once."""
+        shape = getattr(backbone, "feature_shape", None)
+        if shape is not None:
+            return cls(tuple(shape))
         with torch.no_grad():
             x = torch.zeros(1, *backbone.sample_shape)
             feats = backbone.features(x, torch.full((1,), 0.5), backbone.null_batch(1))

@@ -112,8 +112,9 @@ class DistillModule(pl.LightningModule):
         return list(self.fake.parameters()) + (list(self.disc.parameters()) if self.disc is not None else [])
 
     def _renoised(self, x0: Tensor, t_like: Tensor) -> tuple[Tensor, Tensor]:
-        """x0 re-noised at tau' ~ U(0,1) (clamped): what the fake model and the discriminator read."""
-        tau = sample_tau(CRITIC_TAU, t_like, 1.0, tuple(self.cfg.tau_clamp)).to(x0.device)
+        """x0 re-noised at tau' ~ U(0,1), shifted by the run's time shift (the DM term queries the fake
+        model at shifted times too) and clamped: what the fake model and the discriminator read."""
+        tau = sample_tau(CRITIC_TAU, t_like, self.settings.shift, tuple(self.cfg.tau_clamp)).to(x0.device)
         return renoise(x0, torch.randn_like(x0), tau), tau
 
     def configure_optimizers(self):

@@ -27,20 +27,6 @@ def _zimage():
     return net, lambda: Captions([torch.randn(3, 16), torch.randn(5, 16)]), {}
 
 
-def _zimage_with_features():
-    """Z-Image with a stand-in features() (its x0 maps), so that the GAN arms run: the
-    text-to-image backbones have no feature tap today, and the class UNet, which has one,
-    takes no LoRA (UNet2DModel lacks diffusers' PEFT mixin)."""
-    from ddmd_lab.backbones.zimage import Captions, ZImageBackbone
-
-    class WithFeatures(ZImageBackbone):
-        def features(self, x_t, t, cond):
-            return self.x0(x_t, t, cond)
-
-    net = WithFeatures(tiny_zimage_transformer(), torch.randn(3, 16), (16, 8, 8))
-    return net, lambda: Captions([torch.randn(3, 16), torch.randn(5, 16)]), {}
-
-
 def _lumina2():
     from ddmd_lab.backbones.lumina2 import Lumina2Backbone, PaddedText
 
@@ -132,10 +118,11 @@ def _assert_same(on: dict, off: dict) -> None:
     assert any(v.abs().max() > 0 for k, v in off.items() if ".generator." in k)  # the generator's adapter learns
 
 
-# GAN arms need the backbone's features() (the generator's loss then goes through the fake's adapter)
-CASES = [(_zimage_with_features if arm.gan_weight or arm.gan_disc_weight else _zimage, name)
-         for name, arm in REGISTRY.items()]
-CASES += [(_lumina2, "decoupled_hybrid"), (_sdxl, "decoupled_hybrid"), (_sdxl, "ca_only")]
+# GAN arms read the fake's features() (the hidden states after the main blocks, the forward stopped
+# there); the generator's GAN loss then goes through the fake's adapter
+CASES = [(_zimage, name) for name in REGISTRY]
+CASES += [(_lumina2, "decoupled_hybrid"), (_sdxl, "decoupled_hybrid"), (_sdxl, "ca_only"), (_lumina2, "dmd2"),
+          (_sdxl, "dmd2")]
 
 
 @pytest.mark.parametrize("family,arm", CASES, ids=[f"{f.__name__[1:]}-{a}" for f, a in CASES])

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..flow import expand_like, x0_from_velocity
 from .base import Backbone
+from .feature_tap import grid_size, run_until, token_maps
 
 
 @dataclass
@@ -59,11 +60,30 @@ class Lumina2Backbone(Backbone):
         self.register_buffer("null_mask", null_text.mask, persistent=False)
         self.sample_shape = latent_shape
 
-    def x0(self, x_t: Tensor, t: Tensor, cond: PaddedText) -> Tensor:
+    def _net(self, x_t: Tensor, t: Tensor, cond: PaddedText) -> Tensor:
         dtype = next(self.transformer.parameters()).dtype
-        out = self.transformer(hidden_states=x_t.to(dtype), timestep=t.to(dtype), encoder_hidden_states=cond.embeds.to(dtype),
-                               encoder_attention_mask=cond.mask, return_dict=False)[0]
-        return x0_from_velocity(x_t.float(), out.float(), expand_like(t.float(), x_t))
+        return self.transformer(hidden_states=x_t.to(dtype), timestep=t.to(dtype), encoder_hidden_states=cond.embeds.to(dtype),
+                                encoder_attention_mask=cond.mask, return_dict=False)[0]
+
+    def x0(self, x_t: Tensor, t: Tensor, cond: PaddedText) -> Tensor:
+        return x0_from_velocity(x_t.float(), self._net(x_t, t, cond).float(), expand_like(t.float(), x_t))
+
+    def _token_grid(self) -> tuple[int, int]:
+        p = self.transformer.config.patch_size
+        return self.sample_shape[1] // p, self.sample_shape[2] // p
+
+    def features(self, x_t: Tensor, t: Tensor, cond: PaddedText) -> Tensor:
+        """The hidden states after the joint transformer blocks (norm_out's input), image tokens
+        only -- each sample's come after its caption's (mask.sum) tokens, row-major over the patch
+        grid -- as (hidden, h, w) maps, pooled to at most FEATURE_GRID per side; norm_out never runs."""
+        hidden = run_until(self.transformer.norm_out, lambda: self._net(x_t, t, cond), inputs=True)
+        h, w = self._token_grid()
+        starts = cond.mask.sum(1).tolist()  # the transformer's own caption lengths (its rope embedder's)
+        return token_maps(torch.stack([hidden[i, s:s + h * w] for i, s in enumerate(starts)]), h, w)
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        return (self.transformer.config.hidden_size, *grid_size(*self._token_grid()))
 
     @property
     def null_text(self) -> PaddedText:

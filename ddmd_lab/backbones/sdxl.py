@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..flow import alpha_bar_from_t, ddpm_timestep_from_t, expand_like, t_from_ddpm_timestep, vp_scale, x0_from_ddpm_eps
 from .base import Backbone
+from .feature_tap import grid_size, pooled, run_until
 
 
 @dataclass
@@ -53,14 +54,31 @@ class SDXLBackbone(Backbone):
         self.register_buffer("alphas_cumprod", alphas_cumprod.double(), persistent=False)
         self.sample_shape = latent_shape
 
-    def x0(self, x_t: Tensor, t: Tensor, cond: SDXLCondition) -> Tensor:
+    def _unet(self, x_vp: Tensor, t: Tensor, cond: SDXLCondition):
+        """The UNet on a VP sample at the (fractional) DDPM timestep of t: its epsilon."""
         dtype = next(self.unet.parameters()).dtype
-        x_vp = x_t.double() * expand_like(vp_scale(t), x_t.double())
         timestep = ddpm_timestep_from_t(t, self.alphas_cumprod)
-        eps = self.unet(x_vp.to(dtype), timestep.to(dtype), encoder_hidden_states=cond.tokens.to(dtype),
-                        added_cond_kwargs={"text_embeds": cond.text_embeds.to(dtype), "time_ids": cond.time_ids.to(dtype)},
-                        return_dict=False)[0]
-        return x0_from_ddpm_eps(x_vp, eps, alpha_bar_from_t(t))
+        return self.unet(x_vp.to(dtype), timestep.to(dtype), encoder_hidden_states=cond.tokens.to(dtype),
+                         added_cond_kwargs={"text_embeds": cond.text_embeds.to(dtype), "time_ids": cond.time_ids.to(dtype)},
+                         return_dict=False)[0]
+
+    def x0(self, x_t: Tensor, t: Tensor, cond: SDXLCondition) -> Tensor:
+        x_vp = x_t.double() * expand_like(vp_scale(t), x_t.double())
+        return x0_from_ddpm_eps(x_vp, self._unet(x_vp, t, cond), alpha_bar_from_t(t))
+
+    def features(self, x_t: Tensor, t: Tensor, cond: SDXLCondition) -> Tensor:
+        """The UNet's mid-block output (its bottleneck, where DMD2's discriminator reads), on the
+        inputs x0() gives it; the up path is never run."""
+        x_vp = x_t.double() * expand_like(vp_scale(t), x_t.double())
+        return pooled(run_until(self.unet.mid_block, lambda: self._unet(x_vp, t, cond), inputs=False))
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        """features()' per-sample shape, from the config (no forward: the discriminator head is
+        sized before the model reaches its accelerator)."""
+        widths = self.unet.config.block_out_channels
+        factor = 2 ** (len(widths) - 1)  # every down block but the last halves the map
+        return (widths[-1], *grid_size(self.sample_shape[1] // factor, self.sample_shape[2] // factor))
 
     @property
     def null(self) -> SDXLCondition:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..flow import expand_like, x0_from_velocity
 from .base import Backbone
+from .feature_tap import grid_size, run_until, token_maps
 
 
 def zimage_prompt_text(tokenizer, prompt: str, system_prompt: str | None = None, thinking: str | None = None) -> str:
@@ -78,12 +79,31 @@ class ZImageBackbone(Backbone):
         self.register_buffer("null_features", null_features, persistent=False)
         self.sample_shape = latent_shape
 
-    def x0(self, x_t: Tensor, t: Tensor, cond: Captions) -> Tensor:
+    def _net(self, x_t: Tensor, t: Tensor, cond: Captions):
         dtype = next(self.transformer.parameters()).dtype
         latents = list(x_t.to(dtype).unsqueeze(2).unbind(0))  # (C, 1, H, W) each
-        out = self.transformer(latents, t.to(dtype), [c.to(dtype) for c in cond.features], return_dict=False)[0]
-        velocity = torch.stack([o.float() for o in out]).squeeze(2)
+        return self.transformer(latents, t.to(dtype), [c.to(dtype) for c in cond.features], return_dict=False)[0]
+
+    def x0(self, x_t: Tensor, t: Tensor, cond: Captions) -> Tensor:
+        velocity = torch.stack([o.float() for o in self._net(x_t, t, cond)]).squeeze(2)
         return x0_from_velocity(x_t.float(), velocity, expand_like(t.float(), x_t))
+
+    def _token_grid(self) -> tuple[int, int]:
+        p = self.transformer.config.all_patch_size[0]
+        return self.sample_shape[1] // p, self.sample_shape[2] // p
+
+    def features(self, x_t: Tensor, t: Tensor, cond: Captions) -> Tensor:
+        """The hidden states after the main transformer blocks (the final layer's input), image
+        tokens only -- each sample's sequence starts with them, row-major over the patch grid --
+        as (dim, h, w) maps, pooled to at most FEATURE_GRID per side; the final layer never runs."""
+        final = list(self.transformer.all_final_layer.values())
+        hidden = run_until(final, lambda: self._net(x_t, t, cond), inputs=True)
+        h, w = self._token_grid()
+        return token_maps(hidden[:, :h * w], h, w)
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        return (self.transformer.config.dim, *grid_size(*self._token_grid()))
 
     def null_condition(self, cond: Captions) -> Captions:
         return self.null_batch(len(cond))

@@ -64,7 +64,9 @@ def paper_numbers(path: Path = PAPER_NUMBERS) -> dict:
 
 
 def _paper_row(table: dict, arm: str) -> dict:
-    return next((r for r in table["rows"] if r.get("arm") == arm), {})
+    """The paper's row of ``arm``; a row's ``arm`` is one name or a list (a recipe and its variants)."""
+    names = lambda r: r.get("arm") if isinstance(r.get("arm"), list) else [r.get("arm")]
+    return next((r for r in table["rows"] if arm in names(r)), {})
 
 
 def results_table(runs: dict[tuple[str, int], RunRecord], reference: dict[str, dict] | None = None) -> Table:

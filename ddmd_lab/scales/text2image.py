@@ -6,7 +6,10 @@ teacher, text prompts as conditions, sample grids as the running evaluation
 ``teacher.family`` picks the adapter.  Prompts come from ``data.prompts``: a
 text file (one per line) or a COCO captions JSON.  Conditions are encoded per
 batch by the frozen text encoders (on the accelerator when there is one), or
-once up front with ``data.precompute: true`` (cached under cache_dir).
+once up front with ``data.precompute: true`` (cached under cache_dir).  GAN arms
+(DMD2's recipe) also need real images: a COCO captions JSON's own images, VAE-encoded
+once and cached (data/real_latents.py); a batch then pairs real latents with captions
+of those same images.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from pytorch_lightning.utilities import move_data_to_device
 from ..backbones.text_to_image import TextToImage
 from ..config import RunConfig, scale_settings
 from ..data.embeddings import Embeddings, cache_folder, open_embeddings, text_files_fingerprint, write_embeddings
+from ..data.real_latents import cached_latents, coco_images
 from ..data.steps import step_loader
 from ..errors import UserError
 from ..eval.grid import save_grid
@@ -41,11 +45,16 @@ DATA_DEFAULTS = {
     # training never loads the text encoders.  false: encoded per batch on the rank's accelerator
     "precompute": False,
     "encode_batch": 16,
+    # GAN arms (dmd2, decoupled_hybrid_gan, ca_gan): the discriminator's real images are the captions file's own
+    # (data.prompts must then be a COCO captions .json), VAE-encoded once and cached under cache_dir
+    "images": None,         # their folder; null = beside the captions file in COCO's layout (annotations/../train2014)
+    "max_images": 10000,    # at most this many of them (a fixed random subset); null = all
     "eval_prompts": ["a photo of a cat sitting on a windowsill", "a red double-decker bus on a city street",
                      "a bowl of fruit on a wooden table", "a snowy mountain landscape at sunrise"],
     "eval_batch": 4,
 }
 EVAL_SEED = 1234
+VAE_BATCH = 4  # real images per VAE encode (the encoder in float32 at 1024 px: a few GiB of activations each)
 
 
 def teacher_settings(cfg: RunConfig) -> dict:
@@ -270,26 +279,52 @@ def embedded_rows(cfg: RunConfig, prompts: list[str]) -> EmbeddedRows:
     return EmbeddedRows(cache, [first[p] for p in prompts])
 
 
+def real_images(cfg: RunConfig, model: TextToImage):
+    """(images and their captions, their cached latents) for a GAN arm's discriminator."""
+    d = data_settings(cfg)
+    if not d["prompts"]:
+        read_prompts(None)  # the usual "no training prompts" error
+    real = coco_images(d["prompts"], d["images"], d["max_images"])
+    latents = cached_latents(cfg.cache_dir, model.vae, real.files, teacher_settings(cfg)["resolution"],
+                             VAE_BATCH, encode_device(cfg))
+    if tuple(latents.shape[1:]) != tuple(model.backbone.sample_shape):
+        raise UserError(f"the VAE's latents of the real images have shape {tuple(latents.shape[1:])}, the teacher "
+                        f"denoises {tuple(model.backbone.sample_shape)}; the checkpoint's VAE and denoiser disagree.")
+    return real, latents
+
+
 def condition_loader(cfg: RunConfig, start_step: int = 0):
-    """Per step: ``batch_size`` prompts drawn from (seed, step), as one batch condition."""
-    if cfg.arm.gan_weight or cfg.arm.gan_disc_weight:
-        raise UserError(f"arm {cfg.arm.name!r} needs real images for its discriminator; text-to-image scales provide "
-                        "prompts only -- pick an arm without a GAN term.")
+    """Per step: ``batch_size`` prompts drawn from (seed, step), as one batch condition.  For GAN arms:
+    ``batch_size`` real images and one of each's own captions, (condition, real latents)."""
     model, d = load_model(cfg, training=True), data_settings(cfg)
-    prompts = read_prompts(d["prompts"])
+    gan = bool(cfg.arm.gan_weight or cfg.arm.gan_disc_weight)
+    if gan:
+        real, latents = real_images(cfg, model)
+        prompts = real.prompts
+    else:
+        prompts = read_prompts(d["prompts"])
     backbone = model.backbone
     if d["precompute"]:
         rows = embedded_rows(cfg, prompts)  # memory-mapped; the text encoders are not loaded
 
-        def make_batch(g: torch.Generator):
-            return backbone.cat_conditions([rows[i] for i in torch.randint(len(rows), (cfg.batch_size,), generator=g)])
+        def conditions(indices):
+            return backbone.cat_conditions([rows[i] for i in indices])
     else:
         device = encode_device(cfg)
         for m in model.text_encoders:  # they stay there: encoding happens every step
             m.to(device)
 
+        def conditions(indices):
+            return model.encode([prompts[i] for i in indices])
+
+    if not gan:
         def make_batch(g: torch.Generator):
-            return model.encode([prompts[i] for i in torch.randint(len(prompts), (cfg.batch_size,), generator=g)])
+            return conditions(torch.randint(len(prompts), (cfg.batch_size,), generator=g).tolist())
+    else:
+        def make_batch(g: torch.Generator):
+            images = torch.randint(len(real.files), (cfg.batch_size,), generator=g).tolist()
+            captions = [real.captions[i][int(torch.randint(len(real.captions[i]), (), generator=g))] for i in images]
+            return conditions(captions), latents[images].float()
 
     return step_loader(make_batch, cfg.seed, start_step, cfg.steps)
 
