@@ -4,14 +4,22 @@ A checkpoint is written to a temporary file in the same folder and renamed
 over ``last.ckpt``: a kill during the write leaves the previous checkpoint
 whole.  Periods are counted in the module's own steps (Lightning's
 global_step counts every optimiser's step).
+
+A checkpoint holds what training changes (generator and fake weights, or the
+LoRA adapters; the discriminator head; optimiser states, counters, RNG,
+config), not the frozen teacher: on load that is the scale's teacher, which
+must be the one the run was trained from (``check_teacher``).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
 from .errors import UserError
 
@@ -32,12 +40,24 @@ class AtomicCheckpoint(pl.Callback):
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / name
         tmp = self.folder / f".{name}.{os.getpid()}.tmp"
-        trainer.save_checkpoint(tmp)  # every rank calls it; Lightning writes on global rank 0
+        start = time.perf_counter()
+        trainer.save_checkpoint(tmp, weights_only=False)  # every rank calls it; Lightning writes on global rank 0
         self.writes += 1
         if trainer.is_global_zero:
+            size, seconds = tmp.stat().st_size, time.perf_counter() - start
             _maybe_inject_fault(tmp, self.writes)
             os.replace(tmp, target)
+            from tqdm import tqdm  # writes above a progress bar, or plainly without one
+
+            tqdm.write(f"checkpoint {name} (step {trainer.lightning_module.step_count}): {_size(size)} in {seconds:.2f} s")
         return target
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
 
 
 def _maybe_inject_fault(tmp: Path, write_index: int) -> None:
@@ -46,6 +66,55 @@ def _maybe_inject_fault(tmp: Path, write_index: int) -> None:
         data = tmp.read_bytes()
         tmp.write_bytes(data[: len(data) // 2])
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+TEACHER_FINGERPRINT = "ddmd_teacher"  # the checkpoint's key for teacher_fingerprint()
+
+
+def teacher_fingerprint(frozen: dict, kind: str, samples: int = 16) -> str:
+    """Which teacher a run was trained from: a hash of its class, every frozen tensor's name,
+    shape and dtype, and the exact bits of a few of them (evenly spread over the sorted names;
+    integer sums of the bit patterns, so no reduction order or device changes the result)."""
+    digest = hashlib.sha256(kind.encode())
+    names = sorted(frozen)
+    for name in names:
+        digest.update(f"{name}:{tuple(frozen[name].shape)}:{frozen[name].dtype};".encode())
+    picks = sorted({round(i * (len(names) - 1) / max(samples - 1, 1)) for i in range(samples)}) if names else []
+    sums = [s for i in picks for s in _bit_sums(frozen[names[i]])]
+    if sums:
+        digest.update(torch.stack(sums).cpu().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+@torch.no_grad()
+def _bit_sums(t: torch.Tensor) -> list:
+    """Two exact integer sums of a tensor's bit patterns: plain, and weighted by position."""
+    flat = t.detach().reshape(-1)
+    if flat.is_complex():
+        flat = torch.view_as_real(flat).reshape(-1)
+    ints = flat.view({1: torch.uint8, 2: torch.int16}.get(flat.element_size(), torch.int32))
+    plain = weighted = torch.zeros((), dtype=torch.int64, device=ints.device)
+    for start in range(0, len(ints), 1 << 22):  # in chunks: a few MB of int64 at a time
+        chunk = ints[start:start + (1 << 22)].to(torch.int64)
+        weights = torch.arange(start, start + len(chunk), device=ints.device) % 251 + 1
+        plain, weighted = plain + chunk.sum(), weighted + (chunk * weights).sum()
+    return [plain, weighted]
+
+
+def check_teacher(checkpoint: dict, fingerprint: str, cfg) -> None:
+    """Refuse a checkpoint trained from another teacher than the one loaded now (a checkpoint
+    holds no teacher of its own; one written with it, by older runs, carries no fingerprint)."""
+    saved = checkpoint.get(TEACHER_FINGERPRINT)
+    if saved is None or saved == fingerprint:
+        return
+    if cfg.teacher.get("source"):
+        where, fix = f"teacher.source={cfg.teacher['source']}", "point teacher.source in the run's config.yaml at that one"
+    else:
+        where, fix = (f"the cached {cfg.scale} teacher under cache_dir={cfg.cache_dir}",
+                      "restore that teacher's cache folder or pass the cache_dir the run used")
+    raise UserError(f"this checkpoint was trained from another teacher (fingerprint {saved}) than the one loaded now "
+                    f"({where}, fingerprint {fingerprint}), and checkpoints do not hold the frozen teacher: load the "
+                    f"teacher the run was trained from ({fix}), or start a new run.")
 
 
 def resolve_resume(target: str) -> tuple[Path, Path]:

@@ -112,17 +112,17 @@ def student_sampler(run_dir: Path, steps: int | None = None, guidance: float | N
 def _load_student(cfg: RunConfig, ckpt: Path):
     """(the pipeline, the student) from a run's checkpoint, holding one copy of the weights:
     full fine-tuning loads the generator's weights into the loaded network itself; LoRA
-    rebuilds the adapters on it (cheap) and loads them."""
+    rebuilds the adapters on the loaded teacher (checkpoints hold no frozen base) and loads them."""
     from .module import DistillModule
     from .scales.text2image import load_model
 
     model = load_model(cfg, fresh=True)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["state_dict"]
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
     if int(cfg.lora.get("rank", 0)) > 0:
         module = DistillModule(model.backbone, cfg)
-        module.load_state_dict(state)
+        module.load_weights(checkpoint)  # refuses a checkpoint of another teacher
         return model, module.generator
-    weights = {k[len("generator."):]: v for k, v in state.items() if k.startswith("generator.")}
+    weights = {k[len("generator."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("generator.")}
     model.backbone.load_state_dict(weights)
     return model, model.backbone
 

@@ -21,7 +21,7 @@ def load_run(run_dir: Path, checkpoint: str = "final.ckpt") -> DistillModule:
     if not path.is_file():
         raise UserError(f"{path} does not exist; the run has not finished (resume it with RESUME={run_dir}).")
     module = DistillModule(get_scale(cfg.scale).load_teacher(cfg), cfg)
-    module.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
+    module.load_weights(torch.load(path, map_location="cpu", weights_only=False, mmap=True))
     return module.eval()
 
 

@@ -22,6 +22,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from .checkpointing import TEACHER_FINGERPRINT, check_teacher, teacher_fingerprint
 from .config import RunConfig
 from .data.steps import condition_of, real_data_of
 from .errors import NonFiniteError, UserError
@@ -244,13 +245,42 @@ class DistillModule(pl.LightningModule):
     # ---- checkpoints ----------------------------------------------------------
     COUNTERS = ("step_count", "generator_step_count", "critic_step_count", "skipped_steps", "nonfinite_in_row")
 
+    def _frozen_state(self) -> dict[str, Tensor]:
+        """The frozen teacher's entries of state_dict (full fine-tuning: ``teacher.*``; LoRA: the
+        shared base ``base.*`` without the adapters), which checkpoints do not hold."""
+        trained = {id(p) for m in (self.generator, self.fake) if m is not None for p in m.parameters()}
+        prefix = "base." if self.cfg.lora.get("rank", 0) else "teacher."
+        return {k: v for k, v in self.state_dict(keep_vars=True).items() if k.startswith(prefix) and id(v) not in trained}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """A checkpoint's state: a lean one (without the frozen teacher) is completed with this
+        module's own teacher; one written with the teacher (older runs) loads as it is."""
+        absent = self._frozen_keys - state_dict.keys()
+        if absent and absent != self._frozen_keys:
+            raise UserError(f"this checkpoint holds {len(self._frozen_keys) - len(absent)} of the frozen teacher's "
+                            f"{len(self._frozen_keys)} tensors, so it was not written by this run's DistillModule; "
+                            "load a checkpoint of this run (checkpoints/last.ckpt or final.ckpt).")
+        if absent:  # the same tensors: loading copies nothing
+            own = self.state_dict(keep_vars=True)
+            state_dict = {**state_dict, **{k: own[k] for k in absent}}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def load_weights(self, checkpoint: dict) -> None:
+        """A checkpoint's trained weights outside a Trainer (sampling, export, spectra)."""
+        check_teacher(checkpoint, self.teacher_fingerprint, self.cfg)
+        self.load_state_dict(checkpoint["state_dict"])
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        for k in self._frozen_keys:  # what training changes only: no frozen teacher / LoRA base
+            checkpoint["state_dict"].pop(k, None)
+        checkpoint[TEACHER_FINGERPRINT] = self.teacher_fingerprint
         checkpoint["ddmd_counters"] = {k: getattr(self, k) for k in self.COUNTERS}
         checkpoint["ddmd_config"] = self.cfg.to_dict()
         # every rank's state, in rank order (every rank calls trainer.save_checkpoint)
         checkpoint["ddmd_rng"] = every_rank(rng_state())
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_teacher(checkpoint, self.teacher_fingerprint, self.cfg)  # then Lightning calls load_state_dict
         for k, v in checkpoint.get("ddmd_counters", {}).items():
             setattr(self, k, v)
         states = checkpoint.get("ddmd_rng")

@@ -89,7 +89,7 @@ def resume_ablation(target: str, scale: str | None = None, arm: str | None = Non
         raise UserError(f"RESUME={target} is a run of arm {cfg.arm.name!r} at scale {cfg.scale!r}, not "
                         f"{arm or cfg.arm.name!r} at {scale or cfg.scale!r}; drop ARM/SCALE or pass the run's own.")
     try:
-        step = torch.load(ckpt, map_location="cpu", weights_only=False)["ddmd_counters"]["step_count"]
+        step = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["ddmd_counters"]["step_count"]
     except Exception as exc:
         raise UserError(f"checkpoint {ckpt} cannot be read ({exc.__class__.__name__}); resume from another "
                         "checkpoint of the run, or start a new run.") from None

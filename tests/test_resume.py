@@ -99,6 +99,8 @@ def test_kill_during_checkpoint_write_keeps_previous(dirs):
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)  # still whole
     assert ckpt["ddmd_counters"]["step_count"] == 20
     assert list((run / "checkpoints").glob(".*.tmp"))  # the half-written one
+    # a lean checkpoint: no frozen teacher (it comes from the cache on resume), only its fingerprint
+    assert ckpt["ddmd_teacher"] and not [k for k in ckpt["state_dict"] if k.startswith("teacher.")]
     resume_ablation(str(run))
     assert not list((run / "checkpoints").glob(".*.tmp"))
     _assert_same_run(reference, run)
