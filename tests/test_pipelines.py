@@ -24,7 +24,8 @@ def folders(tmp_path_factory, pipeline_folders):
 
 def _sets(folders, family, *extra):
     paths, prompts, root = folders
-    items = [f"teacher.source={paths[family]}", "teacher.resolution=32", "teacher.text_dtype=float32", f"data.prompts={prompts}", "accelerator=cpu",
+    # float32 throughout (the recipes hold the frozen teacher in bfloat16): exports are compared with make sample exactly
+    items = [f"teacher.source={paths[family]}", "teacher.resolution=32", "teacher.dtype=float32", "teacher.text_dtype=float32", f"data.prompts={prompts}", "accelerator=cpu",
              "precision=32-true", "wandb=disabled", "batch_size=2", "eval_every=1", "ttur=1", "eval_samples=4",
              "gradient_checkpointing=false", f"runs_dir={root / 'runs'}", f"cache_dir={root / 'cache'}",
              "progress_bar=false", "checkpoint_every=0", *extra]
@@ -110,7 +111,7 @@ def test_text_encoders_in_their_own_dtype(folders):
     from ddmd_lab.scales.text2image import load_model
 
     cfg = load_config("zimage", "decoupled_hybrid", {"teacher": {"source": str(folders[0]["zimage"]), "resolution": 32,
-                                                                 "text_dtype": "bfloat16"}})
+                                                                 "dtype": "float32", "text_dtype": "bfloat16"}})
     model = load_model(cfg, fresh=True)
     assert next(model.text_encoders[0].parameters()).dtype == torch.bfloat16
     assert next(model.backbone.parameters()).dtype == torch.float32  # the denoiser keeps teacher.dtype
