@@ -14,7 +14,7 @@ import yaml
 from .errors import UserError
 from .tau import TauRule
 
-NORMALISERS = ("shared", "per_term", "none")
+NORMALISERS = ("shared", "per_term", "per_loss", "none")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class Arm:
     # Original DMD: one tau and one noise for both terms (tau_dm is ignored).
     shared_draw: bool = False
     # shared: one per-sample scale mean|x - x0_teacher_guided| (DMD2);
-    # per_term: CA by mean|x - x0_cond(tau_CA)|, DM by mean|x - x0_cond(tau_DM)|.
+    # per_term: CA by mean|x - x0_cond(tau_CA)|, DM by mean|x - x0_cond(tau_DM)|;
+    # per_loss (the authors'): CA by mean|x - x0_guided(tau_CA)|, DM by mean|x - x0_cond(tau_DM)|.
     normaliser: str = "shared"
     # Train the fake model.  Needed for DM; for CA-only arms it is an observer
     # (trained beside the generator, never used in its update).

@@ -118,6 +118,14 @@ def _normalisers(arm: Arm, x: Tensor, real: dict[str, Tensor], s: UpdateSettings
         n_ca = dmd_normaliser(x, real["cond_ca"], s.normaliser_eps) if arm.uses_ca else None
         n_dm = dmd_normaliser(x, real["cond_dm"], s.normaliser_eps) if arm.uses_dm else None
         return n_ca, n_dm
+    if arm.normaliser == "per_loss":
+        # the authors' answer (Z-Image issue #56): the generator's loss is a CA loss plus a DM loss, each
+        # normalised DMD2-style by its own teacher prediction at its own tau -- CA by the guided prediction
+        # at tau_CA, DM by the conditional one at tau_DM.  Shared draw and alpha = 1: DMD2's normaliser.
+        n_ca = (dmd_normaliser(x, cfg(real["cond_ca"], real["uncond_ca"], s.alpha), s.normaliser_eps)
+                if arm.uses_ca else None)
+        n_dm = dmd_normaliser(x, real["cond_dm"], s.normaliser_eps) if arm.uses_dm else None
+        return n_ca, n_dm
     # shared (DMD2): one scale from the guided teacher prediction.  It is taken
     # where the CA term looks (the guided prediction exists only there), or at
     # tau_DM without CA (alpha = 1, guided == cond).  With a shared draw this is

@@ -96,3 +96,26 @@ def test_critic_loss_targets():
     # velocity target: error scaled by 1/(1-tau)
     expected = torch.tensor([1.0, 4.0, 4.0, 100.0]).mean()
     torch.testing.assert_close(critic_loss(pred, x0, tau, "velocity"), expected)
+
+
+def test_per_loss_normaliser_is_the_sum_of_two_dmd2_losses():
+    """normaliser per_loss (the authors'): CA / mean|x - x0_guided(tau_CA)| + DM / mean|x - x0_cond(tau_DM)|;
+    with a shared draw and alpha = 1 it is DMD2's update, whichever normaliser."""
+    teacher, fake = _nets()
+    teacher.float(), fake.float()
+    x, labels, t = torch.randn(16, 2), torch.randint(3, (16,)), torch.zeros(16)
+    tau_ca, tau_dm, n_ca, n_dm = torch.rand(16) * 0.9 + 0.05, torch.rand(16) * 0.9 + 0.05, torch.randn(16, 2), torch.randn(16, 2)
+    arm = REGISTRY["decoupled_hybrid"].with_overrides(normaliser="per_loss")
+    s = UpdateSettings(alpha=3.0)
+    upd, logs = generator_update(arm, x, labels, t, teacher, fake, s, Draws(tau_ca, n_ca, tau_dm, n_dm))
+    x_ca, x_dm = renoise(x, n_ca, tau_ca), renoise(x, n_dm, tau_dm)
+    c_ca, u_ca = teacher.x0(x_ca, tau_ca, labels), teacher.x0(x_ca, tau_ca, teacher.null_condition(labels))
+    c_dm = teacher.x0(x_dm, tau_dm, labels)
+    ca = ca_vector(c_ca, u_ca, 3.0) / (x - cfg(c_ca, u_ca, 3.0)).abs().mean(1, keepdim=True)
+    dm = dm_vector(c_dm, fake.x0(x_dm, tau_dm, labels)) / (x - c_dm).abs().mean(1, keepdim=True)
+    torch.testing.assert_close(upd, ca + dm, rtol=1e-5, atol=1e-6)
+    shared, one = Draws(tau_ca, n_ca, tau_ca, n_ca), UpdateSettings(alpha=1.0)
+    dmd2, _ = generator_update(REGISTRY["coupled"], x, labels, t, teacher, fake, one, shared)
+    for arm in (REGISTRY["coupled"].with_overrides(normaliser="per_loss"), arm):
+        torch.testing.assert_close(generator_update(arm, x, labels, t, teacher, fake, one, shared)[0], dmd2,
+                                   rtol=1e-5, atol=1e-6)
