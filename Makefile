@@ -19,6 +19,7 @@ RUN    ?=
 SEED   ?=
 STEPS  ?=
 ARMS   ?=
+SEEDS  ?=
 SET    ?=
 RUN_ARGS = $(if $(SCALE),--scale $(SCALE)) $(if $(STEPS),--steps $(STEPS)) $(if $(SEED),--seed $(SEED)) $(foreach kv,$(SET),--set $(kv))
 
@@ -58,7 +59,7 @@ ablation: setup
 	$(PY) -m ddmd_lab ablation $(if $(ARM),--arm $(ARM)) $(if $(RESUME),--resume $(RESUME)) $(RUN_ARGS)
 
 sweep: setup
-	$(PY) -m ddmd_lab sweep $(if $(ARMS),--arms $(ARMS)) $(RUN_ARGS)
+	$(PY) -m ddmd_lab sweep $(if $(ARMS),--arms $(ARMS)) $(if $(SEEDS),--seeds $(SEEDS)) $(RUN_ARGS)
 
 teacher: setup
 	$(PY) -m ddmd_lab teacher $(RUN_ARGS)

@@ -77,10 +77,18 @@ def cmd_sweep(args) -> None:
     from .arms import known_arm_names
     from .run import print_summary, run_ablation
 
+    from dataclasses import replace
+
     arms = args.arms.split(",") if args.arms else known_arm_names()
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else []
+    except ValueError:
+        raise UserError(f"SEEDS={args.seeds!r} is not a comma-separated list of integers, e.g. SEEDS=0,1,2.") from None
     configs = [_config(args, a) for a in arms]  # validate every arm before the first run starts
-    for cfg in configs:
-        print(f"\n=== {cfg.arm.name} ===")
+    # seed-major: every arm of seed 0 first, so a sweep stopped early still holds paired comparisons
+    runs = [replace(cfg, seed=s) for s in seeds for cfg in configs] if seeds else configs
+    for cfg in runs:
+        print(f"\n=== {cfg.arm.name} (seed {cfg.seed}) ===")
         print_summary(run_ablation(cfg))
 
 
@@ -240,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("sweep", help="run every known arm, registry and experiments/arms/ variants (or --arms a,b,c)")
     p.add_argument("--arms", default="")
+    p.add_argument("--seeds", default="", help="comma-separated seeds, each arm run once per seed (paired across arms)")
     _common(p)
     p.set_defaults(func=cmd_sweep)
 

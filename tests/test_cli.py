@@ -1,6 +1,7 @@
 import pytest
 
 from ddmd_lab.cli import main
+from ddmd_lab.config import read_config
 
 
 @pytest.mark.parametrize("argv,fragment", [
@@ -18,15 +19,20 @@ def test_bad_input_is_one_line_and_exit_2(argv, fragment, capsys, tmp_path):
 
 
 def test_offline_wandb_run_writes_locally_and_each_run_of_a_sweep_gets_its_own(tmp_path, capsys):
-    code = main(["sweep", "--arms", "ca_only,dm_only", "--steps", "4",
+    code = main(["sweep", "--arms", "ca_only,dm_only", "--seeds", "0,1", "--steps", "4",
                  "--set", f"runs_dir={tmp_path}/runs", "--set", f"cache_dir={tmp_path}/cache", "--set", "progress_bar=false",
                  "--set", "teacher={steps: 20, data_size: 2048}", "--set", "eval_every=2", "--set", "eval_samples=100",
                  "--set", "wandb=offline"])
     assert code == 0
-    for arm in ("ca_only", "dm_only"):  # one process, two runs: W&B must not keep logging into the first
-        run = next((tmp_path / "runs" / "toy2d" / arm).iterdir())
-        assert len(list((run / "wandb").glob("offline-run-*"))) == 1, arm
-    assert capsys.readouterr().out.count("run folder:") == 2
+    from ddmd_lab.report.runs import RunRecord
+    from ddmd_lab.report.stats import by_seed
+
+    for arm in ("ca_only", "dm_only"):  # one process, four runs: W&B must not keep logging into the first
+        runs = sorted((tmp_path / "runs" / "toy2d" / arm).iterdir())
+        assert len(runs) == 2 and all(len(list((r / "wandb").glob("offline-run-*"))) == 1 for r in runs), arm
+        records = [RunRecord(r, read_config(r / "config.yaml")) for r in runs]
+        assert [set(g) for g in by_seed(records, "generator_steps").values()] == [{0, 1}]  # one group, two seeds
+    assert capsys.readouterr().out.count("run folder:") == 4
 
 
 def test_teacher_command_caches_and_rewrites_a_missing_report(tmp_path, capsys):
