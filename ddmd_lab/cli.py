@@ -159,27 +159,21 @@ def cmd_sample(args) -> None:
 
 
 def cmd_eval_coco(args) -> None:
-    import json
-    from pathlib import Path
+    from .eval.commands import eval_coco
 
-    from .eval.clip_score import ClipScorer
-    from .eval.coco import coco_subset, evaluate_coco, resolve_coco
-    from .eval.fid import InceptionFeatures
-    from .generate import default_device
+    eval_coco(args)
 
-    if not args.coco:
-        raise UserError("no COCO folder: COCO=/data/coco (with annotations/captions_val2014.json and val2014/).")
-    captions, images = resolve_coco(Path(args.coco))
-    pairs = coco_subset(captions, images, args.n, args.subset_seed)
-    clip = None if args.no_clip else ClipScorer(args.clip_model, args.clip_weights, default_device(args.device))
-    sampler = _sampler(args)
-    out = Path(args.run) if args.run else Path(sampler.cfg.runs_dir) / sampler.cfg.scale / "teacher"
-    out.mkdir(parents=True, exist_ok=True)
-    results = evaluate_coco(lambda caps, first: sampler(caps), pairs, out, resolution=args.resolution,
-                            batch_size=args.batch, clip=clip, features=InceptionFeatures(default_device(args.device), progress=True),
-                            cache_dir=Path(sampler.cfg.cache_dir) / "coco", seed=args.seed or 0)
-    print(json.dumps(results, indent=2))
-    print(f"written: {out / 'coco10k' / 'results.json'}")
+
+def cmd_eval_hps(args) -> None:
+    from .eval.commands import eval_hps
+
+    eval_hps(args)
+
+
+def cmd_eval_dpg(args) -> None:
+    from .eval.commands import eval_dpg
+
+    eval_dpg(args)
 
 
 def cmd_export(args) -> None:
@@ -291,17 +285,50 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="a new folder (default: <run>/samples_cli/<time>)")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("eval-coco", help="COCO-10k FID (clean-fid) and CLIP score (open_clip) of a run's student")
+    def compared(p: argparse.ArgumentParser, teacher_default: int) -> None:
+        p.add_argument("--hps-model", default="ViT-H-14", help="open_clip model of HPSv2.1 (or a model-config JSON)")
+        p.add_argument("--batch", type=int, default=16)
+        p.add_argument("--teacher-images", type=int, default=teacher_default,
+                       help="prompts (evenly spread) whose image is also drawn by the run's teacher from the same noise "
+                       "(many-step CFG at the run's alpha, cached under cache_dir/teacher_images): colour vs teacher; 0 = none")
+        p.add_argument("--teacher-steps", type=int, default=None, help="the teacher's steps (default: its pipeline's)")
+        p.add_argument("--diversity", type=int, default=16, help="prompts drawn with several seeds for diversity (0 = none)")
+        p.add_argument("--diversity-seeds", type=int, default=4, help="seeds per diversity prompt")
+
+    p = sub.add_parser("eval-coco", help="COCO-10k as the paper's Table 2: FID, patch-FID, CLIP score (DMD2's protocol), "
+                       "HPSv2.1, colour vs the teacher, diversity")
     sampling(p)
-    p.add_argument("--coco", help="COCO-2014 folder: annotations/captions_val2014.json and val2014/")
-    p.add_argument("--n", type=int, default=10_000, help="images in the subset (one caption each)")
+    p.add_argument("--coco", help="DMD2's coco10k folder (subset/, all_prompts.pkl) or COCO-2014 (annotations/, val2014/)")
+    p.add_argument("--protocol", choices=("dmd2", "val2014-seeded"), default=None,
+                   help="default: dmd2 where DMD2's files are, val2014-seeded for COCO's own layout")
+    p.add_argument("--prompts", default=None, help="dmd2: another prompt file than <coco>/all_prompts.pkl (.pkl or .txt)")
+    p.add_argument("--images", default=None, help="score these images (one per prompt, sorted by name) instead of sampling")
+    p.add_argument("--out", default=None, help="results folder (default: the run, or beside --images)")
+    p.add_argument("--n", type=int, default=10_000, help="prompts (dmd2: the first n; val2014-seeded: the subset size)")
     p.add_argument("--subset-seed", type=int, default=0)
     p.add_argument("--resolution", type=int, default=512, help="evaluation resolution (DMD2: 512)")
-    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--clip-model", default="ViT-g-14", help="open_clip model name or model-config JSON")
     p.add_argument("--clip-weights", default=None, help="local open_clip checkpoint (default: $CLIP_WEIGHTS)")
     p.add_argument("--no-clip", action="store_true", help="FID only")
+    p.add_argument("--hps-weights", default=None, help="HPS_v2.1_compressed.pt (default: $HPS_WEIGHTS; none: no HPSv2.1)")
+    compared(p, 500)
     p.set_defaults(func=cmd_eval_coco)
+
+    p = sub.add_parser("eval-hps", help="HPSv2.1 on the HPSv2 benchmark prompts, per style and mean (the paper's Table 1), "
+                       "colour vs the teacher, diversity")
+    sampling(p)
+    p.add_argument("--prompts", help="HPDv2's benchmark/ folder (anime.json, concept-art.json, paintings.json, photo.json) "
+                   "or one JSON file of style -> prompts")
+    p.add_argument("--per-style", type=int, default=None, help="only the first N prompts of each style (default: all 800)")
+    p.add_argument("--hps-weights", default=None, help="HPS_v2.1_compressed.pt (default: $HPS_WEIGHTS)")
+    p.add_argument("--clip-model", default="ViT-g-14")
+    p.add_argument("--clip-weights", default=None, help="also CLIP score and CLIP diversity with this open_clip file")
+    p.add_argument("--out", default=None, help="results folder (default: the run)")
+    compared(p, 400)
+    p.set_defaults(func=cmd_eval_hps)
+
+    p = sub.add_parser("eval-dpg", help="DPG-Bench (the paper's Table 1): not available offline, says why")
+    p.set_defaults(func=cmd_eval_dpg)
 
     p = sub.add_parser("export", help="a run's student as a diffusers pipeline folder with its scheduler and a model card")
     p.add_argument("--run", help="a text-to-image run folder")

@@ -125,32 +125,41 @@ def inception():
 
 
 def test_evaluate_coco_end_to_end(coco, tiny_clip, inception, tmp_path):
+    from ddmd_lab.eval.coco import Protocol
+
     pairs = coco_subset(*coco, n=8, seed=0)
     ref = reference_images(pairs, 64)
     assert ref.shape == (8, 64, 64, 3) and ref.dtype == np.uint8
     clip = ClipScorer(tiny_clip[0], weights=tiny_clip[1])
     cache = tmp_path / "cache"
+    protocol = Protocol("val2014-seeded", 64)
+    captions = [p.caption for p in pairs]
+    names = [f"{i:05d}_{p.image_id:012d}.png" for i, p in enumerate(pairs)]
 
-    def itself(captions, first):  # a perfect student: the reference images of these captions
-        assert captions == [p.caption for p in pairs[first:first + len(captions)]]
-        return uint8_to_signed(ref[first:first + len(captions)])
+    def itself(caps, keys):  # a perfect student: the reference images of these captions
+        assert caps == [captions[k[0]] for k in keys]
+        return uint8_to_signed(ref[[k[0] for k in keys]])
 
-    def noise(captions, first):  # torch's RNG is seeded per batch: 96x96 noise, resized to 64
-        return torch.rand(len(captions), 3, 96, 96) * 2 - 1
+    def noise(caps, keys):  # torch's RNG is seeded per batch: 96x96 noise, resized to 64
+        return torch.rand(len(caps), 3, 96, 96) * 2 - 1
 
     out = tmp_path / "out"
-    same = evaluate_coco(itself, pairs, out, resolution=64, batch_size=3, clip=clip, features=inception, cache_dir=cache)
+    reference = {"fid": reference_stats(pairs, 64, cache, inception)}
+    same = evaluate_coco(itself, captions, names, out, protocol=protocol, reference=reference, batch_size=3, clip=clip,
+                         features=inception)
     first = json.loads((out / "coco10k" / "results.json").read_text())
     assert first == same and same["n"] == 8 and same["resolution"] == 64 and same["clip_model"] == "tiny-clip-test"
-    assert math.isfinite(same["fid"]) and 0.0 <= same["clip_score"] <= 100.0
-    assert same["clip_score"] == pytest.approx(clip(ref, [p.caption for p in pairs]), abs=1e-4)
+    assert same["protocol"] == "val2014-seeded" and "patch_fid" not in same
+    assert math.isfinite(same["fid"]) and -1.0 <= same["clip_score"] <= 1.0
+    assert same["clip_score_x100"] == pytest.approx(clip(ref, captions), abs=1e-4)
     saved = sorted((out / "coco10k" / "images").glob("*.png"))
     assert len(saved) == 8 and (np.stack([np.asarray(Image.open(f)) for f in saved]) == ref).all()
     assert len(list(cache.glob("coco_ref_*_r64.npz"))) == 1
     mu, _ = reference_stats(pairs, 64, cache, inception)  # cached: no Inception pass
     assert mu.shape == (64,)
 
-    noisy = evaluate_coco(noise, pairs, out, resolution=64, batch_size=3, clip=None, features=inception, cache_dir=cache)
+    noisy = evaluate_coco(noise, captions, names, out, protocol=protocol, reference=reference, batch_size=3, clip=None,
+                          features=inception)
     assert noisy["clip_score"] is None and noisy["fid"] > 1.0
     assert abs(same["fid"]) < 1e-3 and noisy["fid"] > 1e3 * abs(same["fid"])  # self ~0 (8 samples: not exactly)
     assert json.loads((out / "coco10k" / "results.json").read_text())["fid"] == noisy["fid"]

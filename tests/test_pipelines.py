@@ -158,10 +158,13 @@ def test_eval_coco_of_a_student(folders, tmp_path):
     coco = make_coco(tmp_path / "coco", n_images=6)
     config, weights = save_tiny_clip(tmp_path / "clip")
     args = ["eval-coco", "--run", str(run), "--coco", str(coco), "--n", "5", "--resolution", "64", "--batch", "3",
-            "--clip-model", str(config), "--clip-weights", str(weights)]
+            "--clip-model", str(config), "--clip-weights", str(weights), "--teacher-images", "2", "--teacher-steps", "4",
+            "--diversity", "0"]  # COCO's own layout: the val2014-seeded protocol (DMD2's: tests/test_eval_protocols.py)
     assert main(args) == 0
     results = json.loads((run / "coco10k" / "results.json").read_text())
-    assert results["n"] == 5 and results["fid"] > 0 and -100 <= results["clip_score"] <= 100
+    assert results["protocol"] == "val2014-seeded" and results["n"] == 5 and results["fid"] > 0
+    assert -1 <= results["clip_score"] <= 1 and results["teacher"]["compared_prompts"] == 2
+    assert results["hsv_saturation_vs_teacher"] > 0  # a full fine-tuning student: its teacher loaded on its own
     assert len(list((run / "coco10k" / "images").glob("*.png"))) == 5
 
 

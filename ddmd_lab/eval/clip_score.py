@@ -1,9 +1,11 @@
 """CLIP score with open_clip from a local checkpoint file (no hub access is assumed).
 
-DMD2's protocol (and the paper's Table 2): ViT-g-14 trained on LAION-2B, 100 x the
-mean cosine similarity of each image with its caption, open_clip's own eval
-transform.  ``model_name`` may also be a path to an open_clip model-config JSON,
-so custom or tiny models work the same way.
+The paper's Table 2 (DMD2's protocol): ViT-g-14 trained on LAION-2B, the mean cosine
+similarity of each image with its caption, printed x100.  DMD2 also prepends "A photo
+depicts " to every caption (spliced into the tokens) and resizes images to 256 with
+Lanczos before open_clip's own eval transform: ``ClipScorer(..., prefix=dmd2.PREFIX,
+resize=256)`` (eval/dmd2.py says how).  ``model_name`` may also be a path to an
+open_clip model-config JSON, so custom or tiny models work the same way.
 """
 from __future__ import annotations
 
@@ -67,7 +69,8 @@ class ClipScorer:
     """
 
     def __init__(self, model_name: str | Path = DEFAULT_CLIP_MODEL, weights: str | Path | None = None,
-                 device: str | torch.device = "cpu", batch_size: int = 32):
+                 device: str | torch.device = "cpu", batch_size: int = 32, prefix: str | None = None,
+                 resize: int | None = None):
         import open_clip
 
         weights = default_clip_weights() if weights is None else Path(weights).expanduser()
@@ -91,23 +94,51 @@ class ClipScorer:
         self.tokenizer = open_clip.get_tokenizer(name)
         self.model_name, self.weights = name, weights
         self.device, self.batch_size = torch.device(device), batch_size
+        self.prefix, self.resize = prefix, resize
+
+    def _pixels(self, u8: np.ndarray) -> Tensor:
+        """open_clip's own eval transform (bicubic resize, centre crop, its mean / std), after DMD2's
+        square crop + Lanczos to ``resize`` where set."""
+        from .dmd2 import clip_image
+
+        images = [clip_image(img, self.resize) if self.resize else Image.fromarray(np.asarray(img, dtype=np.uint8))
+                  for img in u8]
+        return torch.stack([self.preprocess(img) for img in images]).to(self.device)
+
+    def _tokens(self, captions: Sequence[str]) -> Tensor:
+        from .dmd2 import prefixed_tokens
+
+        if self.prefix:
+            return prefixed_tokens(self.tokenizer, captions, self.prefix)
+        return self.tokenizer(list(captions))
 
     @torch.no_grad()
-    def scores(self, images: np.ndarray | Tensor, captions: Sequence[str]) -> Tensor:
-        """Per-image scores (N,) in [-100, 100]; ``images`` uint8 (N, H, W, 3) or a tensor in [-1, 1] (N, C, H, W)."""
-        u8 = to_uint8_hwc(images) if isinstance(images, Tensor) else np.asarray(images, dtype=np.uint8)
+    def cosines(self, images: np.ndarray | Tensor, captions: Sequence[str]) -> Tensor:
+        """Per-image cosine similarity (N,) in [-1, 1]; ``images`` uint8 (N, H, W, 3) or a tensor in [-1, 1] (N, C, H, W)."""
+        u8 = to_uint8_hwc(images) if isinstance(images, Tensor) else images  # an array, or a list of any sizes
         if len(u8) != len(captions):
             raise ValueError(f"{len(u8)} images but {len(captions)} captions")
         out = []
         for i in range(0, len(u8), self.batch_size):
-            # open_clip's own eval transform (bicubic resize, centre crop, its mean / std), as in DMD2
-            pixels = torch.stack([self.preprocess(Image.fromarray(img)) for img in u8[i:i + self.batch_size]])
-            tokens = self.tokenizer(list(captions[i:i + self.batch_size]))
-            img = self.model.encode_image(pixels.to(self.device)).float()
-            txt = self.model.encode_text(tokens.to(self.device)).float()
-            cos = torch.nn.functional.cosine_similarity(img, txt, dim=-1)
-            out.append((100 * cos).cpu())
+            img = self.model.encode_image(self._pixels(u8[i:i + self.batch_size])).float()
+            txt = self.model.encode_text(self._tokens(captions[i:i + self.batch_size]).to(self.device)).float()
+            out.append(torch.nn.functional.cosine_similarity(img, txt, dim=-1).cpu())
         return torch.cat(out)
+
+    def scores(self, images: np.ndarray | Tensor, captions: Sequence[str]) -> Tensor:
+        """Per-image scores (N,) in [-100, 100]: 100 x the cosine."""
+        return 100 * self.cosines(images, captions)
+
+    @torch.no_grad()
+    def image_features(self, u8: np.ndarray) -> Tensor:
+        """Unit-norm image embeddings (N, D) of uint8 images, through the same transform as the score."""
+        out = [self.model.encode_image(self._pixels(u8[i:i + self.batch_size])).float().cpu()
+               for i in range(0, len(u8), self.batch_size)]
+        return torch.nn.functional.normalize(torch.cat(out), dim=-1)
+
+    def describe(self) -> dict:
+        return {"clip_model": self.model_name, "clip_weights": str(self.weights), "clip_prefix": self.prefix,
+                "clip_resize": f"center crop + Lanczos to {self.resize}" if self.resize else None}
 
     def __call__(self, images: np.ndarray | Tensor, captions: Sequence[str]) -> float:
         return float(self.scores(images, captions).mean())

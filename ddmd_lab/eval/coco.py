@@ -1,16 +1,17 @@
-"""COCO-10k evaluation of text-to-image students, DMD2's protocol.
+"""COCO-10k evaluation of text-to-image students: the paper's Table 2 protocol.
 
-A fixed 10k subset of COCO-2014 val with one caption per image; the student
-draws one image per caption; FID (clean-fid's protocol, via ``fid.py``)
-against the same 10k real images, centre-cropped to square and resized to the
-eval resolution (512 by default), and CLIP score with open_clip (ViT-g-14 by
-default) loaded from a local checkpoint file: no hub access exists here.
+Two protocols (``Protocol``): ``dmd2``, DMD2's own evaluator reproduced on the prompts and reference
+images it distributes (eval/dmd2.py: FID, patch-FID, CLIP score with its prefix), the default when
+those files are given; and ``val2014-seeded``, a seeded 10k subset of COCO-2014 val drawn here
+(``coco_subset``; bicubic resize, plain CLIP score).  Both add HPSv2.1 (with its weights), colour
+metrics relative to the teacher's images for the same prompts and noise, and per-prompt diversity
+(eval/prompt_eval.py).  Every model loads from a local file: no hub access exists here.
 
-Expected data layout (``resolve_coco``)::
+Data layouts::
 
-    COCO=/data/coco
-      annotations/captions_val2014.json
-      val2014/COCO_val2014_000000000042.jpg ...
+    dmd2            COCO=/data/coco10k  with subset/ (reference images) and all_prompts.pkl
+                    (scripts/download_sdxl.sh of DMD2 unpacks coco10k.zip so), or its parent folder
+    val2014-seeded  COCO=/data/coco     with annotations/captions_val2014.json and val2014/
 """
 from __future__ import annotations
 
@@ -172,6 +173,78 @@ def reference_stats(pairs: Sequence[CocoPair], resolution: int, cache_dir: Path,
     return cached_reference_stats(path, compute)
 
 
+# ----------------------------------------------------------------------------- DMD2's reference set
+
+def dmd2_reference_stats(data, view_name: str, view, resolution: int, cache_dir: Path,
+                         features: InceptionFeatures) -> tuple[np.ndarray, np.ndarray]:
+    """Inception (mu, sigma) of every file of DMD2's reference folder through ``view`` (its FID or
+    patch-FID transform), cached per (reference set, view, resolution)."""
+    from .dmd2 import read_reference
+
+    files = data.reference_files
+    path = Path(cache_dir) / f"dmd2_ref_{data.reference_hash()}_n{len(files)}_{view_name}_r{resolution}.npz"
+
+    def compute() -> np.ndarray:
+        return np.concatenate([features.of_uint8([view(read_reference(f)) for f in files[i:i + features.batch_size]])
+                               for i in range(0, len(files), features.batch_size)])
+
+    return cached_reference_stats(path, compute)
+
+
+# ----------------------------------------------------------------------------- protocols
+
+@dataclass(frozen=True)
+class Protocol:
+    """How generated and reference images become FID / CLIP inputs.
+
+    ``dmd2``: DMD2's own evaluator (eval/dmd2.py): truncated 8 bits at full resolution, FID after a
+    square crop + Lanczos to ``resolution``, patch-FID on 299 x 299 centre crops, CLIP with the
+    "A photo depicts " prefix after a 256 Lanczos resize.  ``val2014-seeded``: this harness's
+    earlier protocol: a seeded subset of val2014 (``coco_subset``), rounded 8 bits, centre crop +
+    PIL bicubic to ``resolution`` for both sides, FID and plain CLIP score.
+    """
+
+    name: str
+    resolution: int
+
+    def __post_init__(self):
+        if self.name not in PROTOCOLS:
+            raise UserError(f"unknown COCO protocol {self.name!r}; use one of {', '.join(PROTOCOLS)}.")
+
+    def to_uint8(self, images: Tensor) -> np.ndarray:
+        from .dmd2 import to_uint8_truncated
+
+        return to_uint8_truncated(images) if self.name == "dmd2" else generated_batch(images, self.resolution)
+
+    def views(self) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+        """The Inception inputs per FID kind (before clean-fid's own resize to 299)."""
+        from .dmd2 import fid_transform, patch_transform
+
+        if self.name == "dmd2":
+            return {"fid": lambda u8: fid_transform(u8, self.resolution), "patch_fid": patch_transform}
+        return {"fid": lambda u8: u8}  # to_uint8 already cropped and resized it
+
+    def clip_options(self) -> dict:
+        from .dmd2 import PREFIX
+
+        return {"prefix": PREFIX, "resize": 256} if self.name == "dmd2" else {}
+
+    def describe(self) -> dict:
+        from .dmd2 import TRANSFORMS
+
+        if self.name == "dmd2":
+            return {"protocol": "dmd2", "transforms": TRANSFORMS}
+        return {"protocol": "val2014-seeded", "transforms": {
+            "uint8": "((x + 1) * 127.5) rounded to uint8", "subset": "random.Random(seed).sample of captioned val2014 "
+            "images, lowest-id caption each", "fid": "centre crop to square, PIL bicubic to the eval resolution "
+            "(generated and reference alike), then clean-fid (PIL bicubic in float to 299, Inception 2015-12-05)",
+            "clip_image": "open_clip's eval transform", "clip_text": "the caption as is",
+            "clip_score": "mean raw cosine (clip_score) and x100 (clip_score_x100)"}}
+
+
+PROTOCOLS = ("dmd2", "val2014-seeded")
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 def generated_batch(images: Tensor, resolution: int) -> np.ndarray:
@@ -182,79 +255,78 @@ def generated_batch(images: Tensor, resolution: int) -> np.ndarray:
     return np.stack([square_resize(Image.fromarray(img), resolution) for img in u8])
 
 
-def _staging_dir(out_dir: Path) -> Path:
+def _staging_dir(out_dir: Path, name: str) -> Path:
     # hidden and unique per process, beside the target so publish_dir's rename stays on one filesystem
-    path = out_dir / f".{RESULT_DIR}.staging-{os.getpid()}-{secrets.token_hex(4)}"
+    path = out_dir / f".{name}.staging-{os.getpid()}-{secrets.token_hex(4)}"
     path.mkdir(parents=True)
     return path
 
 
-def evaluate_coco(generate: Callable[[list[str], int], Tensor], pairs: Sequence[CocoPair], out_dir: Path, *,
-                  resolution: int = 512, batch_size: int = 16, clip: ClipScorer | None,
-                  features: InceptionFeatures, cache_dir: Path, seed: int = 0) -> dict:
-    """Generate one image per caption, score FID and CLIP score, publish the folder.
+def evaluate_coco(source, prompts: Sequence[str], names: Sequence[str], out_dir: Path, *, protocol: Protocol,
+                  reference: dict[str, tuple[np.ndarray, np.ndarray]], features, clip: ClipScorer | None = None,
+                  hps=None, batch_size: int = 16, seed: int = 0, plan=None, teacher=None, info: dict | None = None,
+                  save_images: bool = True, result_dir: str = RESULT_DIR) -> dict:
+    """One image per prompt from ``source(prompts, keys)`` (images in [-1, 1]; eval/prompt_eval.py), then
+    FID against ``reference`` (name -> Inception (mu, sigma), one per ``protocol.views()``), CLIP score,
+    HPSv2.1, colour stats (relative to ``teacher``'s images for the same prompts and noise), and the
+    diversity of ``plan``'s extra seeds; the folder is staged and published whole.
 
-    ``generate(captions, first_index)`` returns images in [-1, 1] (B, 3, H, W);
-    torch's global RNG is seeded with ``seed + first_index`` before each call
-    (inside ``fork_rng``: the caller's RNG state is untouched), so a fixed
-    batch size reproduces the images, and a batch does not depend on the
-    ones before it.  ``out_dir/coco10k`` receives ``images/`` (PNGs, in
-    ``pairs`` order), ``captions.json`` and ``results.json``; the whole
-    folder is staged and published at once, so an older result is renamed
-    beside it with its own images and numbers, never mixed or overwritten.
+    ``out_dir/<result_dir>`` receives ``images/`` (PNGs named ``names``, in prompt order; skipped with
+    ``save_images=False``), ``captions.json`` and ``results.json``; an older result is renamed beside
+    it with its own images and numbers, never mixed or overwritten.
     """
-    if len(pairs) < 2:
-        raise UserError(f"COCO evaluation needs at least 2 images for FID, got {len(pairs)}; raise the subset size.")
-    out_dir = Path(out_dir)
-    started = time.time()
-    reference = reference_stats(pairs, resolution, cache_dir, features)  # first: a bad data folder fails fast
-    staging = _staging_dir(out_dir)
+    from .prompt_eval import Plan, compare, measure
+
+    if len(prompts) < 2:
+        raise UserError(f"COCO evaluation needs at least 2 images for FID, got {len(prompts)}; raise the subset size.")
+    views = protocol.views()
+    if set(reference) != set(views):
+        raise ValueError(f"reference statistics for {sorted(reference)}, protocol {protocol.name} needs {sorted(views)}")
+    out_dir, started = Path(out_dir), time.time()
+    plan = plan or Plan.make(len(prompts), 0, 0, 0)
+    staging = _staging_dir(out_dir, result_dir)
     try:
-        results = _generate_and_score(generate, pairs, staging, reference, resolution=resolution,
-                                      batch_size=batch_size, clip=clip, features=features, seed=seed)
+        save = None
+        if save_images:
+            (staging / "images").mkdir()
+
+            def save(i: int, img: np.ndarray) -> None:  # lossless; level 1 is fast
+                Image.fromarray(img).save(staging / "images" / names[i], compress_level=1)
+
+        measured = measure(source, prompts, to_uint8=protocol.to_uint8, batch_size=batch_size, seed=seed,
+                           features=features, views=views, clip=clip, hps=hps, save=save)
+        results = {**protocol.describe(), "n": len(prompts), "resolution": protocol.resolution,
+                   "image_shape": measured["image_shape"], "seed": seed}
+        for name, feats in measured["features"].items():
+            results[name] = fid_from_stats(stats(feats), reference[name])
+        cos = measured["clip"]
+        results.update(clip_score=float(cos.mean()) if cos is not None else None,
+                       clip_score_x100=float(100 * cos.mean()) if cos is not None else None,
+                       hpsv21=float(100 * measured["hps"].mean()) if hps is not None else None)
+        results.update(compare(measured, plan, source, prompts, to_uint8=protocol.to_uint8, batch_size=batch_size,
+                               seed=seed, features=features, view=views["fid"], clip=clip, teacher=teacher))
+        results.update(_described(clip, hps, plan, teacher), **(info or {}))
+        atomic_write_text(staging / "captions.json", json.dumps(
+            [{"file": f, "caption": c} for f, c in zip(names, prompts)], indent=1))
+        results["elapsed_s"] = round(time.time() - started, 1)
+        atomic_write_text(staging / "results.json", json.dumps(results, indent=2))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # our own half-written folder: nothing else is touched
         raise
-    results["elapsed_s"] = round(time.time() - started, 1)
-    atomic_write_text(staging / "results.json", json.dumps(results, indent=2))
-    publish_dir(staging, out_dir / RESULT_DIR)
+    publish_dir(staging, out_dir / result_dir)
     return results
 
 
-def _generate_and_score(generate, pairs, staging: Path, reference, *, resolution: int, batch_size: int,
-                        clip: ClipScorer | None, features: InceptionFeatures, seed: int) -> dict:
-    """Fills ``staging`` with images/ and captions.json; returns the numbers."""
-    (staging / "images").mkdir()
-    files, feats, clip_scores = [], [], []
-    with torch.random.fork_rng():
-        for i in range(0, len(pairs), batch_size):
-            batch = pairs[i:i + batch_size]
-            captions = [p.caption for p in batch]
-            torch.manual_seed(seed + i)
-            images = generate(captions, i)
-            if images.ndim != 4 or len(images) != len(batch):
-                raise ValueError(f"generate returned shape {tuple(images.shape)} for {len(batch)} captions; "
-                                 "expected (B, 3, H, W) in [-1, 1]")
-            u8 = generated_batch(images, resolution)
-            for j, (img, p) in enumerate(zip(u8, batch)):
-                name = f"{i + j:05d}_{p.image_id:012d}.png"
-                Image.fromarray(img).save(staging / "images" / name, compress_level=1)  # lossless; level 1 is fast
-                files.append(name)
-            feats.append(features.of_uint8(u8))  # the saved pixels exactly (PNG is lossless)
-            if clip is not None:
-                clip_scores.append(clip.scores(u8, captions))
-    fid = fid_from_stats(stats(np.concatenate(feats)), reference)
-    results = {
-        "fid": fid,
-        "clip_score": float(torch.cat(clip_scores).mean()) if clip is not None else None,
-        "n": len(pairs),
-        "resolution": resolution,
-        "clip_model": clip.model_name if clip is not None else None,
-        "clip_weights": str(clip.weights) if clip is not None else None,
-        "seed": seed,
-        "subset_hash": subset_hash(pairs),
-        "fid_protocol": "clean-fid (PIL bicubic to 299, Inception 2015-12-05) vs centre-cropped reference",
-    }
-    atomic_write_text(staging / "captions.json", json.dumps(
-        [{"file": f, "image_id": p.image_id, "caption": p.caption} for f, p in zip(files, pairs)], indent=1))
-    return results
+def _described(clip, hps, plan, teacher) -> dict:
+    """What results.json says about how its comparison numbers were made."""
+    from .colour import describe
+
+    return {**(clip.describe() if clip is not None else {"clip_model": None}),
+            **(hps.describe() if hps is not None else {"hps_model": None}),
+            "colour": describe(),
+            "teacher": ({**teacher.meta, "compared_prompts": len(plan.teacher_index), "cache": str(teacher.folder)}
+                        if teacher is not None else None),
+            "diversity": ({"prompts": len(plan.div_keys) // plan.seeds, "seeds": plan.seeds,
+                           "inception": "mean pairwise L2 of Inception pool features (FID path) per prompt",
+                           "clip": "mean pairwise 1 - cosine of CLIP image embeddings per prompt"}
+                          if plan.div_keys else None)}
