@@ -5,7 +5,11 @@
 #   make sample RUN=<run> PROMPT="a cat"  (or SCALE=zimage SET="teacher.source=<folder>" for the teacher)
 #   make gpu-check   (one GPU, < 8 min: full-size SDXL / Z-Image, random weights: memory vs plan, step vs floor, bf16 vs fp32)
 #   make export RUN=<run> [OUT=folder]   (the student as a diffusers pipeline folder + model card)
-#   make eval-coco RUN=<run> COCO=/data/coco [N=10000] [CLIP_WEIGHTS=/path/open_clip_pytorch_model.bin]
+#   make eval-coco RUN=<run> COCO=/data/coco10k [CLIP_WEIGHTS=/path/open_clip_pytorch_model.bin] [HPS_WEIGHTS=/path/HPS_v2.1_compressed.pt]
+#        (DMD2's protocol on its coco10k folder; PROTOCOL=val2014-seeded COCO=/data/coco for a seeded val2014 subset;
+#         IMAGES=<folder> scores images made elsewhere; TEACHER_IMAGES=500 DIVERSITY=16 by default)
+#   make eval-hps RUN=<run> PROMPTS=<HPDv2 benchmark/ folder> HPS_WEIGHTS=/path/HPS_v2.1_compressed.pt [PER_STYLE=800]
+#   make eval-dpg   (DPG-Bench: says why it is not available offline)
 #   make plan SCALE=sdxl [SET="devices=8 strategy=fsdp lora.rank=0"] [GPU_GIB=140]   (per-GPU memory, no GPU needed)
 #   make embed SCALE=sdxl SET="teacher.source=<folder> data.prompts=<captions.json>"   (then runs with data.precompute=true)
 #   make test
@@ -34,11 +38,18 @@ SAMPLE_STEPS ?=
 COCO ?=
 N ?= 10000
 export CLIP_WEIGHTS  # the open_clip checkpoint file eval-coco reads (hub downloads may be unavailable)
+export HPS_WEIGHTS   # HPSv2's HPS_v2.1_compressed.pt, read by eval-hps (and eval-coco, where set)
+PROTOCOL ?=
+IMAGES ?=
+TEACHER_IMAGES ?=
+DIVERSITY ?=
+PER_STYLE ?=
+EVAL_ARGS = $(if $(TEACHER_IMAGES),--teacher-images $(TEACHER_IMAGES)) $(if $(DIVERSITY),--diversity $(DIVERSITY))
 SAMPLE_ARGS = $(if $(RUN),--run $(RUN)) $(if $(PROMPT),--prompt "$(PROMPT)") $(if $(PROMPTS),--prompts $(PROMPTS)) \
   $(if $(GUIDANCE),--guidance $(GUIDANCE)) $(if $(SAMPLE_STEPS),--sample-steps $(SAMPLE_STEPS))
 WANDB_ENTITY ?=
 
-.PHONY: setup ablation sweep teacher classifier tables report dashboard notebooks spectra sample eval-coco export plan gpu-check embed bench test
+.PHONY: setup ablation sweep teacher classifier tables report dashboard notebooks spectra sample eval-coco eval-hps eval-dpg export plan gpu-check embed bench test
 setup: $(VENV)/.installed
 
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
@@ -87,7 +98,14 @@ sample: setup
 	$(PY) -m ddmd_lab sample $(SAMPLE_ARGS) $(RUN_ARGS)
 
 eval-coco: setup
-	$(PY) -m ddmd_lab eval-coco $(SAMPLE_ARGS) --coco "$(COCO)" --n $(N) $(RUN_ARGS)
+	$(PY) -m ddmd_lab eval-coco $(SAMPLE_ARGS) --coco "$(COCO)" --n $(N) $(if $(PROTOCOL),--protocol $(PROTOCOL)) \
+	  $(if $(IMAGES),--images $(IMAGES)) $(EVAL_ARGS) $(RUN_ARGS)
+
+eval-hps: setup
+	$(PY) -m ddmd_lab eval-hps $(SAMPLE_ARGS) $(if $(PER_STYLE),--per-style $(PER_STYLE)) $(EVAL_ARGS) $(RUN_ARGS)
+
+eval-dpg: setup
+	$(PY) -m ddmd_lab eval-dpg
 
 OUT ?=
 export: setup

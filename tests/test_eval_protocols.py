@@ -104,10 +104,10 @@ def _structured(h, w, seed):
 def test_fid_transform_is_a_centre_square_then_lanczos_and_changes_the_statistics():
     from .test_coco import LeadingFeatures
 
-    img = _structured(161, 230, 0)
+    img = _structured(161, 232, 0)
     out = dmd2.fid_transform(img, 64)
-    # torchvision's centre offsets: int(round((230 - 161) / 2)) = 34 (round half to even)
-    square = Image.fromarray(img[:, 34:34 + 161])
+    # torchvision's centre offset: int(round((232 - 161) / 2)) = int(round(35.5)) = 36 (a floor division gives 35)
+    square = Image.fromarray(img[:, 36:36 + 161])
     assert np.array_equal(out, np.array(square.resize((64, 64), Image.LANCZOS)))
     assert not np.array_equal(out, np.array(square.resize((64, 64), Image.BICUBIC)))
     assert np.array_equal(dmd2.fid_transform(img[:, :161], 161), img[:, :161])  # square at size: unchanged
@@ -387,3 +387,56 @@ def test_eval_hps_and_dpg_from_the_cli(sdxl_run, tiny_hps, tmp_path, monkeypatch
     assert sorted(p.name for p in (sdxl_run / "hpsv21" / "images" / "photo").iterdir()) == \
         ["00000.png", "00001.png", "00002.png"]
     assert main(["eval-dpg"]) == 2 and "mPLUG" in capsys.readouterr().err
+
+
+def test_training_evaluator_colour_vs_the_teacher(sdxl_run):
+    import csv
+
+    from ddmd_lab.config import read_config
+    from ddmd_lab.report.dashboard import SECTIONS
+    from ddmd_lab.scales.text2image import reference_rows
+
+    summary = json.loads((sdxl_run / "summary.json").read_text())
+    for k in ("hsv_saturation", "lab_a", "lab_b", "rms_contrast", "clipped", "hsv_saturation_vs_teacher",
+              "lab_b_vs_teacher", "rms_contrast_vs_teacher", "clipped_vs_teacher"):
+        assert math.isfinite(summary[k]), k
+    rows = reference_rows(read_config(sdxl_run / "config.yaml"))  # the cached teacher samples: nothing sampled now
+    (name, teacher), = rows.items()
+    assert name == "teacher, 50-step CFG, alpha=8" and teacher["hsv_saturation"] > 0
+    assert summary["hsv_saturation_vs_teacher"] == pytest.approx(summary["hsv_saturation"] / teacher["hsv_saturation"])
+    with open(next(sdxl_run.glob("logs/version_*/metrics.csv"))) as f:
+        logged = set(next(csv.reader(f))) | {f"final_{k}" for k in summary}
+    colour = SECTIONS["Colour and contrast vs the teacher (oversaturation, colour cast)"]
+    wanted = set(colour["lines"]) | {f"final_{k}" for k in colour["bars"]}
+    assert wanted <= logged, wanted - logged
+
+
+def test_tables_and_report_show_the_evaluations_beside_the_paper(sdxl_run, tmp_path, capsys):
+    """After the two CLI tests above: make tables / make report of the sdxl runs."""
+    from ddmd_lab.cli import main
+    from ddmd_lab.report.report import findings
+    from ddmd_lab.report.runs import require_runs
+    from ddmd_lab.report.tables import paper_tables
+
+    runs_dir = sdxl_run.parents[2]
+    coco = json.loads((sdxl_run / "coco10k" / "results.json").read_text())
+    hps = json.loads((sdxl_run / "hpsv21" / "results.json").read_text())
+    tables = {t.title.split(":")[0]: t for t in paper_tables(runs_dir, "sdxl")}
+    t2, t1 = tables["Table 2"], tables["Table 1"]
+    row = dict(zip(t2.columns, next(r for r in t2.rows if r[0] == "decoupled_hybrid")))
+    assert row["protocol"] == "dmd2" and row["FID"] == coco["fid"] and row["patch-FID"] == coco["patch_fid"]
+    assert row["CLIP x100"] == coco["clip_score_x100"] and row["HPSv2.1"] == coco["hpsv21"]
+    assert row["sat. vs teacher (x)"] == coco["hsv_saturation_vs_teacher"] and row["paper FID"] == 17.80
+    assert row["paper CLIP x100"] == 33.62 and row["paper HPSv2.1"] == 30.34
+    four = dict(zip(t1.columns, t1.rows[4]))
+    assert four["arm"] == "decoupled_hybrid" and four["HPSv2.1"] == hps["hpsv21"] and four["photo"] == hps["hpsv21_photo"]
+    assert four["paper HPSv2.1"] == 32.29 and four["paper DPG"] == 85.85 and four["anime"] == hps["hpsv21_anime"]
+    assert dict(zip(t1.columns, t1.rows[1]))["HPSv2.1"] is None  # coupled was not run: missing, never invented
+    results = tables["Every arm after the same number of generator steps"]
+    assert {"hsv_saturation_vs_teacher", "lab_b_vs_teacher"} <= set(results.columns)
+    assert "clipped_r" not in results.columns and any(str(r[0]).startswith("teacher, 50-step") for r in results.rows)
+    lines = findings(require_runs(runs_dir, "sdxl"))
+    assert any("(COCO-10k): saturation x" in line for line in lines)
+    assert main(["tables", "--scale", "sdxl", "--runs-dir", str(runs_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "| decoupled_hybrid | 4 | dmd2 |" in out and "patch-FID" in out and "paper HPSv2.1" in out

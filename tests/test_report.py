@@ -108,7 +108,7 @@ def test_dashboard_is_built_offline_and_reads_only_logged_keys(sweep):
             logged |= set(next(csv.reader(f)))
         logged |= {f"final_{k}" for k in json.loads((run / "summary.json").read_text())}
     logged |= {"media/samples", "media/term_spectra", "media/output_spectra"}  # checked in the W&B test above
-    assert panel_keys() <= logged, panel_keys() - logged
+    assert panel_keys("image") <= logged, panel_keys("image") - logged  # text-to-image keys: test_eval_protocols
 
 
 def test_tables_and_report_from_the_command_line(sweep, tmp_path, capsys):

@@ -222,7 +222,9 @@ class Protocol:
 
         if self.name == "dmd2":
             return {"fid": lambda u8: fid_transform(u8, self.resolution), "patch_fid": patch_transform}
-        return {"fid": lambda u8: u8}  # to_uint8 already cropped and resized it
+        # to_uint8 already cropped and resized a sampled image; images read from a folder get the same here
+        return {"fid": lambda u8: u8 if u8.shape[:2] == (self.resolution,) * 2 else
+                square_resize(Image.fromarray(u8), self.resolution)}
 
     def clip_options(self) -> dict:
         from .dmd2 import PREFIX

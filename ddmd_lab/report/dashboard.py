@@ -25,6 +25,15 @@ SECTIONS: dict[str, dict] = {
     "Losses and update norms": {
         "lines": ["loss_generator", "loss_critic", "gen/update_norm_ca", "gen/update_norm_dm", "gen/normaliser_ca",
                   "gen/normaliser_dm", "gen/tau_ca_mean", "gen/tau_dm_mean", "grad_norm_generator", "grad_norm_fake"]},
+    # the users' complaint about Decoupled DMD: oversaturated, yellowed images -- measured against the teacher's samples
+    # of the same prompts and noise (text-to-image) or against real test images (the grey image scales)
+    "Colour and contrast vs the teacher (oversaturation, colour cast)": {
+        "only": "text-to-image",
+        "lines": ["eval/hsv_saturation_vs_teacher", "eval/lab_b_vs_teacher", "eval/lab_a_vs_teacher",
+                  "eval/rms_contrast_vs_teacher", "eval/clipped_vs_teacher", "eval/hsv_saturation", "eval/lab_b"],
+        "bars": ["hsv_saturation_vs_teacher", "lab_b_vs_teacher"]},
+    "Contrast and clipping vs real images": {
+        "only": "image", "lines": ["eval/rms_contrast_vs_real", "eval/clipped_vs_real", "eval/rms_contrast", "eval/clipped"]},
     "CA and DM spectra by tau": {"media": ["media/term_spectra", "media/output_spectra"]},
     "Sample grids over training": {"media": ["media/samples"]},
 }
@@ -52,10 +61,13 @@ def workspace_spec(workspace) -> dict:
     return json.loads(workspace._to_model().model_dump_json(by_alias=True, exclude_none=True))
 
 
-def panel_keys() -> set[str]:
-    """Every logged key the workspace reads (for the test that they are all logged)."""
+def panel_keys(kind: str | None = None) -> set[str]:
+    """Every logged key the workspace reads (for the test that they are all logged); with ``kind``
+    ("image" or "text-to-image"), those of the sections meant for that kind of scale (and for all)."""
     keys = set()
     for spec in SECTIONS.values():
+        if kind is not None and spec.get("only", kind) != kind:
+            continue
         keys |= set(spec.get("lines", [])) | set(spec.get("media", [])) | {f"final_{k}" for k in spec.get("bars", [])}
     return keys
 

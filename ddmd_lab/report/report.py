@@ -160,12 +160,32 @@ def findings(runs, teacher: dict | None = None) -> list[str]:
                        f"of the observer fake's x0 {obs['fake_x0_hf_excess']:.3g}, of the frozen teacher's x0 "
                        f"{obs['teacher_x0_hf_excess']:.3g} -- the observer carries the excess, the teacher does not: "
                        f"{_verdict(obs['fake_x0_hf_excess'] > obs['teacher_x0_hf_excess'] and obs['fake_x0_hf_excess'] > 0 >= obs['teacher_x0_hf_excess'])}.")
+    out += colour_findings(runs)
     if teacher is not None:
         cen, mids = teacher["ca_centroid"], teacher["bins"].mean(axis=1)
         out.append("Teacher on real test images (`make spectra SCALE=...`): CA-vector spectral centroid per tau " +
                    ", ".join(f"{m:.2f}: {c:.2f}" for m, c in zip(mids, cen)) +
                    f" -- rises with tau (noisy tau shapes low frequencies, clean tau high ones): "
                    f"{_verdict(bool(np.all(np.diff(cen) > 0)))}.")
+    return out
+
+
+def colour_findings(runs) -> list[str]:
+    """Oversaturation and colour cast against the teacher's samples of the same prompts and noise (text-to-image
+    training evaluation; make eval-coco's where a run has it)."""
+    out = []
+    for (arm, steps), r in runs.items():
+        for where, m in (("training evaluation", r.summary), ("COCO-10k", r.coco)):
+            if m.get("hsv_saturation_vs_teacher") is not None:
+                out.append(f"{arm}, {steps}-step ({where}): saturation x{m['hsv_saturation_vs_teacher']:.3g} of the "
+                           f"teacher's, b* {m['lab_b_vs_teacher']:+.3g} and a* {m['lab_a_vs_teacher']:+.3g} against it, "
+                           f"contrast x{m['rms_contrast_vs_teacher']:.3g} -- more saturated than the teacher: "
+                           f"{'yes' if m['hsv_saturation_vs_teacher'] > 1 else 'no'}.")
+    c, h = runs.get(("decoupled_constrained", 4)), runs.get(("decoupled_hybrid", 4))
+    if c is not None and h is not None and "hsv_saturation_vs_teacher" in c.summary and "hsv_saturation_vs_teacher" in h.summary:
+        sc, sh = c.summary["hsv_saturation_vs_teacher"], h.summary["hsv_saturation_vs_teacher"]
+        out.append(f"Schedule #3 (decoupled_constrained) saturation x{sc:.3g} of the teacher's vs #4 (decoupled_hybrid) "
+                   f"x{sh:.3g} -- #3 more oversaturated, as the paper finds: {_verdict(sc > sh)}.")
     return out
 
 

@@ -1,7 +1,8 @@
 """Run folders as records: what tables, plots, notebooks and the report read.
 
 Nothing here computes a metric; everything comes from files a run wrote
-(config.yaml, summary.json, metrics.csv, spectra.npz, term_spectra.npz/json).
+(config.yaml, summary.json, metrics.csv, spectra.npz, term_spectra.npz/json, and the results.json of
+make eval-coco / eval-hps in coco10k/ and hpsv21/).
 """
 from __future__ import annotations
 
@@ -44,6 +45,20 @@ class RunRecord:
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
         return {k: np.array([float(r[k]) if r[k] not in ("", None) else np.nan for r in rows]) for k in rows[0]} if rows else {}
+
+    def _results(self, folder: str) -> dict:
+        path = self.path / folder / "results.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    @cached_property
+    def coco(self) -> dict:
+        """make eval-coco's results of this run (<run>/coco10k/results.json), {} before it ran."""
+        return self._results("coco10k")
+
+    @cached_property
+    def hps(self) -> dict:
+        """make eval-hps's results of this run (<run>/hpsv21/results.json), {} before it ran."""
+        return self._results("hpsv21")
 
     def npz(self, name: str) -> dict[str, np.ndarray] | None:
         path = self.path / name

@@ -6,6 +6,7 @@ row of the arm it describes.  Markdown or LaTeX.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,12 @@ REGULARISERS = {"none (CA only)": "ca_only", "mean-variance KL": "ca_meanvar", "
 FIG2_ARMS = {"CA": "ca_only", "CA+DM (coupled)": "coupled", "DM": "dm_only"}
 # summary keys left out of the results table (bookkeeping, or shown in their own figure)
 SKIP = {"step", "generator_steps", "nonfinite_samples", "critic_steps", "skipped_steps", "fid_samples", "out_of_range",
-        "out_mean_spread", "ranks", "ranks_identical"}
+        "out_mean_spread", "ranks", "ranks_identical", "clipped_r", "clipped_g", "clipped_b"}
+# colour relative to the teacher (eval/colour.py): ratios (x) for saturation and contrast, differences for the rest
+COLOUR_VS_TEACHER = {"sat. vs teacher (x)": "hsv_saturation_vs_teacher", "a* vs teacher": "lab_a_vs_teacher",
+                     "b* vs teacher": "lab_b_vs_teacher", "contrast vs teacher (x)": "rms_contrast_vs_teacher",
+                     "clipped vs teacher": "clipped_vs_teacher"}
+HPS_STYLES = ("anime", "concept-art", "paintings", "photo")
 SKIP_PREFIXES = ("observer_",)
 
 
@@ -176,12 +182,71 @@ def fig4a(runs) -> Table:
     return t
 
 
+def _teacher_results(runs_dir: str | Path, scale: str, name: str) -> dict:
+    """The teacher's own evaluation (make eval-coco / eval-hps without RUN writes it under runs/<scale>/teacher)."""
+    path = Path(runs_dir) / scale / "teacher" / name / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def table2_text_to_image(runs, paper: dict, teacher: dict | None = None) -> Table:
+    """Table 2 on a real model: make eval-coco's numbers (<run>/coco10k/results.json) beside the paper's."""
+    p = paper["table2"]
+    t = Table("Table 2: COCO-10k (make eval-coco), beside the paper's SDXL 4-step numbers",
+              ["arm", "student steps", "protocol", "FID", "patch-FID", "CLIP x100", "HPSv2.1", *COLOUR_VS_TEACHER,
+               "diversity (CLIP) vs teacher", "paper method", "paper FID", "paper CLIP x100", "paper HPSv2.1"])
+
+    def row(name, steps, c: dict, pr: dict) -> list:
+        return [name, steps, c.get("protocol"), c.get("fid"), c.get("patch_fid"), c.get("clip_score_x100"),
+                c.get("hpsv21"), *(c.get(k) for k in COLOUR_VS_TEACHER.values()), c.get("diversity_clip_vs_teacher"),
+                pr.get("name"), pr.get("fid"), pr.get("clip_score"), pr.get("hpsv21")]
+
+    if teacher:
+        t.rows.append(row("teacher", "–", teacher, {}))
+    for (arm, steps), r in runs.items():
+        t.rows.append(row(arm, steps, r.coco, _paper_row(p, arm) if steps == 4 else {}))
+    t.notes += [p["source"] + ". Ours: make eval-coco RUN=<run> COCO=<DMD2's coco10k folder>; comparable with the paper "
+                "only under protocol dmd2, SDXL, 4 steps. '–': not evaluated yet.",
+                "vs teacher: the run's teacher (many-step CFG at the run's alpha) on the same prompts and noise; "
+                "(x) ratios, 1 = as the teacher; a*, b*, clipped: differences, 0 = as the teacher.", *p.get("notes", [])]
+    return t
+
+
+def table1_text_to_image(runs, paper: dict, teacher: dict | None = None) -> Table:
+    """Table 1 on a real model: make eval-hps's HPSv2.1 (<run>/hpsv21/results.json) per schedule, beside the paper's."""
+    p = paper["table1"]
+    t = Table("Table 1: re-noising schedules #1 to #4 (4-step students), HPSv2.1 (make eval-hps) beside the paper's",
+              ["#", "arm", "HPSv2.1", *HPS_STYLES, *COLOUR_VS_TEACHER, "sat. vs teacher (x), training eval",
+               "paper DPG", "paper HPSv2.1", "paper HPSv3"])
+
+    def row(num, name, h: dict, s: dict, pr: dict) -> list:
+        return [num, name, h.get("hpsv21"), *(h.get(f"hpsv21_{st}") for st in HPS_STYLES),
+                *(h.get(k) for k in COLOUR_VS_TEACHER.values()), s.get("hsv_saturation_vs_teacher"),
+                pr.get("dpg"), pr.get("hpsv21"), pr.get("hpsv3")]
+
+    t.rows.append(row("ref.", "teacher", teacher or {}, {}, _paper_row(p, "teacher")))
+    for i, arm in enumerate(SCHEDULES, 1):
+        r = runs.get((arm, 4))
+        t.rows.append(row(i, arm, r.hps if r else {}, r.summary if r else {}, _paper_row(p, arm)))
+    t.notes += [p["source"] + " (Lumina-Image-2.0). Ours: make eval-hps RUN=<run> PROMPTS=<HPDv2 benchmark/ folder>; "
+                "HPSv2.1 x100 as the hpsv2 package prints it. DPG-Bench needs a VQA model that cannot be downloaded "
+                "here (make eval-dpg says so): no DPG column of ours.",
+                "The paper finds #3 (decoupled-constrained) oversaturated: its saturation vs the teacher above #4's."]
+    return t
+
+
 def paper_tables(runs_dir: str | Path, scale: str) -> list[Table]:
     runs = require_runs(runs_dir, scale)
     reference = scale_reference(runs)
     paper = paper_numbers()
     f = paper["findings"]
-    tables = [results_table(runs, reference), table2(runs, paper), table1(runs, paper, reference)]
+    from ..scales import TEXT_TO_IMAGE
+
+    if scale in TEXT_TO_IMAGE:
+        tables = [results_table(runs, reference),
+                  table2_text_to_image(runs, paper, _teacher_results(runs_dir, scale, "coco10k")),
+                  table1_text_to_image(runs, paper, _teacher_results(runs_dir, scale, "hpsv21"))]
+    else:
+        tables = [results_table(runs, reference), table2(runs, paper), table1(runs, paper, reference)]
     for steps in (4, 1):
         tables.append(curve_table(f"Fig. 2 analogue: CA vs CA+DM vs DM over training, {steps}-step", FIG2_ARMS, runs,
                                   steps, ("out_std", "hf_excess", "class_adherence"), note="Paper: " + f["fig2"]))

@@ -24,6 +24,7 @@ from ..config import RunConfig, scale_settings
 from ..data.images import ImageSet, load_image_set
 from ..data.steps import step_loader
 from ..eval.classifier import ClassifierMetrics, load_classifier, train_classifier
+from ..eval.colour import colour_stats, mean_stats, relative
 from ..eval.fid import InceptionFeatures, cached_reference_stats, fid_from_stats, stats
 from ..eval.grid import save_grid
 from ..eval.spectra import high_frequency_excess, raps, spectral_centroid
@@ -181,6 +182,9 @@ class Evaluator:
         real = real_eval_images(cfg)
         self.classifier = ClassifierMetrics(classifier(cfg), real)
         self.real_spectrum = raps(real)
+        # the colour reference these scales have for free: real test images (the teacher's row, measured like a
+        # student by reference_rows, carries the same metrics)
+        self.real_colour = mean_stats(colour_stats(real))
         self.spectra: list[np.ndarray] = []
         self.spectra_steps: list[int] = []
         if run_dir is not None and (run_dir / "spectra.npz").is_file():  # a resumed run keeps its curve
@@ -189,9 +193,11 @@ class Evaluator:
 
     def metrics(self, samples: torch.Tensor) -> dict:
         spectrum = raps(samples.clamp(-1, 1))
+        colour = mean_stats(colour_stats(samples))  # grey images: clipped share and RMS contrast
         return {**output_stats(samples), **self.classifier(samples, self.labels),
                 "hf_excess": high_frequency_excess(spectrum, self.real_spectrum),
-                "spectral_centroid": spectral_centroid(spectrum)}, spectrum
+                "spectral_centroid": spectral_centroid(spectrum), **colour,
+                **relative(colour, self.real_colour, "vs_real")}, spectrum
 
     def _sample(self, module, noise, labels, batch: int = 250) -> torch.Tensor:
         return torch.cat([module.sample(noise[i:i + batch].to(module.device), labels[i:i + batch].to(module.device)).cpu()

@@ -52,6 +52,9 @@ DATA_DEFAULTS = {
     "eval_prompts": ["a photo of a cat sitting on a windowsill", "a red double-decker bus on a city street",
                      "a bowl of fruit on a wooden table", "a snowy mountain landscape at sunrise"],
     "eval_batch": 4,
+    # colour of the evaluation samples also relative to the teacher's many-step CFG samples of the same prompts and
+    # noise at the run's alpha (*_vs_teacher): sampled once at the first evaluation, cached under cache_dir/teacher_eval
+    "eval_vs_teacher": True,
 }
 EVAL_SEED = 1234
 VAE_BATCH = 4  # real images per VAE encode (the encoder in float32 at 1024 px: a few GiB of activations each)
@@ -332,7 +335,9 @@ def condition_loader(cfg: RunConfig, start_step: int = 0):
 class Evaluator:
     """Sample grid of fixed prompts and noise at every evaluation point, with the output
     statistics of the decoded images (the variance curves: CA-only's oversaturation shows
-    up as rising std and saturated share) and of the latents."""
+    up as rising std and saturated share) and of the latents, and their colour and contrast
+    (eval/colour.py), also relative to the teacher's samples of the same prompts and noise
+    (eval/teacher_reference.py; data.eval_vs_teacher)."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path | None = None):
         self.cfg, self.run_dir = cfg, run_dir
@@ -351,6 +356,11 @@ class Evaluator:
                 self.rows = encode_rows(self.model, self.prompts, self.batch)
         gen = torch.Generator().manual_seed(EVAL_SEED)
         self.noise = torch.randn(n, *self.model.backbone.sample_shape, generator=gen)
+        self.teacher_colour = None
+        if d["eval_vs_teacher"]:
+            from ..eval.teacher_reference import TeacherColour
+
+            self.teacher_colour = TeacherColour(cfg, self.model, self.prompts, self.rows, self.noise, self.batch, EVAL_SEED)
 
     def samples(self, module) -> tuple[torch.Tensor, torch.Tensor]:
         """(latents, images in [-1, 1]) of the student on the fixed prompts and noise."""
@@ -369,6 +379,12 @@ class Evaluator:
         latents, images = self.samples(module)
         metrics = {**output_stats(images), "latent_std": latents.flatten(1).std(1).mean().item(),
                    "spectral_centroid": spectral_centroid(raps(images))}
+        from ..eval.colour import colour_stats, mean_stats, relative
+
+        colour = mean_stats(colour_stats(images))
+        metrics.update(colour)
+        if self.teacher_colour is not None:
+            metrics.update(relative(colour, self.teacher_colour.get(module), "vs_teacher"))
         if self.run_dir is not None:
             save_grid(images, self.run_dir / "samples" / f"step_{module.step_count:07d}.png",
                       nrow=self.nrow)
@@ -380,4 +396,17 @@ def make_evaluator(cfg: RunConfig, run_dir: Path | None = None) -> Evaluator:
 
 
 def reference_rows(cfg: RunConfig) -> dict[str, dict]:
-    return {}  # the teacher's reference numbers for these scales are COCO-10k's (make eval-coco)
+    """The teacher's colour row on the evaluator's prompts and noise, where a run's first evaluation
+    cached it (nothing is sampled here); its COCO-10k / HPSv2.1 numbers come from make eval-coco / eval-hps."""
+    from ..eval.teacher_reference import read_reference, reference_path
+
+    d = data_settings(cfg)
+    prompts = list(d["eval_prompts"])
+    n = min(max(cfg.eval_samples, len(prompts)), 64)  # as the Evaluator
+    try:
+        ref = read_reference(reference_path(cfg, [prompts[i % len(prompts)] for i in range(n)], EVAL_SEED))
+    except UserError:  # the checkpoint is not here (another machine's runs): no row
+        return {}
+    if ref is None:
+        return {}
+    return {f"teacher, {ref['steps']}-step CFG, alpha={ref['alpha']:g}": ref["colour"]}
