@@ -387,6 +387,17 @@ def test_eval_hps_and_dpg_from_the_cli(sdxl_run, tiny_hps, tmp_path, monkeypatch
     assert sorted(p.name for p in (sdxl_run / "hpsv21" / "images" / "photo").iterdir()) == \
         ["00000.png", "00001.png", "00002.png"]
     assert main(["eval-dpg"]) == 2 and "mPLUG" in capsys.readouterr().err
+    # the teacher itself (no RUN: the scale's checkpoint), few steps: Table 1's reference row
+    from ddmd_lab.config import read_config
+
+    cfg = read_config(sdxl_run / "config.yaml")
+    sets = [f"teacher.source={cfg.teacher['source']}", "teacher.resolution=32", "teacher.text_dtype=float32",
+            f"runs_dir={cfg.runs_dir}", f"cache_dir={cfg.cache_dir}"]
+    assert main(["eval-hps", "--scale", "sdxl", *[a for s in sets for a in ("--set", s)], "--sample-steps", "4",
+                 "--prompts", str(bench), "--per-style", "2", "--hps-model", str(tiny_hps[0]), "--hps-weights",
+                 str(tiny_hps[1]), "--diversity", "0", "--device", "cpu"]) == 0
+    teacher = json.loads((sdxl_run.parents[2] / "sdxl" / "teacher" / "hpsv21" / "results.json").read_text())
+    assert teacher["n"] == 4 and teacher["teacher"] is None and teacher["source"]["run"] is None
 
 
 def test_training_evaluator_colour_vs_the_teacher(sdxl_run):
@@ -432,6 +443,8 @@ def test_tables_and_report_show_the_evaluations_beside_the_paper(sdxl_run, tmp_p
     assert four["arm"] == "decoupled_hybrid" and four["HPSv2.1"] == hps["hpsv21"] and four["photo"] == hps["hpsv21_photo"]
     assert four["paper HPSv2.1"] == 32.29 and four["paper DPG"] == 85.85 and four["anime"] == hps["hpsv21_anime"]
     assert dict(zip(t1.columns, t1.rows[1]))["HPSv2.1"] is None  # coupled was not run: missing, never invented
+    ref = dict(zip(t1.columns, t1.rows[0]))
+    assert ref["arm"] == "teacher" and ref["HPSv2.1"] is not None and ref["paper HPSv2.1"] == 30.20
     results = tables["Every arm after the same number of generator steps"]
     assert {"hsv_saturation_vs_teacher", "lab_b_vs_teacher"} <= set(results.columns)
     assert "clipped_r" not in results.columns and any(str(r[0]).startswith("teacher, 50-step") for r in results.rows)

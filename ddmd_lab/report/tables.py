@@ -215,13 +215,13 @@ def table1_text_to_image(runs, paper: dict, teacher: dict | None = None) -> Tabl
     """Table 1 on a real model: make eval-hps's HPSv2.1 (<run>/hpsv21/results.json) per schedule, beside the paper's."""
     p = paper["table1"]
     t = Table("Table 1: re-noising schedules #1 to #4 (4-step students), HPSv2.1 (make eval-hps) beside the paper's",
-              ["#", "arm", "HPSv2.1", *HPS_STYLES, *COLOUR_VS_TEACHER, "sat. vs teacher (x), training eval",
-               "paper DPG", "paper HPSv2.1", "paper HPSv3"])
+              ["#", "arm", "HPSv2.1", *HPS_STYLES, *COLOUR_VS_TEACHER, "diversity (Inception) vs teacher",
+               "sat. vs teacher (x), training eval", "paper DPG", "paper HPSv2.1", "paper HPSv3"])
 
     def row(num, name, h: dict, s: dict, pr: dict) -> list:
         return [num, name, h.get("hpsv21"), *(h.get(f"hpsv21_{st}") for st in HPS_STYLES),
-                *(h.get(k) for k in COLOUR_VS_TEACHER.values()), s.get("hsv_saturation_vs_teacher"),
-                pr.get("dpg"), pr.get("hpsv21"), pr.get("hpsv3")]
+                *(h.get(k) for k in COLOUR_VS_TEACHER.values()), h.get("diversity_inception_vs_teacher"),
+                s.get("hsv_saturation_vs_teacher"), pr.get("dpg"), pr.get("hpsv21"), pr.get("hpsv3")]
 
     t.rows.append(row("ref.", "teacher", teacher or {}, {}, _paper_row(p, "teacher")))
     for i, arm in enumerate(SCHEDULES, 1):
