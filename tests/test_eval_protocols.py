@@ -361,7 +361,9 @@ def test_eval_coco_dmd2_of_a_student_from_the_cli(sdxl_run, tiny_clip, tiny_hps,
 
     # the reference set scored as if generated: FID and patch-FID ~0 through the same command
     out = tmp_path / "self"
-    assert main(["eval-coco", "--images", str(data / "coco10k" / "subset"), "--out", str(out), "--n", "6", *common]) == 0
+    assert main(["eval-coco", "--images", str(data / "coco10k" / "subset"), "--out", str(out), "--n", "6",
+                 "--set", f"cache_dir={tmp_path / 'cache'}", *common]) == 0
+    assert len(list((tmp_path / "cache" / "coco").glob("dmd2_ref_*.npz"))) == 2  # FID and patch-FID references
     own = json.loads((out / "coco10k" / "results.json").read_text())
     assert abs(own["fid"]) < 1e-3 and abs(own["patch_fid"]) < 1e-3 and own["fid"] * 1e3 < r["fid"]
     assert own["teacher"] is None and own["diversity"] is None and own["source"]["images"]

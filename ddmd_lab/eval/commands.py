@@ -122,7 +122,12 @@ def eval_coco(args) -> dict:
     coco = Path(args.coco).expanduser()
     protocol = Protocol(choose_protocol(coco, args.protocol), args.resolution)
     cfg = _run_config(args)
-    cache = Path(cfg.cache_dir if cfg else RunConfig.cache_dir) / "coco"
+    if cfg is not None:
+        cache = Path(cfg.cache_dir) / "coco"
+    else:  # IMAGES without a run: SET="cache_dir=..." or the default
+        from ..config import parse_overrides
+
+        cache = Path(parse_overrides(args.overrides).get("cache_dir", RunConfig.cache_dir)) / "coco"
     device = _device(args)
     features = InceptionFeatures(device, progress=True)
     if protocol.name == "dmd2":
