@@ -26,6 +26,7 @@ from .errors import UserError
 # Fault injection for tests: "kill_during_write:N" SIGKILLs the process while
 # it writes its N-th checkpoint (after the temporary file is half written).
 FAULT_ENV = "DDMD_FAULT"
+WRITE_MODEL_WEIGHTS_ONLY = False  # a resumable checkpoint: optimiser states, counters, RNG and callbacks too
 
 
 class AtomicCheckpoint(pl.Callback):
@@ -41,7 +42,11 @@ class AtomicCheckpoint(pl.Callback):
         target = self.folder / name
         tmp = self.folder / f".{name}.{os.getpid()}.tmp"
         start = time.perf_counter()
-        trainer.save_checkpoint(tmp, weights_only=False)  # every rank calls it; Lightning writes on global rank 0
+        # every rank calls it; Lightning writes on global rank 0.  Lightning's weights_only here says what is
+        # *written* (True: the model's weights alone, no optimiser or callback states), not how a file is read
+        # (checkpoints are read with torch.load(weights_only=True): io.safe_torch_load); naming it also keeps
+        # Lightning from logging "`weights_only` was not set" at every save.
+        trainer.save_checkpoint(tmp, weights_only=WRITE_MODEL_WEIGHTS_ONLY)
         self.writes += 1
         if trainer.is_global_zero:
             size, seconds = tmp.stat().st_size, time.perf_counter() - start

@@ -23,6 +23,7 @@ from .backbones.text_to_image import TextToImage
 from .config import RunConfig, read_config
 from .errors import UserError
 from .guidance import alpha_from_offset
+from .io import safe_torch_load
 from .rollout import Guided, sample_student, times_for_model
 
 OFFSET_FAMILIES = {"zimage"}
@@ -116,8 +117,10 @@ def _load_student(cfg: RunConfig, ckpt: Path):
     from .module import DistillModule
     from .scales.text2image import load_model
 
+    # read first: a refused checkpoint stops before the pipeline loads
+    checkpoint = safe_torch_load(ckpt, "sample from a checkpoint ddmd_lab wrote (the run's own checkpoints/final.ckpt)",
+                                 "checkpoint", mmap=True)
     model = load_model(cfg, fresh=True)
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
     if int(cfg.lora.get("rank", 0)) > 0:
         module = DistillModule(model.backbone, cfg)
         module.load_weights(checkpoint)  # refuses a checkpoint of another teacher

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .config import read_config
 from .errors import UserError
 from .eval.spectra import raps
 from .eval.term_spectra import term_spectra
-from .io import atomic_save_npz
+from .io import atomic_save_npz, safe_torch_load
 from .module import DistillModule
 from .scales import get_scale
 
@@ -20,8 +18,10 @@ def load_run(run_dir: Path, checkpoint: str = "final.ckpt") -> DistillModule:
     path = run_dir / "checkpoints" / checkpoint
     if not path.is_file():
         raise UserError(f"{path} does not exist; the run has not finished (resume it with RESUME={run_dir}).")
+    checkpoint = safe_torch_load(path, "use a checkpoint ddmd_lab wrote (the run's own checkpoints/final.ckpt)",
+                                 "checkpoint", mmap=True)  # first: a refused checkpoint loads no teacher
     module = DistillModule(get_scale(cfg.scale).load_teacher(cfg), cfg)
-    module.load_weights(torch.load(path, map_location="cpu", weights_only=False, mmap=True))
+    module.load_weights(checkpoint)
     return module.eval()
 
 

@@ -1,10 +1,12 @@
-"""Files that must never be half-written or overwritten."""
+"""Files that must never be half-written or overwritten, nor run code when read."""
 from __future__ import annotations
 
 import os
 import secrets
 import time
 from pathlib import Path
+
+from .errors import UserError
 
 
 def _tmp_beside(path: Path) -> Path:
@@ -45,6 +47,28 @@ def atomic_torch_save(obj, path: Path) -> None:
     tmp = _tmp_beside(path)
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def safe_torch_load(path: Path, fix: str, what: str = "file", mmap: bool = False):
+    """``torch.load`` with ``weights_only=True``: tensors and plain values only, so a file from someone
+    else cannot run code on load (a pickle's globals are never called).  A file that needs more, or
+    cannot be read, stops with one sentence ending in ``fix``."""
+    import pickle
+    import re
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise UserError(f"{what} {path} cannot be read (UnpicklingError: not a torch file); {fix}.") from None
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        names = f" (its pickle refers to {found.group(1)})" if found else ""
+        raise UserError(f"{what} {path} holds pickled Python objects besides tensors and plain values{names}, "
+                        f"which could run code when loaded, so it was refused unread; {fix}.") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:  # missing, truncated, not a torch file
+        raise UserError(f"{what} {path} cannot be read ({exc.__class__.__name__}); {fix}.") from None
 
 
 def new_run_dir(root: Path, scale: str, arm: str, seed: int) -> Path:

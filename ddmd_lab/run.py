@@ -16,9 +16,10 @@ from .checkpointing import AtomicCheckpoint, resolve_resume
 from .config import RunConfig, read_config, save_config
 from .errors import UserError
 from .eval.callback import EvalCallback
-from .io import atomic_write_text, new_run_dir
+from .io import atomic_write_text, new_run_dir, safe_torch_load
 from .memory_plan import write_run_plan
 from .module import DistillModule
+from .progress import StepProgressBar
 from .scales import TEXT_TO_IMAGE, get_scale
 
 
@@ -28,11 +29,18 @@ def make_loggers(cfg: RunConfig, run_dir: Path) -> list:
         # Offline unless the user asked for online: nothing may wait on the network.
         if cfg.wandb == "offline":
             os.environ["WANDB_MODE"] = "offline"
+        import wandb
         from pytorch_lightning.loggers import WandbLogger
 
-        loggers.append(WandbLogger(project="ddmd_lab", name=run_dir.name, save_dir=str(run_dir),
-                                   offline=cfg.wandb == "offline", config=cfg.to_dict(),
-                                   group=f"{cfg.scale}/{cfg.arm.name}"))
+        # W&B's banners off: offline, the run's summary says how to sync (silent); online, its link stays (quiet)
+        settings = wandb.Settings(silent=True) if cfg.wandb == "offline" else wandb.Settings(quiet=True)
+        logger = WandbLogger(project="ddmd_lab", name=run_dir.name, save_dir=str(run_dir),
+                             offline=cfg.wandb == "offline", config=cfg.to_dict(),
+                             group=f"{cfg.scale}/{cfg.arm.name}", settings=settings)
+        # Lightning passes wandb.init an `anonymous` it no longer reads, and W&B warns about it at every run
+        # (wandb/wandb#10909 names Lightning's logger): leave it out
+        getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+        loggers.append(logger)
     return loggers
 
 
@@ -88,11 +96,14 @@ def resume_ablation(target: str, scale: str | None = None, arm: str | None = Non
     if (scale and scale != cfg.scale) or (arm and arm != cfg.arm.name):
         raise UserError(f"RESUME={target} is a run of arm {cfg.arm.name!r} at scale {cfg.scale!r}, not "
                         f"{arm or cfg.arm.name!r} at {scale or cfg.scale!r}; drop ARM/SCALE or pass the run's own.")
+    fix = "resume from another checkpoint of the run (one ddmd_lab wrote), or start a new run"
+    checkpoint = safe_torch_load(ckpt, fix, "checkpoint", mmap=True)
     try:
-        step = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["ddmd_counters"]["step_count"]
-    except Exception as exc:
-        raise UserError(f"checkpoint {ckpt} cannot be read ({exc.__class__.__name__}); resume from another "
-                        "checkpoint of the run, or start a new run.") from None
+        step = checkpoint["ddmd_counters"]["step_count"]
+    except (KeyError, TypeError):
+        raise UserError(f"checkpoint {ckpt} holds no ddmd_lab step counter, so it is not a checkpoint of a "
+                        f"distillation run; {fix}.") from None
+    del checkpoint
     _drop_rows_after(run_dir / "metrics.csv", step)
     for partial in (run_dir / "checkpoints").glob(".*.tmp"):  # half-written by the killed process
         partial.unlink()
@@ -127,7 +138,8 @@ def _fit(cfg: RunConfig, run_dir: Path, teacher, ckpt_path: Path | None = None, 
         use_distributed_sampler=False,  # every rank reads its own batch of each step (data/steps.py)
         logger=make_loggers(cfg, run_dir),
         # order matters: the checkpoint after a step already holds that step's evaluation
-        callbacks=[EvalCallback(scale.make_evaluator(cfg, run_dir), run_dir, cfg.eval_every), checkpoints],
+        callbacks=[EvalCallback(scale.make_evaluator(cfg, run_dir), run_dir, cfg.eval_every, figures=run_figures),
+                   checkpoints, *([StepProgressBar("distillation")] if cfg.progress_bar else [])],
         log_every_n_steps=cfg.log_every,
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
@@ -135,11 +147,20 @@ def _fit(cfg: RunConfig, run_dir: Path, teacher, ckpt_path: Path | None = None, 
         num_sanity_val_steps=0,
     )
     try:
-        trainer.fit(module, scale.condition_loader(cfg, start_step), ckpt_path=ckpt_path)
+        # weights_only: Lightning reads the checkpoint (already read safely above) without running pickled code
+        trainer.fit(module, scale.condition_loader(cfg, start_step), ckpt_path=ckpt_path, weights_only=True)
         checkpoints.save(trainer, "final.ckpt")
     finally:
         _finish_wandb(trainer.loggers)
     return run_dir
+
+
+def run_figures(run_dir: Path, cfg: RunConfig) -> dict[str, str]:
+    """The report's figures of a finished run (the evaluation callback hands over its folder)."""
+    from .report.plots import run_figures as figures
+    from .report.runs import RunRecord
+
+    return figures(RunRecord(run_dir, cfg))
 
 
 def allow_tf32() -> None:

@@ -249,7 +249,7 @@ def write_embeddings(folder: Path, encode: Callable[[list[str]], list], prompts:
                     files[name].write(data)
                     total += len(data)
                     offsets[name].append(offsets[name][-1] + t.shape[0])
-            bar.update(len(rows))
+            bar.advance(len(rows))
         bar.close()
         for name, f in files.items():
             f.flush()
@@ -281,16 +281,7 @@ def write_embeddings(folder: Path, encode: Callable[[list[str]], list], prompts:
 
 
 def _progress(total: int, enabled: bool):
-    try:
-        from tqdm import tqdm
+    """A bar on a terminal, plain lines every few percent elsewhere (progress.py)."""
+    from ..progress import Progress
 
-        return tqdm(total=total, desc="embedding prompts", unit="prompt", disable=None if enabled else True)
-    except ImportError:  # pragma: no cover
-        class _Nothing:
-            def update(self, n):
-                pass
-
-            def close(self):
-                pass
-
-        return _Nothing()
+    return Progress(total, "embedding prompts", "prompt", enabled=enabled)

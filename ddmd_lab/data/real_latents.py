@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..eval.coco import square_resize, uint8_to_signed
-from ..io import atomic_torch_save
+from ..io import atomic_torch_save, safe_torch_load
 
 SUBSET_SEED = 0  # which images a capped set keeps: fixed, so every run and seed shares one cache
 
@@ -162,4 +162,4 @@ def cached_latents(cache_dir: str | Path, vae, files: list[Path], resolution: in
         latents = encode_files(vae, files, resolution, batch, torch.device(device))
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"latents": latents, "files": [f.name for f in files]}, path)
-    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)["latents"]
+    return safe_torch_load(path, f"delete {path} (it is rebuilt from the images)", "real-latent cache", mmap=True)["latents"]

@@ -19,8 +19,11 @@ from .wandb_media import log_final, log_step_media
 
 
 class EvalCallback(pl.Callback):
-    def __init__(self, evaluate: Callable, run_dir: Path, every: int):
-        self.evaluate, self.run_dir, self.every = evaluate, Path(run_dir), every
+    """``figures(run_dir, cfg) -> {W&B key: PNG file name in run_dir}``: made from the finished run's
+    measurements, logged with the summary (run.run_figures: the report's plots); None: none."""
+
+    def __init__(self, evaluate: Callable, run_dir: Path, every: int, figures: Callable | None = None):
+        self.evaluate, self.run_dir, self.every, self.figures = evaluate, Path(run_dir), every, figures
         self.rows: list[dict] = []
 
     def _record(self, module) -> dict:
@@ -71,10 +74,8 @@ class EvalCallback(pl.Callback):
             module.train(was_training)
         summary = {**last, **extra, **ranks, "skipped_steps": module.skipped_steps, "critic_steps": module.critic_step_count}
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
-        from ..report.plots import run_figures
-        from ..report.runs import RunRecord
-
-        log_final(module.loggers, self.run_dir, run_figures(RunRecord(self.run_dir, module.cfg)), summary)
+        figures = self.figures(self.run_dir, module.cfg) if self.figures is not None else {}
+        log_final(module.loggers, self.run_dir, figures, summary)
 
 
 def ranks_identical(module) -> bool:

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..errors import UserError
-from ..io import atomic_torch_save, atomic_write_text
+from ..io import atomic_torch_save, atomic_write_text, safe_torch_load
+from ..progress import StepProgressBar
 from .fid import fid_from_stats, stats
 
 
@@ -70,7 +71,8 @@ def train_classifier(train_images: Tensor, train_labels: Tensor, test_images: Te
     net = SmallClassifier(num_classes, channels=train_images.shape[1])
     loader = DataLoader(TensorDataset(train_images, train_labels), batch_size=256, shuffle=True)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=progress)
+                         enable_model_summary=False, enable_progress_bar=progress,
+                         callbacks=[StepProgressBar("classifier")] if progress else [])
     trainer.fit(ClassifierModule(net), loader)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(net.state_dict(), folder / "classifier.pt")
@@ -82,8 +84,9 @@ def train_classifier(train_images: Tensor, train_labels: Tensor, test_images: Te
 def load_classifier(folder: Path, num_classes: int, channels: int = 1) -> SmallClassifier:
     path = Path(folder) / "classifier.pt"
     net = SmallClassifier(num_classes, channels)
+    weights = safe_torch_load(path, f"delete {path.parent} and run `make classifier` again", "classifier file")
     try:
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        net.load_state_dict(weights)
     except Exception as exc:
         raise UserError(f"the classifier at {path} cannot be loaded ({exc.__class__.__name__}); "
                         f"delete {path.parent} and run `make classifier` again.") from None

@@ -39,11 +39,13 @@ class InceptionFeatures:
 
     def of_uint8(self, u8: np.ndarray) -> np.ndarray:
         """uint8 pixels (N, H, W, 3), e.g. images read from disk."""
-        from tqdm.auto import tqdm
+        from ..progress import track
 
-        feats = []
-        for i in tqdm(range(0, len(u8), self.batch_size), desc="Inception features", unit="batch",
-                      disable=not self.progress, leave=False):
+        feats, starts = [], range(0, len(u8), self.batch_size)
+        # a bar (or plain lines off a terminal) for more than one batch; callers that stream one batch at a time
+        # count their own progress
+        for i in track(starts, len(starts), "Inception features", "batch", enabled=self.progress and len(starts) > 1,
+                       leave=False):
             batch = np.stack([self.resize(img) for img in u8[i:i + self.batch_size]])  # float 0..255, 299x299
             feats.append(self.fn(torch.from_numpy(batch).permute(0, 3, 1, 2).float()).cpu().numpy())
         return np.concatenate(feats)

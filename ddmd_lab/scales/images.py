@@ -31,6 +31,7 @@ from ..eval.spectra import high_frequency_excess, raps, spectral_centroid
 from ..eval.stats import output_stats
 from ..eval.term_spectra import observer_excess, term_spectra
 from ..io import atomic_save_npz, atomic_write_text, publish_dir
+from ..progress import StepProgressBar
 from ..rollout import teacher_cfg_sample
 from ..teacher_module import TeacherModule
 
@@ -103,7 +104,8 @@ def train_teacher(cfg: RunConfig) -> Path:
     module = TeacherModule(backbone, lr=t["lr"], p_uncond=t["p_uncond"], total_steps=t["steps"])
     loader = DataLoader(TensorDataset(data.images, data.labels), batch_size=t["batch_size"], shuffle=True, drop_last=True)
     trainer = pl.Trainer(max_steps=t["steps"], accelerator=cfg.accelerator, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=cfg.progress_bar)
+                         enable_model_summary=False, enable_progress_bar=cfg.progress_bar,
+                         callbacks=[StepProgressBar(f"{cfg.scale} teacher")] if cfg.progress_bar else [])
     trainer.fit(module, loader)
     staging = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
     backbone.save(staging)

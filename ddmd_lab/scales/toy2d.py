@@ -21,7 +21,8 @@ from ..data.steps import step_loader
 from ..data.toy2d import ToyMixture
 from ..errors import UserError
 from ..eval.distances import classwise_energy_distance
-from ..io import atomic_write_text, publish_dir
+from ..io import atomic_write_text, publish_dir, safe_torch_load
+from ..progress import StepProgressBar
 from ..rollout import teacher_cfg_sample
 from ..teacher_module import TeacherModule
 
@@ -65,7 +66,8 @@ def train_teacher(cfg: RunConfig) -> Path:
     module = TeacherModule(backbone, lr=t["lr"], p_uncond=t["p_uncond"], total_steps=t["steps"])
     loader = DataLoader(TensorDataset(x0, labels), batch_size=t["batch_size"], shuffle=True, drop_last=True)
     trainer = pl.Trainer(max_steps=t["steps"], accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=cfg.progress_bar)
+                         enable_model_summary=False, enable_progress_bar=cfg.progress_bar,
+                         callbacks=[StepProgressBar("toy2d teacher")] if cfg.progress_bar else [])
     trainer.fit(module, loader)
     staging = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
     staging.mkdir(parents=True)
@@ -93,11 +95,12 @@ def load_teacher(cfg: RunConfig) -> ToyFlowMLP:
     if not path.is_file():
         train_teacher(cfg)
     backbone = build_backbone(cfg)
+    fix = f"delete {path.parent} or run `make teacher SCALE=toy2d SET=...` again with --retrain"
+    weights = safe_torch_load(path, fix, "teacher weights file")
     try:
-        backbone.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as exc:  # truncated file, wrong architecture, not a state dict
-        raise UserError(f"the teacher weights at {path} cannot be loaded ({exc.__class__.__name__}); "
-                        f"delete {path.parent} or run `make teacher SCALE=toy2d SET=...` again with --retrain.") from None
+        backbone.load_state_dict(weights)
+    except Exception as exc:  # wrong architecture, not a state dict
+        raise UserError(f"the teacher weights at {path} cannot be loaded ({exc.__class__.__name__}); {fix}.") from None
     return backbone
 
 
