@@ -340,8 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arm", default=None, help=f"arm name (default {DEFAULT_ARM})")
     _common(p)
     p.add_argument("--gpu-gib", type=float, default=None, help="memory of one GPU in GiB (default 80; an H200: 140)")
-    p.add_argument("--fsdp-teacher", choices=("shard", "replicate"), default="shard",
-                   help="under strategy=fsdp: the frozen teacher sharded like the trained weights, or replicated")
+    p.add_argument("--fsdp-teacher", choices=("shard", "replicate"), default=None,
+                   help="under strategy=fsdp: the frozen teacher sharded like the trained weights, or replicated "
+                   "(default: the config's fsdp_teacher, as the run does)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("embed", help="text conditions of data.prompts (and the eval prompts) computed once into "

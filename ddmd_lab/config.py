@@ -63,9 +63,10 @@ class RunConfig:
     cache_dir: str = "artifacts"
     accelerator: str = "cpu"
     devices: Any = 1
-    # Lightning's strategy by name ("auto", "ddp", "fsdp", ...; "ddp" gets find_unused_parameters,
-    # since each optimiser's backward leaves the other model unused) and nodes for its launchers.
+    # Data parallelism (sharding.py): "ddp" averages each optimiser's own gradients after its backward
+    # (no DDP wrapper), "fsdp" shards each model block by block; other names go to Lightning as they are.
     strategy: str = "auto"
+    fsdp_teacher: str = "shard"  # under fsdp: the frozen teacher sharded like the trained models, or replicate(d)
     # LoRA on one shared frozen base (lora.py): {rank: 0} is full fine-tuning of two copies
     lora: dict = field(default_factory=lambda: {"rank": 0})
     precision: str = "32-true"  # Lightning's precision, e.g. "bf16-mixed" (autocast; the math stays float32/64)
@@ -98,6 +99,11 @@ class RunConfig:
             (self.wandb in ("offline", "online", "disabled"), "wandb must be offline, online or disabled"),
             (set(self.lora) <= {"rank", "alpha", "targets"} and int(self.lora.get("rank", 0)) >= 0,
              "lora takes rank (0 = off), alpha and targets, e.g. lora={rank: 16, alpha: 16}"),
+            (self.fsdp_teacher in ("shard", "replicate"), "fsdp_teacher must be shard or replicate"),
+            (not (self.strategy == "fsdp" and int(self.lora.get("rank", 0))),
+             "strategy=fsdp does not take LoRA (the adapters sit inside the frozen base's shards, so each backward "
+             "would reduce-scatter a gradient buffer the size of the base); LoRA holds one base and fits one GPU "
+             "(make plan): use strategy=ddp, or lora.rank=0 for sharded full fine-tuning"),
         ]
         for ok, message in checks:
             if not ok:

@@ -11,8 +11,8 @@ follows the code:
   copy with gradients and AdamW's two states (exp_avg, exp_avg_sq) in its dtype.
 - LoRA (lora.rank > 0): one frozen base (the teacher) and two peft adapters on
   the ``lora.targets`` linears (lora.py); peft gives adapters the base's dtype.
-- ``ddp``: everything replicated, plus DDP's gradient buckets (a second copy of
-  the gradients: Lightning leaves gradient_as_bucket_view off).  ``fsdp``:
+- ``ddp``: everything replicated, plus one flattened bucket of the stepped model's
+  gradients at a time (sharding.average_gradients; no DDP wrapper).  ``fsdp``:
   trained weights, gradients and optimiser states divided by the GPUs, the
   frozen teacher sharded or replicated (``fsdp_teacher``), plus the gathered
   block.  ``auto`` on one GPU: everything once.
@@ -44,6 +44,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 DEFAULT_GPU_GIB = 80.0  # A100 / H100 80 GB (80 GiB); an H200's 141 GB is ~140 GiB
 DEFAULT_MARGIN = 0.10  # kept free: CUDA context, cuBLAS/NCCL workspaces, allocator fragmentation
 PLAN_FILE = "memory_plan.json"
+DDP_BUCKET_BYTES = 25 * 2 ** 20  # sharding.BUCKET_BYTES: gradients are all-reduced in flattened buckets this big
 
 # Blocks diffusers' enable_gradient_checkpointing() recomputes (class names; a name prefix where
 # only some instances are): SDXL checkpoints its resnets and transformer blocks, Z-Image its
@@ -138,7 +139,7 @@ def components(f: Facts, s: Settings) -> dict[str, int]:
         "fake": math.ceil(trained * rb / shard) if s.train_fake else 0,
         "gradients": math.ceil(n_trained * trained * rb / shard),
         "optimizer": math.ceil(2 * n_trained * trained * rb / shard),  # AdamW: exp_avg + exp_avg_sq
-        "ddp_buckets": n_trained * trained * rb if s.strategy == "ddp" else 0,
+        "ddp_buckets": min(trained * rb, DDP_BUCKET_BYTES) if s.strategy == "ddp" else 0,
         # autocast keeps the low-precision copy of each float32 weight that requires grad
         "autocast_cache": n_trained * trained * compute_bytes(s.precision) if mixed and rb == 4 and s.strategy != "fsdp" else 0,
         # FSDP: one block gathered, the next prefetched, its unsharded gradient (compute dtype)
@@ -166,7 +167,7 @@ DESCRIPTIONS = {
     "fake": "fake-model weights (full copy or LoRA adapter)",
     "gradients": "gradients of the trained weights",
     "optimizer": "AdamW exp_avg + exp_avg_sq",
-    "ddp_buckets": "DDP gradient buckets (second gradient copy)",
+    "ddp_buckets": "ddp: one all-reduce bucket of the stepped model's gradients",
     "autocast_cache": "autocast's bf16 copies of float32 trained weights",
     "fsdp_gathered": "FSDP: gathered + prefetched block, its gradient",
     "text_encoders": "frozen text encoders (0: prompts precomputed)",
@@ -492,7 +493,7 @@ def teacher_queries(arm) -> int:
     return max(int(arm.uses_dm) + (int(not shared) + 1 if arm.uses_ca else 0), 1)
 
 
-def settings_from_config(cfg, gpu_gib: float | None = None, fsdp_teacher: str = "shard",
+def settings_from_config(cfg, gpu_gib: float | None = None, fsdp_teacher: str | None = None,
                          margin: float = DEFAULT_MARGIN) -> tuple[Settings, dict]:
     from .config import scale_settings
     from .scales.text2image import TEACHER_DEFAULTS, data_settings
@@ -501,6 +502,7 @@ def settings_from_config(cfg, gpu_gib: float | None = None, fsdp_teacher: str = 
     for key in ("dtype", "text_dtype"):
         if t[key] is not None and t[key] not in DTYPE_BYTES:
             raise UserError(f"teacher.{key} must be one of {', '.join(DTYPE_BYTES)}, got {t[key]!r}.")
+    fsdp_teacher = fsdp_teacher or cfg.fsdp_teacher  # the run's own key unless the plan is asked another
     if fsdp_teacher not in ("shard", "replicate"):
         raise UserError(f"fsdp_teacher must be shard or replicate, got {fsdp_teacher!r}.")
     gpus = world_size(cfg)
@@ -513,7 +515,7 @@ def settings_from_config(cfg, gpu_gib: float | None = None, fsdp_teacher: str = 
     return s, t
 
 
-def memory_plan(cfg, gpu_gib: float | None = None, fsdp_teacher: str = "shard",
+def memory_plan(cfg, gpu_gib: float | None = None, fsdp_teacher: str | None = None,
                 margin: float = DEFAULT_MARGIN, model=None) -> dict:
     """The plan of a text-to-image run's config, as a JSON-ready dict: for the family's full-size
     architecture, or for ``model`` (a loaded TextToImage teacher: what a run holds)."""
@@ -570,11 +572,10 @@ def notes(s: Settings, family: str) -> list[str]:
         out.append(f"trained weights in {trained_dtype} have no float32 master copy: AdamW updates smaller than "
                    "~1/256 of a weight (lr 5e-7 gives such updates) are rounded away.")
     if s.strategy == "fsdp":
-        out.append(f"fsdp assumes every {' / '.join(classes)} is its own FSDP unit. ddmd_lab.run.make_strategy "
-                   "hands Lightning the string 'fsdp', whose FSDPStrategy() without auto_wrap_policy wraps only "
-                   "the root module: every weight is gathered at once and these numbers do not hold until it "
-                   f"passes auto_wrap_policy={{{', '.join(classes)}}}. Autocast's weight cache is not modelled "
-                   f"under FSDP (its mixed precision gathers bf16 weights). Teacher: {s.fsdp_teacher}ed.")
+        out.append(f"fsdp: every {' / '.join(classes)} is its own FSDP unit inside each model's FSDP root "
+                   "(ddmd_lab/sharding.py PerBlockFSDP, auto_wrap_policy on these classes), so one block is "
+                   "gathered at a time. Autocast's weight cache is not modelled under FSDP (its mixed precision "
+                   f"gathers bf16 weights). Teacher: {s.fsdp_teacher}ed (fsdp_teacher).")
     return out
 
 

@@ -13,6 +13,7 @@ logged, plus one agreed finiteness flag per update.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 
@@ -31,6 +32,7 @@ from .flow import renoise
 from .objective import critic_loss, meanvar_kl, proxy_loss
 from .rollout import backward_simulate, sample_student, times_for_model
 from .tau import TauRule, sample_tau
+from .sharding import rank_zeros_draw, reduce_and_clip
 from .update import UpdateSettings, generator_update
 
 CRITIC_TAU = TauRule("uniform", 0.0, 1.0)  # tau' ~ U(0,1) for the fake model's denoising loss
@@ -103,8 +105,10 @@ class DistillModule(pl.LightningModule):
         return sample_student(self.generator, noise, cond, self.times, self.cfg.student_sampler)
 
     def _student_input(self, cond, batch: int) -> tuple[Tensor, Tensor]:
-        """Draw a step index k and the student's input at t_k (backward simulation)."""
+        """Draw a step index k and the student's input at t_k (backward simulation).  Under FSDP every
+        rank runs k generator calls, each a collective: rank 0's k then holds for all (sharding.py)."""
         k = int(torch.randint(len(self.times), ()).item())
+        k = rank_zeros_draw(self._trainer.strategy if self._trainer is not None else None, k, self.device)
         noise = torch.randn(batch, *self.generator.sample_shape, device=self.device)
         x_t = backward_simulate(self.generator, noise, cond, self.times, k, self.cfg.student_sampler)
         return x_t, self.times[k].expand(batch)
@@ -142,7 +146,8 @@ class DistillModule(pl.LightningModule):
         self._step_had_nonfinite = False
         sample = None
         if self.step_count % self.cfg.ttur == 0:
-            sample = self._generator_step(cond, opts[0], logs)
+            with _frozen(self._critic_params() if self.fake is not None else []):
+                sample = self._generator_step(cond, opts[0], logs)
         if self.fake is not None:
             self._critic_step(cond, sample, opts[1], logs, real_data_of(batch))
         logged = self._logged_step()
@@ -206,8 +211,9 @@ class DistillModule(pl.LightningModule):
     def _update(self, loss: Tensor, opt, params: list, logs: dict, name: str, finite: Tensor | None = None) -> bool:
         """Backward, clip, step -- on every rank, or on none (the update is skipped and counted).
 
-        Every rank runs backward whatever its loss: under DDP backward all-reduces the
-        gradients, a collective the other ranks would wait in forever.  Then all ranks agree
+        Every rank runs backward whatever its loss: the gradients are then averaged over the
+        ranks (sharding.reduce_and_clip: only this optimiser's, all-reduced or reduce-scattered),
+        a collective the other ranks would wait in forever.  Then all ranks agree
         on one flag: the loss, ``finite`` (the generator's update direction and output) and
         the clipped gradient norm are finite on every rank.  A NaN on one rank makes all
         ranks skip, so weights and counters stay identical.  Reading that flag is the one
@@ -215,7 +221,8 @@ class DistillModule(pl.LightningModule):
         """
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        grad_norm = reduce_and_clip(strategy, params, self.cfg.grad_clip)  # the global norm
         logs[f"grad_norm_{name}"] = grad_norm.detach()
         ok = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
         if self._on_every_rank(ok if finite is None else ok & finite):
@@ -260,10 +267,15 @@ class DistillModule(pl.LightningModule):
             raise UserError(f"this checkpoint holds {len(self._frozen_keys) - len(absent)} of the frozen teacher's "
                             f"{len(self._frozen_keys)} tensors, so it was not written by this run's DistillModule; "
                             "load a checkpoint of this run (checkpoints/last.ckpt or final.ckpt).")
-        if absent:  # the same tensors: loading copies nothing
-            own = self.state_dict(keep_vars=True)
-            state_dict = {**state_dict, **{k: own[k] for k in absent}}
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if not absent:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        # loaded without them: the teacher keeps its tensors (nothing copied, nor gathered under FSDP)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = sorted(set(result.missing_keys) - absent)
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}: missing keys {missing}, "
+                               f"unexpected keys {result.unexpected_keys}")
+        return result
 
     def load_weights(self, checkpoint: dict) -> None:
         """A checkpoint's trained weights outside a Trainer (sampling, export, spectra)."""
@@ -307,6 +319,21 @@ class DistillModule(pl.LightningModule):
         if getattr(self, "_pending_rng", None) is not None:
             set_rng_state(self._pending_rng)
             self._pending_rng = None
+
+
+@contextlib.contextmanager
+def _frozen(params: list):
+    """The idle model's weights take no gradient during the other's update (the GAN term reaches the
+    generator through the fake model and its head): nothing is computed, and nothing reduced, for
+    tensors whose optimiser does not step now.  (LoRA views switch their adapters back on per call.)"""
+    was = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, was):
+            p.requires_grad_(flag)
 
 
 def seed_rank(seed: int, rank: int) -> None:

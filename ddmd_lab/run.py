@@ -82,11 +82,10 @@ def _distributed(cfg: RunConfig) -> bool:
 
 
 def make_strategy(cfg: RunConfig):
-    if cfg.strategy == "ddp":
-        from pytorch_lightning.strategies import DDPStrategy
+    """ddp: each optimiser's own gradients averaged after its backward; fsdp: per-block sharding (sharding.py)."""
+    from .sharding import make_strategy as sharding_strategy
 
-        return DDPStrategy(find_unused_parameters=True)
-    return cfg.strategy
+    return sharding_strategy(cfg)
 
 
 def resume_ablation(target: str, scale: str | None = None, arm: str | None = None) -> Path:

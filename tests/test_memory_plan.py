@@ -106,7 +106,7 @@ def test_strategies_divide_what_they_shard():
     assert single["autocast_cache"] == 2 * 1000 * 2 and single["ddp_buckets"] == 0
     assert single["text_encoders"] == 500 * 2 and single["vae"] == 50 * 4
     ddp = components(f, Settings(strategy="ddp", gpus=8))
-    assert ddp["ddp_buckets"] == ddp["gradients"] == 8000
+    assert ddp["gradients"] == 8000 and ddp["ddp_buckets"] == 4000  # one model's gradients, flattened (< 25 MiB)
     fsdp = components(f, Settings(strategy="fsdp", gpus=8))
     assert (fsdp["teacher"], fsdp["generator"], fsdp["gradients"], fsdp["optimizer"]) == (500, 500, 1000, 2000)
     assert fsdp["autocast_cache"] == 0 and fsdp["fsdp_gathered"] == 3 * 100 * 2
@@ -127,11 +127,15 @@ def test_every_shipped_recipe_fits_one_80_gib_gpu_as_configured(scale):
     assert plan["peak_gib"] <= 0.9 * 80
 
 
-def test_full_fine_tuning_does_not_fit_one_gpu_and_sharding_it_notes_the_missing_wrapping():
+def test_full_fine_tuning_does_not_fit_one_gpu_and_sharding_it_block_by_block_does():
     full = memory_plan(load_config("lumina2", "decoupled_hybrid", {"lora": {"rank": 0}}))
     assert not full["fits"] and full["gib"]["optimizer"] > 35  # 2 AdamW states of 2 float32 transformers
     fsdp = memory_plan(load_config("lumina2", "decoupled_hybrid", {"lora": {"rank": 0}, "devices": 8, "strategy": "fsdp"}))
     assert fsdp["fits"] and any("auto_wrap_policy" in n for n in fsdp["notes"])
+    assert fsdp["settings"]["fsdp_teacher"] == "shard"  # the run's key (config.py), as the run shards it
+    replicated = memory_plan(load_config("lumina2", "decoupled_hybrid", {"lora": {"rank": 0}, "devices": 8,
+                                                                         "strategy": "fsdp", "fsdp_teacher": "replicate"}))
+    assert replicated["settings"]["fsdp_teacher"] == "replicate" and replicated["gib"]["teacher"] > fsdp["gib"]["teacher"]
     # the recipe's bfloat16 teacher with float32 master weights, against an all-float32 one
     f32 = memory_plan(load_config("lumina2", "decoupled_hybrid", {"teacher": {"dtype": "float32"}, "lora": {"rank": 0}}))
     assert full["bytes"]["teacher"] * 2 == f32["bytes"]["teacher"] and full["settings"]["trained_dtype"] == "float32"
