@@ -171,8 +171,11 @@ def write_samples(sampler: Sampler, prompts: list[str], out_dir: Path, per_promp
     from .eval.grid import save_grid
     from .io import atomic_write_text
 
+    from .scales.text2image import warn_truncated
+
     out_dir = Path(out_dir)
     wanted = [p for p in prompts for _ in range(per_prompt)]
+    warn_truncated(sampler.model, list(prompts))
     generator = torch.Generator().manual_seed(seed)  # the noise and a renoise student's fresh noise, in order
     images = torch.cat([sampler(wanted[i:i + batch], generator=generator) for i in range(0, len(wanted), batch)])
     out_dir.mkdir(parents=True, exist_ok=False)  # only now: a failed sampling leaves no empty folder behind

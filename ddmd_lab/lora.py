@@ -124,10 +124,7 @@ def shared_base_views(backbone: nn.Module, plan: LoraPlan, adapters: tuple[str, 
     from peft import LoraConfig
 
     net = backbone.denoiser()
-    leaves = {n.rsplit(".", 1)[-1] for n, _ in net.named_modules()} | {n for n, _ in net.named_modules()}
-    if not any(t in leaves or any(n.endswith("." + t) for n in leaves) for t in plan.targets):
-        raise UserError(f"no module of {type(net).__name__} matches lora.targets {list(plan.targets)}; "
-                        "name its linear / conv layers, e.g. SET=\"lora={rank: 16, targets: [to_q, to_v]}\".")
+    check_targets(net, plan.targets)
     backbone.requires_grad_(False)
     for name in adapters:
         net.add_adapter(LoraConfig(r=plan.rank, lora_alpha=plan.alpha, target_modules=list(plan.targets),
@@ -139,6 +136,21 @@ def shared_base_views(backbone: nn.Module, plan: LoraPlan, adapters: tuple[str, 
     for p in trainable:
         p.requires_grad_(True)
     return views
+
+
+def check_targets(net: nn.Module, targets) -> None:
+    """Every lora.targets name must match a module of ``net`` as peft matches them (the full name, or
+    its end after a dot): peft skips a name that matches nothing, and that layer would silently stay frozen."""
+    names = [n for n, _ in net.named_modules() if n]
+    unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched:
+        from collections import Counter
+
+        counts = Counter(n.rsplit(".", 1)[-1] for n, m in net.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+        leaves = [name for name, _ in counts.most_common() if not name.isdigit()]
+        raise UserError(f"lora.targets {unmatched} match no module of {type(net).__name__} (its linear / conv layers "
+                        f"end in e.g. {', '.join(leaves[:8])}); name those, e.g. "
+                        "SET=\"lora={rank: 16, targets: [to_q, to_k, to_v, to_out.0]}\".")
 
 
 def held_parameters(module: nn.Module) -> int:

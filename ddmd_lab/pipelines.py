@@ -65,6 +65,55 @@ def pipeline_class_of(folder: Path) -> str:
                         "re-download the checkpoint.") from None
 
 
+def pipeline_folder(source: str, family: str) -> Path:
+    """The local folder of ``source``, refused when it holds another family's pipeline (read from
+    model_index.json: no weights are loaded)."""
+    if family not in PIPELINE_CLASSES:
+        raise UserError(f"unknown model family {family!r}; known: {', '.join(PIPELINE_CLASSES)} (teacher.family).")
+    folder = resolve_source(source)
+    declared, expected = pipeline_class_of(folder), PIPELINE_CLASSES[family]
+    if declared != expected:
+        raise UserError(f"{folder} holds a {declared}, not the {expected} of family {family!r}; "
+                        "set teacher.family to match the checkpoint, or point teacher.source at a checkpoint of this family.")
+    return folder
+
+
+DENOISERS = {"zimage": "transformer", "lumina2": "transformer", "sdxl": "unet"}  # model_index.json's component
+
+
+def component_config(folder: Path, name: str) -> dict:
+    """A component's config.json (vae, transformer, unet, ...), read without loading it."""
+    path = Path(folder) / name / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {path} ({exc.__class__.__name__}); re-download the checkpoint "
+                        "or restore the missing file.") from None
+
+
+def resolution_step(folder: Path, family: str) -> tuple[int, int]:
+    """(VAE downsampling factor, the denoiser's patch size) from the folder's config files: an image
+    side must be a multiple of their product."""
+    vae = component_config(folder, "vae")
+    factor = 2 ** (len(vae.get("block_out_channels", [0])) - 1)
+    if family == "sdxl":
+        return factor, 1
+    net = component_config(folder, DENOISERS[family])
+    patch = net["all_patch_size"][0] if family == "zimage" else net.get("patch_size", 1)
+    return factor, int(patch)
+
+
+def meta_denoiser(folder: Path, family: str):
+    """The checkpoint's denoiser built from its config on the meta device (its module names and
+    shapes; no memory, no weights read): seconds even at full size."""
+    import diffusers
+
+    library, class_name = json.loads((Path(folder) / "model_index.json").read_text())[DENOISERS[family]][:2]
+    cls = getattr(diffusers, class_name)
+    with torch.device("meta"):
+        return cls.from_config(cls.load_config(Path(folder) / DENOISERS[family]))
+
+
 def load_pipeline(source: str, family: str, dtype: str = "float32", text_encoders: bool = True):
     """diffusers' pipeline of ``family`` from ``source``, weights in ``dtype``, on the CPU.
     ``text_encoders=False``: the text encoders are built on the meta device from their configs
@@ -72,15 +121,10 @@ def load_pipeline(source: str, family: str, dtype: str = "float32", text_encoder
 
     A folder of another family is refused (an SDXL folder under teacher.family=zimage
     would otherwise fail deep inside the first forward pass)."""
-    if family not in PIPELINE_CLASSES:
-        raise UserError(f"unknown model family {family!r}; known: {', '.join(PIPELINE_CLASSES)} (teacher.family).")
     if dtype not in DTYPES:
         raise UserError(f"teacher.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
-    folder = resolve_source(source)
-    declared, expected = pipeline_class_of(folder), PIPELINE_CLASSES[family]
-    if declared != expected:
-        raise UserError(f"{folder} holds a {declared}, not the {expected} of family {family!r}; "
-                        "set teacher.family to match the checkpoint, or point teacher.source at a checkpoint of this family.")
+    folder = pipeline_folder(source, family)
+    expected = PIPELINE_CLASSES[family]
     import diffusers
 
     try:

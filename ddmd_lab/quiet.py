@@ -19,6 +19,13 @@ LIGHTNING_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.
                      "pytorch_lightning.accelerators.cuda")
 
 
+# diffusers' pipelines log what they cut off a long prompt at every encode (every training step); ddmd_lab
+# warns once, before the run, with the count and the fix (scales/text2image.warn_truncated)
+DIFFUSERS_TRUNCATION = re.compile(r"The following part of your input was truncated because")
+DIFFUSERS_ENCODERS = ("diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl",
+                      "diffusers.pipelines.lumina2.pipeline_lumina2")
+
+
 class DropMessages(logging.Filter):
     def __init__(self, pattern: re.Pattern):
         super().__init__()
@@ -30,10 +37,11 @@ class DropMessages(logging.Filter):
 
 def quiet_third_party() -> None:
     """Idempotent: the filters are installed once per logger."""
-    for name in LIGHTNING_LOGGERS:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, DropMessages) for f in logger.filters):
-            logger.addFilter(DropMessages(LIGHTNING_BANNERS))
+    for names, pattern in ((LIGHTNING_LOGGERS, LIGHTNING_BANNERS), (DIFFUSERS_ENCODERS, DIFFUSERS_TRUNCATION)):
+        for name in names:
+            logger = logging.getLogger(name)
+            if not any(isinstance(f, DropMessages) for f in logger.filters):
+                logger.addFilter(DropMessages(pattern))
     # torch 2.14 deprecated isinstance checks against LeafSpec, which Lightning 2.6's own pytree helper
     # still makes at every fit; harmless, and Lightning's to change
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
@@ -41,6 +49,12 @@ def quiet_third_party() -> None:
     # two adapters (generator, fake) on one frozen base is the LoRA recipe (lora.py), not an accident
     warnings.filterwarnings("ignore", message=r"Already found a `peft_config` attribute in the model",
                             category=UserWarning, module=r"peft\.tuners\.tuners_utils")
+    # FID's Inception 2015-12-05 network ships as TorchScript (eval/inception.py): torch.jit.load is its only loader
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated", category=FutureWarning,
+                            module=r"torch\.jit\._serialization")
+    # clean-fid's Frechet distance passes scipy's sqrtm a `disp` argument SciPy 1.18 will drop (its result is unchanged)
+    warnings.filterwarnings("ignore", message=r"The `disp` argument is deprecated", category=DeprecationWarning,
+                            module=r"cleanfid\.fid")
     # diffusers' schedulers call np.array on torch tensors; numpy 2 deprecates torch's __array__ signature
     warnings.filterwarnings("ignore", message=r"__array__ implementation doesn't accept a copy keyword",
                             category=DeprecationWarning, module=r"diffusers\.schedulers")

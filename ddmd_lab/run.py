@@ -58,6 +58,7 @@ RUN_DIR_ENV = "DDMD_RUN_DIR"
 
 def run_ablation(cfg: RunConfig) -> Path:
     """A new run in a new folder (made only once the teacher and data load)."""
+    check_inputs(cfg)
     teacher = get_scale(cfg.scale).load_teacher(cfg)
     handed_over = os.environ.get(RUN_DIR_ENV)
     if handed_over:
@@ -103,10 +104,23 @@ def resume_ablation(target: str, scale: str | None = None, arm: str | None = Non
         raise UserError(f"checkpoint {ckpt} holds no ddmd_lab step counter, so it is not a checkpoint of a "
                         f"distillation run; {fix}.") from None
     del checkpoint
+    check_inputs(cfg)
     _drop_rows_after(run_dir / "metrics.csv", step)
     for partial in (run_dir / "checkpoints").glob(".*.tmp"):  # half-written by the killed process
         partial.unlink()
     return _fit(cfg, run_dir, get_scale(cfg.scale).load_teacher(cfg), ckpt_path=ckpt, start_step=step)
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """The scale's inputs besides the weights (its ``check_inputs``, where it has one), checked before
+    any model loads: a bad prompts file or folder fails in seconds, not after minutes of loading."""
+    check = getattr(get_scale(cfg.scale), "check_inputs", None)
+    if check is not None:
+        check(cfg)
+    if cfg.alpha < 1 and cfg.arm.uses_ca:
+        warnings.warn(f"alpha={cfg.alpha:g} is below 1, and arm {cfg.arm.name!r} uses the CA term: its (alpha - 1) "
+                      "factor turns negative, so CA pushes samples away from the conditional (anti-guidance); use "
+                      "alpha >= 1, or an arm without CA (dm_only) for alpha = 1.", UserWarning, stacklevel=2)
 
 
 def _drop_rows_after(path: Path, step: int) -> None:

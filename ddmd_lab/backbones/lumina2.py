@@ -107,7 +107,7 @@ def from_pipeline(pipe, resolution: int, system_prompt: str | None = None, max_l
     """A loaded Lumina2Pipeline as a TextToImage teacher; prompts go through the pipeline's own
     encode_prompt (its system prompt unless one is given), the null condition is its negative
     prompt's encoding, or ``null`` (from an embedding cache: the text encoder is then never called)."""
-    from .text_to_image import TextToImage, latent_shape
+    from .text_to_image import TextToImage, TextWindow, latent_shape
 
     def encode_pair(prompts: list[str], cfg: bool):
         device = next(pipe.text_encoder.parameters()).device
@@ -126,5 +126,7 @@ def from_pipeline(pipe, resolution: int, system_prompt: str | None = None, max_l
     shape = latent_shape(pipe.vae, net.config.in_channels, resolution, net.config.patch_size)
     # the paper's Table 1 teacher: 50 steps (Lumina2Pipeline's default is 30: an intentional difference, the
     # paper's teacher row); the pipeline's default guidance 4 (standard form: alpha = 4)
+    system = system_prompt if system_prompt is not None else pipe.system_prompt  # as encode_prompt joins them
+    window = TextWindow(pipe.tokenizer, max_length, lambda p: f"{system} <Prompt Start> {p}", "teacher.max_length")
     return TextToImage("lumina2", Lumina2Backbone(net, null, shape), torch.no_grad()(encode), pipe.vae,
-                       [pipe.text_encoder], teacher_steps=50, pipeline=pipe, teacher_alpha=4.0)
+                       [pipe.text_encoder], teacher_steps=50, pipeline=pipe, teacher_alpha=4.0, windows=[window])

@@ -119,7 +119,7 @@ def from_pipeline(pipe, resolution: int, null: SDXLCondition | None = None):
     second), the null condition is its negative for an empty prompt (zeros when the
     checkpoint sets force_zeros_for_empty_prompt, as SDXL base does), or ``null`` (from an embedding
     cache: the text encoders are then never called)."""
-    from .text_to_image import TextToImage, latent_shape
+    from .text_to_image import TextToImage, TextWindow, latent_shape
 
     ids = time_ids(resolution)
 
@@ -140,5 +140,6 @@ def from_pipeline(pipe, resolution: int, null: SDXLCondition | None = None):
     shape = latent_shape(pipe.vae, unet.config.in_channels, resolution)
     backbone = SDXLBackbone(unet, pipe.scheduler.alphas_cumprod, null, shape)
     # SDXL base's usual sampling: 50 steps, guidance 5 (standard form, alpha = 5)
+    windows = [TextWindow(tok, tok.model_max_length) for tok in (pipe.tokenizer, pipe.tokenizer_2) if tok is not None]
     return TextToImage("sdxl", backbone, encode, pipe.vae, [pipe.text_encoder, pipe.text_encoder_2],
-                       teacher_steps=50, pipeline=pipe, teacher_alpha=5.0)
+                       teacher_steps=50, pipeline=pipe, teacher_alpha=5.0, windows=windows)

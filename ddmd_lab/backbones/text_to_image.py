@@ -30,6 +30,16 @@ class TextToImage:
     teacher_alpha: float = 4.0
     pipeline: Any = None  # the loaded diffusers pipeline (its scheduler drives the teacher sampler; export saves it)
     guidance: Any = None  # pipeline_sampling.PipelineCFG: the pipeline's CFG options (None: its defaults)
+    windows: list = field(default_factory=list)  # TextWindow per tokenizer: what a prompt becomes, how much is kept
+
+    def truncated(self, prompts: list[str]) -> dict[str, str]:
+        """prompt -> the end of it its text encoders never see (only prompts longer than a window)."""
+        out: dict[str, str] = {}
+        for window in self.windows:
+            for prompt, lost in window.truncated(prompts).items():
+                if len(lost) > len(out.get(prompt, "")):
+                    out[prompt] = lost
+        return out
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
@@ -44,6 +54,50 @@ class TextToImage:
         guidance = self.guidance or PipelineCFG.pipeline_default(self.family)
         return pipeline_teacher_sample(self.family, self.backbone, self.pipeline.scheduler, guidance, noise, cond,
                                        alpha, steps)
+
+
+@dataclass
+class TextWindow:
+    """How a family's pipeline tokenizes a prompt: ``template(prompt)`` is the text its tokenizer reads
+    (system prompt, chat template), truncated to ``length`` tokens (special tokens included)."""
+
+    tokenizer: Any
+    length: int
+    template: Callable[[str], str] = lambda p: p
+    setting: str = ""  # the setting that widens the window ("" when it is fixed, as CLIP's)
+
+    def truncated(self, prompts: list[str], batch: int = 4096) -> dict[str, str]:
+        """prompt -> the end of it the window cuts off (the template's end only: "(the template's end)").
+        Each distinct prompt is tokenized alone first (fast, batched); only those near the limit are
+        tokenized again with their template."""
+        unique = list(dict.fromkeys(prompts))
+        overhead = len(self.tokenizer(self.template(""))["input_ids"])
+        near = []
+        for i in range(0, len(unique), batch):
+            chunk = unique[i:i + batch]
+            ids = self.tokenizer(chunk, add_special_tokens=False)["input_ids"]
+            near += [p for p, t in zip(chunk, ids) if len(t) + overhead > self.length - 4]  # merges at the seams
+        out = {}
+        for prompt in near:
+            text = self.template(prompt)
+            if len(self.tokenizer(text)["input_ids"]) > self.length:
+                out[prompt] = self._lost(prompt, text)
+        return out
+
+    def _lost(self, prompt: str, text: str) -> str:
+        """The end of ``prompt`` past the last kept token (character offsets of the kept tokens)."""
+        try:
+            kept = self.tokenizer(text, truncation=True, max_length=self.length, return_offsets_mapping=True)
+        except NotImplementedError:  # a slow tokenizer has no offsets: what the kept tokens decode to is seen
+            seen = self.tokenizer.decode(self.tokenizer(text, truncation=True, max_length=self.length)["input_ids"],
+                                         skip_special_tokens=True)
+            end = len(seen)
+        else:
+            end = max((e for _, e in kept["offset_mapping"]), default=0)
+        start = text.find(prompt)
+        if start < 0 or end >= start + len(prompt):
+            return "(the template's end)"
+        return prompt[max(end - start, 0):].strip()
 
 
 @torch.no_grad()
@@ -61,8 +115,15 @@ def vae_scale_factor(vae) -> int:
 def latent_shape(vae, channels: int, resolution: int, patch: int = 1) -> tuple[int, int, int]:
     """(C, H, W) of the latents of a square image; the transformer's patch must tile them."""
     factor = vae_scale_factor(vae)
-    if resolution % (factor * patch):
-        raise UserError(f"resolution {resolution} does not fit this checkpoint: it must be a multiple of "
-                        f"{factor * patch} (VAE factor {factor} x patch {patch}); set teacher.resolution.")
+    check_resolution(resolution, factor, patch)
     side = resolution // factor
     return channels, side, side
+
+
+def check_resolution(resolution: int, factor: int, patch: int = 1) -> None:
+    if resolution <= 0 or resolution % (factor * patch):
+        fits = [r for r in (resolution // (factor * patch) * factor * patch,
+                            -(-resolution // (factor * patch)) * factor * patch) if r > 0]
+        raise UserError(f"resolution {resolution} does not fit this checkpoint: it must be a multiple of "
+                        f"{factor * patch} (VAE factor {factor} x patch {patch}); set teacher.resolution, e.g. "
+                        f"{' or '.join(map(str, sorted(set(fits))))}.")

@@ -123,7 +123,7 @@ def from_pipeline(pipe, resolution: int, system_prompt: str | None = None, think
     """A loaded ZImagePipeline as a TextToImage teacher.  The null condition is the empty
     prompt through the same template (the pipeline's default negative prompt is ""), or
     ``null`` (one row, from an embedding cache: the text encoder is then never called)."""
-    from .text_to_image import TextToImage, latent_shape
+    from .text_to_image import TextToImage, TextWindow, latent_shape
 
     def encode(prompts: list[str]) -> Captions:
         feats = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, max_length, system_prompt, thinking)
@@ -133,6 +133,8 @@ def from_pipeline(pipe, resolution: int, system_prompt: str | None = None, think
     shape = latent_shape(pipe.vae, net.config.in_channels, resolution, net.config.all_patch_size[0])
     null = (null.features[0] if null is not None else
             encode_prompts(pipe.tokenizer, pipe.text_encoder, [""], max_length, system_prompt)[0].float().cpu())
+    window = TextWindow(pipe.tokenizer, max_length, lambda p: zimage_prompt_text(pipe.tokenizer, p, system_prompt, thinking),
+                        "teacher.max_length")
     # Z-Image's base pipeline samples 50 steps with cond + 5*(cond - uncond), i.e. alpha = 6
     return TextToImage("zimage", ZImageBackbone(net, null, shape), encode, pipe.vae, [pipe.text_encoder],
-                       teacher_steps=50, pipeline=pipe, teacher_alpha=6.0)
+                       teacher_steps=50, pipeline=pipe, teacher_alpha=6.0, windows=[window])

@@ -28,7 +28,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..errors import UserError
-from ..eval.coco import square_resize, uint8_to_signed
+from ..eval.coco import square_resize, uint8_to_signed, unreadable_images
 from ..io import atomic_torch_save, safe_torch_load
 
 SUBSET_SEED = 0  # which images a capped set keeps: fixed, so every run and seed shares one cache
@@ -87,6 +87,10 @@ def coco_images(captions_json: str | Path, images: str | None, max_images: int |
     if missing:
         raise UserError(f"{len(missing)} of the {len(files)} images {path.name} names are missing from {folder}, "
                         f"e.g. {missing[0].name}; put them there or set data.images to the folder that holds them.")
+    bad = unreadable_images(files)  # headers only: before any model loads (decoding errors stop the encode later)
+    if bad:
+        raise UserError(f"{len(bad)} of {len(files)} real images cannot be read, e.g. {bad[0]}; replace or remove "
+                        "them (the captions file names them) and run again.")
     prompts, captions = [], []
     for i in ids:
         captions.append(list(range(len(prompts), len(prompts) + len(by_image[i]))))

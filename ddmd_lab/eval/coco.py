@@ -110,7 +110,24 @@ def coco_subset(captions_json: Path, images_dir: Path, n: int = 10_000, seed: in
     if missing:
         raise UserError(f"{len(missing)} of {len(pairs)} COCO images are missing, e.g. {missing[0]}; "
                         f"{images_dir} must hold the full val2014 image set ({COCO_LAYOUT}).")
+    bad = unreadable_images([p.image_file for p in pairs])
+    if bad:
+        raise UserError(f"{len(bad)} of {len(pairs)} COCO images cannot be read as images, e.g. {bad[0]}; "
+                        f"re-download them (the full val2014 image set, {COCO_LAYOUT}).")
     return pairs
+
+
+def unreadable_images(files: Sequence[Path]) -> list[Path]:
+    """The files PIL cannot identify as images (empty, truncated headers, not images): only each
+    header is read (about a millisecond each), so a bad folder fails before any long work."""
+    bad = []
+    for f in files:
+        try:
+            with Image.open(f) as img:
+                img.size  # noqa: B018  (the header, parsed by open)
+        except (OSError, ValueError, SyntaxError):  # PIL: unidentified / corrupt / unreadable
+            bad.append(Path(f))
+    return bad
 
 
 def subset_hash(pairs: Sequence[CocoPair]) -> str:
@@ -167,8 +184,12 @@ def reference_stats(pairs: Sequence[CocoPair], resolution: int, cache_dir: Path,
     path = Path(cache_dir) / f"coco_ref_{subset_hash(pairs)}_n{len(pairs)}_r{resolution}.npz"
 
     def compute() -> np.ndarray:
-        return np.concatenate([features.of_uint8(batch)
-                               for batch in iter_reference_batches(pairs, resolution, features.batch_size)])
+        from ..progress import track
+
+        n = -(-len(pairs) // features.batch_size)
+        return np.concatenate([features.of_uint8(batch) for batch in
+                               track(iter_reference_batches(pairs, resolution, features.batch_size), n,
+                                     "reference features")])
 
     return cached_reference_stats(path, compute)
 
@@ -185,8 +206,11 @@ def dmd2_reference_stats(data, view_name: str, view, resolution: int, cache_dir:
     path = Path(cache_dir) / f"dmd2_ref_{data.reference_hash()}_n{len(files)}_{view_name}_r{resolution}.npz"
 
     def compute() -> np.ndarray:
+        from ..progress import track
+
+        starts = range(0, len(files), features.batch_size)
         return np.concatenate([features.of_uint8([view(read_reference(f)) for f in files[i:i + features.batch_size]])
-                               for i in range(0, len(files), features.batch_size)])
+                               for i in track(starts, len(starts), f"reference features ({view_name})")])
 
     return cached_reference_stats(path, compute)
 

@@ -162,6 +162,7 @@ def eval_coco(args) -> dict:
     else:
         source = SamplerSource(_student_or_teacher(args), args.seed or 0)
         cfg = source.sampler.cfg
+        _warn_truncated(source, prompts, "COCO prompts")
     out = _out_dir(args, cfg)
     out.mkdir(parents=True, exist_ok=True)
     results = evaluate_coco(source, prompts, names, out, protocol=protocol, reference=reference, features=features,
@@ -170,6 +171,13 @@ def eval_coco(args) -> dict:
     print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}, indent=2))
     print(f"written: {out / RESULT_DIR / 'results.json'}")
     return results
+
+
+def _warn_truncated(source, prompts, what: str) -> None:
+    """Prompts the sampled model's text encoders cut short, said once before sampling (text2image.warn_truncated)."""
+    from ..scales.text2image import warn_truncated
+
+    warn_truncated(source.sampler.model, list(prompts), what)
 
 
 def _hps_env() -> bool:
@@ -199,6 +207,7 @@ def eval_hps(args) -> dict:
     teacher = _teacher(args, cfg, plan, prompts, to_uint8_hwc, "rounded-full", args.batch)
     source = SamplerSource(_student_or_teacher(args), args.seed or 0)
     cfg = source.sampler.cfg
+    _warn_truncated(source, prompts, "HPS prompts")
     out = _out_dir(args, cfg)
     out.mkdir(parents=True, exist_ok=True)
     results = evaluate_hps(source, by_style, out, hps=hps, features=features, clip=clip, batch_size=args.batch,

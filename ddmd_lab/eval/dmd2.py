@@ -177,6 +177,12 @@ def resolve_dmd2(root: Path, prompts_file: Path | None = None) -> Dmd2Data:
     files = image_files(folder / "subset")
     if len(files) < 2:
         raise UserError(f"{folder / 'subset'} holds {len(files)} images; FID needs DMD2's reference images there ({LAYOUT}).")
+    from .coco import unreadable_images
+
+    bad = unreadable_images(files)
+    if bad:
+        raise UserError(f"{len(bad)} of {len(files)} reference images in {folder / 'subset'} cannot be read as images, "
+                        f"e.g. {bad[0].name}; re-extract DMD2's coco10k.zip.")
     prompts = read_prompts_file(prompts_file)
     if not prompts:
         raise UserError(f"{prompts_file} holds no prompts.")

@@ -81,11 +81,15 @@ def batches(source: Callable, prompts: Sequence[str], keys: Sequence[Key], batch
             to_uint8: Callable[[Tensor], np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
     """(first index, uint8 images (N, H, W, 3), or a list of them from a ``uint8`` source) per batch.  torch's RNG is seeded with ``seed + first index`` before each
     call (inside ``fork_rng``: the caller's state is untouched): a renoise student's fresh noise is reproducible."""
-    with torch.random.fork_rng():
+    from ..progress import Progress
+
+    # a bar on a terminal, a plain line every few percent in a log file (progress.py)
+    with torch.random.fork_rng(), Progress(len(prompts), "sampling", "image") as progress:
         for i in range(0, len(prompts), batch_size):
             torch.manual_seed(seed + i)
             images = source(list(prompts[i:i + batch_size]), list(keys[i:i + batch_size]))
             n = len(prompts[i:i + batch_size])
+            progress.update(i + n)
             if getattr(source, "uint8", False):  # pixels made elsewhere: used as they are
                 yield i, images
                 continue

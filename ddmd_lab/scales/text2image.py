@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -102,10 +103,44 @@ def _no_text_encoders(prompts: list[str]):
                     "text encoders; encode prompts with a model loaded for sampling (load_model without training).")
 
 
+def check_checkpoint(cfg: RunConfig):
+    """teacher.source's folder, refused before any weight loads when it holds another family's pipeline
+    or teacher.resolution does not fit its VAE and patching (read from its config files)."""
+    from ..backbones.text_to_image import check_resolution
+    from ..pipelines import pipeline_folder, resolution_step
+
+    t = teacher_settings(cfg)
+    folder = pipeline_folder(t["source"], t["family"])
+    check_resolution(int(t["resolution"]), *resolution_step(folder, t["family"]))
+    return folder
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """What a run reads besides the weights, checked before any model loads (a real checkpoint takes
+    minutes): the checkpoint folder (check_checkpoint), the LoRA targets (on its denoiser built on the
+    meta device), and the prompts file, or a GAN arm's captions and their images (headers only)."""
+    from ..lora import check_targets
+    from ..pipelines import meta_denoiser
+
+    folder = check_checkpoint(cfg)
+    if int(cfg.lora.get("rank", 0)) > 0:
+        from ..lora import DEFAULT_TARGETS
+
+        check_targets(meta_denoiser(folder, teacher_settings(cfg)["family"]), cfg.lora.get("targets", DEFAULT_TARGETS))
+    d = data_settings(cfg)
+    if cfg.arm.gan_weight or cfg.arm.gan_disc_weight:
+        if not d["prompts"]:
+            read_prompts(None)  # the usual "no training prompts" error
+        coco_images(d["prompts"], d["images"], d["max_images"])
+    else:
+        read_prompts(d["prompts"])
+
+
 def _build(cfg: RunConfig, training: bool = False) -> TextToImage:
     from ..backbones import lumina2, sdxl, zimage
 
     t = teacher_settings(cfg)
+    check_checkpoint(cfg)  # config files only: a wrong folder or resolution fails before the weights load
     cached = None
     if _cached_text(cfg, training):
         caches = find_embeddings(cfg)
@@ -190,17 +225,48 @@ def read_prompts(path: str | None) -> list[str]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"prompt file {p} does not exist; set data.prompts to a .txt (one per line) or a COCO captions .json.")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:  # no permission, a binary file, another encoding
+        raise UserError(f"prompt file {p} cannot be read as UTF-8 text ({exc.__class__.__name__}); make it a readable "
+                        "UTF-8 .txt (one prompt per line) or a COCO captions .json.") from None
     if p.suffix == ".json":
         try:
-            prompts = [a["caption"].strip() for a in json.loads(p.read_text())["annotations"]]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            prompts = [a["caption"].strip() for a in json.loads(text)["annotations"]]
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"{p} is not a COCO captions file ({exc.__class__.__name__}); it needs "
                             "annotations[*].caption, or give a .txt with one prompt per line.") from None
     else:
-        prompts = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
-        raise UserError(f"{p} holds no prompts.")
+        raise UserError(f"prompt file {p} holds no prompts (only blank lines or no captions); write one prompt per "
+                        "line, or point data.prompts at another file.")
     return prompts
+
+
+_CHECKED_WINDOWS: set = set()
+
+
+def warn_truncated(model: TextToImage, prompts: list[str], what: str = "prompts") -> None:
+    """Warn (once per model and prompt list) when prompts are longer than a text encoder's window: the
+    pipeline cuts them silently, so the teacher never sees their end.  Says how many, what one loses, the fix."""
+    key = (id(model), len(prompts), hash(tuple(prompts)))
+    if key in _CHECKED_WINDOWS or not model.windows:
+        return
+    _CHECKED_WINDOWS.add(key)
+    for window in model.windows:
+        cut = window.truncated(prompts)
+        if not cut:
+            continue
+        count = sum(p in cut for p in prompts)
+        example, lost = next(iter(cut.items()))
+        short = (lambda s: s if len(s) <= 80 else f"{s[:38]} ... {s[-38:]}")
+        fix = (f"shorten them, or raise {window.setting} (now {window.length})" if window.setting else
+               f"shorten them (this encoder's {window.length} tokens are fixed)")
+        warnings.warn(f"{count} of {len(prompts)} {what} are longer than the text encoder's window of {window.length} "
+                      f"tokens (with the pipeline's template) and lose their end, e.g. {short(example)!r} loses "
+                      f"{short(lost)!r}; {fix}.", UserWarning, stacklevel=2)
+        return
 
 
 def text_identity(cfg: RunConfig) -> dict:
@@ -240,6 +306,7 @@ def embed(cfg: RunConfig, model: TextToImage | None = None, log=print) -> dict[s
             log(f"{name} prompts: reusing the complete embedding cache {folder} ({cache.describe()})")
         else:
             model = model or load_model(cfg)
+            warn_truncated(model, prompts, f"{name} prompts")
             batch = data_settings(cfg)["encode_batch"]
             with text_encoders_on(model, encode_device(cfg)):
                 cache = write_embeddings(folder, lambda ps: model.backbone.condition_rows(model.encode(ps)), prompts,
@@ -288,6 +355,7 @@ def real_images(cfg: RunConfig, model: TextToImage):
     if not d["prompts"]:
         read_prompts(None)  # the usual "no training prompts" error
     real = coco_images(d["prompts"], d["images"], d["max_images"])
+    warn_truncated(model, real.prompts, "training captions")  # before the images' long VAE encode
     latents = cached_latents(cfg.cache_dir, model.vae, real.files, teacher_settings(cfg)["resolution"],
                              VAE_BATCH, encode_device(cfg))
     if tuple(latents.shape[1:]) != tuple(model.backbone.sample_shape):
@@ -306,6 +374,7 @@ def condition_loader(cfg: RunConfig, start_step: int = 0):
         prompts = real.prompts
     else:
         prompts = read_prompts(d["prompts"])
+    warn_truncated(model, prompts, "training prompts")
     backbone = model.backbone
     if d["precompute"]:
         rows = embedded_rows(cfg, prompts)  # memory-mapped; the text encoders are not loaded
