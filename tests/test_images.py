@@ -71,7 +71,7 @@ def test_term_spectra_and_observer_measure(dirs):
 
 def test_gan_arm_on_images_uses_the_unet_bottleneck(dirs):
     run = run_ablation(_cfg(dirs, "ca_gan", "fid_samples=0"))
-    ckpt = torch.load(run / "checkpoints" / "final.ckpt", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / "final.ckpt", weights_only=True)
     head = [k for k in ckpt["state_dict"] if k.startswith("disc.")]
     assert head and ckpt["ddmd_counters"]["critic_step_count"] == 6
 
@@ -95,8 +95,8 @@ def test_image_run_killed_mid_checkpoint_resumes_exactly_with_its_spectra(dirs):
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     run = next(p for p in reference.parent.iterdir() if p != reference and not (p / "summary.json").exists())
     resume_ablation(str(run))
-    a = torch.load(reference / "checkpoints" / "final.ckpt", weights_only=False)["state_dict"]
-    b = torch.load(run / "checkpoints" / "final.ckpt", weights_only=False)["state_dict"]
+    a = torch.load(reference / "checkpoints" / "final.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(run / "checkpoints" / "final.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert list(np.load(run / "spectra.npz")["steps"]) == [0, 3, 6]
     assert (run / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()

@@ -69,7 +69,7 @@ def test_student_defaults_and_warnings(folders):
     sampler = student_sampler(run)
     assert len(sampler.times) == 8 and sampler.alpha == 1.0
     # full fine-tuning: one network in memory, holding the generator's trained weights
-    state = torch.load(run / "checkpoints" / "final.ckpt", weights_only=False)["state_dict"]
+    state = torch.load(run / "checkpoints" / "final.ckpt", weights_only=True)["state_dict"]
     for name, p in sampler.student.named_parameters():
         torch.testing.assert_close(p, state[f"generator.{name}"])
     # the checkpoint holds no frozen teacher (it is teacher.source); the generator trained away from it

@@ -55,8 +55,8 @@ def _run_dir_of(dirs, arm, exclude):
 
 
 def _assert_same_run(a, b):
-    ca = torch.load(a / "checkpoints" / "final.ckpt", weights_only=False)
-    cb = torch.load(b / "checkpoints" / "final.ckpt", weights_only=False)
+    ca = torch.load(a / "checkpoints" / "final.ckpt", weights_only=True)
+    cb = torch.load(b / "checkpoints" / "final.ckpt", weights_only=True)
     assert ca["ddmd_counters"] == cb["ddmd_counters"]
     for k, v in ca["state_dict"].items():
         assert torch.equal(v, cb["state_dict"][k]), k
@@ -96,7 +96,7 @@ def test_kill_during_checkpoint_write_keeps_previous(dirs):
     proc.wait(timeout=180)
     assert proc.returncode == -signal.SIGKILL
     run = _run_dir_of(dirs, arm, exclude=set(_REFERENCES.values()))
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)  # still whole
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # still whole
     assert ckpt["ddmd_counters"]["step_count"] == 20
     assert list((run / "checkpoints").glob(".*.tmp"))  # the half-written one
     # a lean checkpoint: no frozen teacher (it comes from the cache on resume), only its fingerprint
@@ -132,7 +132,7 @@ def test_nonfinite_updates_are_skipped_and_counted(dirs, monkeypatch):
     run = run_ablation(load_config("toy2d", "ca_only", parse_overrides(_overrides(dirs, 30))))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["skipped_steps"] == 2 and summary["generator_steps"] == 8  # 10 generator steps, 2 skipped
-    state = torch.load(run / "checkpoints" / "final.ckpt", weights_only=False)["state_dict"]
+    state = torch.load(run / "checkpoints" / "final.ckpt", weights_only=True)["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values())
 
 
@@ -151,6 +151,6 @@ def test_too_many_nonfinite_in_a_row_stops_and_keeps_last_good_checkpoint(dirs, 
     with pytest.raises(NonFiniteError, match="5 steps in a row"):
         run_ablation(cfg)
     run = max((Path(cfg.runs_dir) / "toy2d" / "ca_only").iterdir(), key=lambda p: p.stat().st_mtime)
-    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["ddmd_counters"]["step_count"] == 10
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
