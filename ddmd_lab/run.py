@@ -59,6 +59,7 @@ RUN_DIR_ENV = "DDMD_RUN_DIR"
 def run_ablation(cfg: RunConfig) -> Path:
     """A new run in a new folder (made only once the teacher and data load)."""
     check_inputs(cfg)
+    announce(cfg, "run")
     teacher = get_scale(cfg.scale).load_teacher(cfg)
     handed_over = os.environ.get(RUN_DIR_ENV)
     if handed_over:
@@ -105,10 +106,18 @@ def resume_ablation(target: str, scale: str | None = None, arm: str | None = Non
                         f"distillation run; {fix}.") from None
     del checkpoint
     check_inputs(cfg)
+    announce(cfg, f"resuming {run_dir} at step {step}:")
     _drop_rows_after(run_dir / "metrics.csv", step)
     for partial in (run_dir / "checkpoints").glob(".*.tmp"):  # half-written by the killed process
         partial.unlink()
     return _fit(cfg, run_dir, get_scale(cfg.scale).load_teacher(cfg), ckpt_path=ckpt, start_step=step)
+
+
+@rank_zero_only
+def announce(cfg: RunConfig, what: str) -> None:
+    """One line before the work starts: what is being run."""
+    print(f"{what} {cfg.arm.name} at scale {cfg.scale}: {cfg.steps} steps ({cfg.generator_steps} generator steps, "
+          f"ttur {cfg.ttur}), alpha {cfg.alpha:g}, batch {cfg.batch_size}, seed {cfg.seed}", flush=True)
 
 
 def check_inputs(cfg: RunConfig) -> None:

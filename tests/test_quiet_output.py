@@ -48,6 +48,7 @@ def test_a_fresh_run_prints_its_steps_and_summary_and_no_third_party_noise(tmp_p
     text = done.stdout + done.stderr
     assert not NOISE.search(text), NOISE.search(text).group(0) + "\n" + text
     lines = done.stdout.splitlines()
+    assert lines[0] == "run decoupled_hybrid at scale toy2d: 20 steps (10 generator steps, ttur 2), alpha 3, batch 32, seed 0"
     teacher = [ln for ln in lines if ln.startswith("toy2d teacher: step ")]
     steps = [ln for ln in lines if ln.startswith("distillation: step ")]
     assert teacher[-1].startswith("toy2d teacher: step 40/40 (100%)") and len(teacher) == 20
