@@ -12,7 +12,7 @@ def test_gpu_check_runs_every_measurement_on_tiny_configs(tmp_path):
     assert [(r["family"], r["lora_rank"]) for r in results] == [("sdxl", 2), ("zimage", 0)]
     for r in results:
         assert r["step_ms"] > 0 and r["floor_ms"] > 0 and math.isfinite(r["step_over_floor"])
-        assert math.isfinite(r["bf16_rel_diff"]) and -1 <= r["bf16_cosine"] <= 1
+        assert math.isfinite(r["bf16_rel_diff"]) and -1 - 1e-5 <= r["bf16_cosine"] <= 1 + 1e-5  # float rounding
     # a flow model's update in bf16 autocast points where the float32 one does; the tiny random SDXL UNet's does
     # not (x0 = (x - sqrt(1 - ab) eps) / sqrt(ab) amplifies bf16's eps error 15-50x at tau near 0, and its CFG
     # difference is small): measured 0.42 cosine on the tiny one; the real UNet's number is what gpu-check reports
