@@ -75,6 +75,7 @@ class DistillModule(pl.LightningModule):
         self.critic_step_count = 0
         self.skipped_steps = 0
         self.nonfinite_in_row = 0
+        self._generator_logs: dict = {}  # the last generator step's logs (0-dim tensors), logged at the next logged step
         # Checkpoints leave the frozen teacher out (it is the scale's, loaded before the module);
         # its fingerprint, taken before Lightning moves or casts anything, says which teacher it was.
         frozen = self._frozen_state()
@@ -146,14 +147,18 @@ class DistillModule(pl.LightningModule):
         self._step_had_nonfinite = False
         sample = None
         if self.step_count % self.cfg.ttur == 0:
+            # the generator's logs are kept until the next logged step: generator steps (every ttur-th) and
+            # logged steps (every log_every-th) need not coincide (with 5 and 10 they never would)
+            self._generator_logs = {}
             with _frozen(self._critic_params() if self.fake is not None else []):
-                sample = self._generator_step(cond, opts[0], logs)
+                sample = self._generator_step(cond, opts[0], self._generator_logs)
         if self.fake is not None:
             self._critic_step(cond, sample, opts[1], logs, real_data_of(batch))
         logged = self._logged_step()
         self.step_count += 1
         self._count_nonfinite_run()
         if logged:
+            logs = {**self._generator_logs, **logs}
             logs.update(step=float(self.step_count), generator_steps=float(self.generator_step_count),
                         skipped_steps=float(self.skipped_steps))
             self.log_dict(logs, on_step=True, prog_bar=False)
@@ -173,11 +178,11 @@ class DistillModule(pl.LightningModule):
             logs["loss_meanvar"] = reg.detach()
             loss = loss + self.arm.meanvar_weight * reg
         finite = torch.isfinite(update).all() & torch.isfinite(x.detach()).all()
-        if self._logged_step():
-            nonfinite = (~torch.isfinite(update)).sum() + (~torch.isfinite(x.detach())).sum()
-            logs.update({f"gen/{k}": v for k, v in ulogs.items()})
-            logs.update({"loss_generator": loss.detach(), "nonfinite": nonfinite.float(),
-                         "gen/out_mean": x.detach().mean(), "gen/out_std": x.detach().std()})
+        # device-side reductions only (no host read): they go out with the next logged step
+        nonfinite = (~torch.isfinite(update)).sum() + (~torch.isfinite(x.detach())).sum()
+        logs.update({f"gen/{k}": v for k, v in ulogs.items()})
+        logs.update({"loss_generator": loss.detach(), "nonfinite": nonfinite.float(),
+                     "gen/out_mean": x.detach().mean(), "gen/out_std": x.detach().std()})
         if self._update(loss, opt, list(self.generator.parameters()), logs, "generator", finite):
             self.generator_step_count += 1
         return x.detach(), t

@@ -194,6 +194,29 @@ def test_a_step_reads_the_device_once_per_update_unless_it_is_logged(monkeypatch
     assert logged[3]["loss_generator"] and logged[3]["gen/update_norm"] and logged[3]["grad_norm_fake"]
 
 
+def test_generator_logs_reach_the_log_when_logged_steps_are_never_generator_steps(tmp_path):
+    """ttur 2 and log_every 2: generator steps are the even indices, logged steps the odd ones (as the
+    defaults ttur 5 / log_every 10 never meet): the last generator step's logs go out with the next logged step."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import CSVLogger
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ddmd_lab.arms import REGISTRY
+    from ddmd_lab.backbones.toy import ToyFlowMLP
+    from ddmd_lab.config import RunConfig
+    from ddmd_lab.module import DistillModule
+
+    pl.seed_everything(0, verbose=False)
+    cfg = RunConfig(arm=REGISTRY["decoupled_hybrid"], steps=8, ttur=2, batch_size=8, log_every=2, wandb="disabled")
+    module = DistillModule(ToyFlowMLP(num_classes=3, hidden=16, depth=2), cfg)
+    loader = DataLoader(TensorDataset(torch.randint(3, (64,)), torch.randn(64, 2)), batch_size=8)
+    logger = CSVLogger(tmp_path, name="logs")
+    pl.Trainer(max_epochs=1, accelerator="cpu", logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, log_every_n_steps=cfg.log_every).fit(module, loader)
+    rows = [r for r in csv.DictReader((Path(logger.log_dir) / "metrics.csv").open()) if r.get("loss_critic")]
+    assert len(rows) == 4 and all(r.get("loss_generator") and r.get("grad_norm_generator") for r in rows)
+
+
 def _probe_main() -> int:
     """The CLI with the probes of this file's two-rank tests patched in (see the docstring)."""
     import ddmd_lab.module as module
