@@ -151,13 +151,6 @@ def test_a_step_reads_the_device_once_per_update_unless_it_is_logged(monkeypatch
     from a ddmd_lab file (torch's AdamW reads its own CPU step counter; Lightning reads the
     logged values, on logging steps only).  A 4-step student: backward simulation reads nothing.
     """
-    import pytorch_lightning as pl
-    from pytorch_lightning.loggers import CSVLogger
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from ddmd_lab.arms import REGISTRY
-    from ddmd_lab.backbones.toy import ToyFlowMLP
-    from ddmd_lab.config import RunConfig
     from ddmd_lab.host_reads import counting_host_reads
     from ddmd_lab.module import DistillModule
 
@@ -172,15 +165,8 @@ def test_a_step_reads_the_device_once_per_update_unless_it_is_logged(monkeypatch
             step[0] = None
 
     monkeypatch.setattr(DistillModule, "training_step", training_step)
-    pl.seed_everything(0, verbose=False)
-    cfg = RunConfig(arm=REGISTRY["decoupled_hybrid"], steps=8, ttur=2, batch_size=8, student_steps=4,
-                    log_every=3, wandb="disabled")
-    module = DistillModule(ToyFlowMLP(num_classes=3, hidden=16, depth=2), cfg)
-    loader = DataLoader(TensorDataset(torch.randint(3, (64,)), torch.randn(64, 2)), batch_size=8)
-    logger = CSVLogger(tmp_path, name="logs")
     with counting_host_reads(lambda: step[0]) as counts:
-        pl.Trainer(max_epochs=1, accelerator="cpu", logger=logger, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, log_every_n_steps=cfg.log_every).fit(module, loader)
+        module, logger = _toy_fit(tmp_path, log_every=3, student_steps=4)
     assert module.generator_step_count == 4 and module.critic_step_count == 8
     # per step: the draw of k (a CPU scalar: no device sync) and one finiteness flag per update,
     # agreed by all ranks (generator + critic on even steps, the critic alone on odd ones);
@@ -194,9 +180,8 @@ def test_a_step_reads_the_device_once_per_update_unless_it_is_logged(monkeypatch
     assert logged[3]["loss_generator"] and logged[3]["gen/update_norm"] and logged[3]["grad_norm_fake"]
 
 
-def test_generator_logs_reach_the_log_when_logged_steps_are_never_generator_steps(tmp_path):
-    """ttur 2 and log_every 2: generator steps are the even indices, logged steps the odd ones (as the
-    defaults ttur 5 / log_every 10 never meet): the last generator step's logs go out with the next logged step."""
+def _toy_fit(tmp_path, **settings):
+    """A decoupled_hybrid DistillModule on a toy MLP fitted 8 steps (ttur 2) with a CSV logger: (module, logger)."""
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger
     from torch.utils.data import DataLoader, TensorDataset
@@ -207,12 +192,19 @@ def test_generator_logs_reach_the_log_when_logged_steps_are_never_generator_step
     from ddmd_lab.module import DistillModule
 
     pl.seed_everything(0, verbose=False)
-    cfg = RunConfig(arm=REGISTRY["decoupled_hybrid"], steps=8, ttur=2, batch_size=8, log_every=2, wandb="disabled")
+    cfg = RunConfig(arm=REGISTRY["decoupled_hybrid"], steps=8, ttur=2, batch_size=8, wandb="disabled", **settings)
     module = DistillModule(ToyFlowMLP(num_classes=3, hidden=16, depth=2), cfg)
     loader = DataLoader(TensorDataset(torch.randint(3, (64,)), torch.randn(64, 2)), batch_size=8)
     logger = CSVLogger(tmp_path, name="logs")
     pl.Trainer(max_epochs=1, accelerator="cpu", logger=logger, enable_checkpointing=False, enable_progress_bar=False,
                enable_model_summary=False, log_every_n_steps=cfg.log_every).fit(module, loader)
+    return module, logger
+
+
+def test_generator_logs_reach_the_log_when_logged_steps_are_never_generator_steps(tmp_path):
+    """ttur 2 and log_every 2: generator steps are the even indices, logged steps the odd ones (as the
+    defaults ttur 5 / log_every 10 never meet): the last generator step's logs go out with the next logged step."""
+    _, logger = _toy_fit(tmp_path, log_every=2)
     rows = [r for r in csv.DictReader((Path(logger.log_dir) / "metrics.csv").open()) if r.get("loss_critic")]
     assert len(rows) == 4 and all(r.get("loss_generator") and r.get("grad_norm_generator") for r in rows)
 

@@ -69,13 +69,19 @@ def test_every_torch_load_in_the_package_is_weights_only():
     assert seen >= 2  # io.safe_torch_load and run._fit at least
 
 
-def test_resume_refuses_a_poisoned_checkpoint(toy_run, tmp_path, capsys):
+def _poisoned_copy(toy_run, tmp_path):
+    """(a copy of the toy run, its last.ckpt poisoned, the file the payload would create)."""
     run, _ = toy_run
     victim = tmp_path / "run"
     shutil.copytree(run, victim)
     last = victim / "checkpoints" / "last.ckpt"
     marker = tmp_path / "pwned"
     poison(last, torch.load(last, weights_only=True), marker)
+    return victim, last, marker
+
+
+def test_resume_refuses_a_poisoned_checkpoint(toy_run, tmp_path, capsys):
+    victim, last, marker = _poisoned_copy(toy_run, tmp_path)
     before = last.read_bytes()
     err = refused(capsys, ["ablation", "--resume", str(victim)], marker)
     assert "resume from another checkpoint of the run" in err
@@ -87,12 +93,7 @@ def test_lightnings_own_resume_reads_with_weights_only(toy_run, tmp_path, monkey
     """Past our own read (patched away here), Lightning's restore refuses the payload as well."""
     import ddmd_lab.run as run_module
 
-    run, _ = toy_run
-    victim = tmp_path / "run"
-    shutil.copytree(run, victim)
-    last = victim / "checkpoints" / "last.ckpt"
-    marker = tmp_path / "pwned"
-    poison(last, torch.load(last, weights_only=True), marker)
+    victim, last, marker = _poisoned_copy(toy_run, tmp_path)
     monkeypatch.setattr(run_module, "safe_torch_load", lambda *a, **k: {"ddmd_counters": {"step_count": 2}})
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         run_module.resume_ablation(str(victim))
