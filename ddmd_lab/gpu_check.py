@@ -105,7 +105,8 @@ def check_case(family: str, rank: int, tiny: bool, device: torch.device, steps: 
     from .bench import StepTimer, evaluation_costs, step_floor
     from .config import load_config
     from .data.steps import condition_of, step_loader
-    from .memory_plan import family_specs, memory_plan
+    from .architectures import family_specs
+    from .memory_plan import memory_plan
     from .module import DistillModule
 
     gpu = device.type == "cuda"

@@ -13,7 +13,7 @@ find_unused_parameters to get through a backward that leaves a model out.  Here 
     with the backward (DDP's buckets overlap); for full fine-tuning at scale, use fsdp.
 ``fsdp`` (PerBlockFSDP): the teacher, the generator and the fake model are each their own FSDP root,
     and inside each every repeated block of the family is its own unit (the class names of
-    memory_plan.CHECKPOINTED: Z-Image / Lumina2 transformer blocks, SDXL's ResnetBlock2D and
+    architectures.CHECKPOINTED: Z-Image / Lumina2 transformer blocks, SDXL's ResnetBlock2D and
     BasicTransformerBlock, which are also the CPU image UNet's blocks), so a forward gathers one
     block at a time and each backward reduce-scatters only the models it went through (the idle
     model is frozen during the other's update: DistillModule._frozen).  ``fsdp_teacher: replicate``
@@ -40,7 +40,8 @@ from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from .errors import UserError
-from .memory_plan import CHECKPOINTED, DDP_BUCKET_BYTES
+from .architectures import CHECKPOINTED
+from .memory_plan import DDP_BUCKET_BYTES
 
 BUCKET_BYTES = DDP_BUCKET_BYTES  # DDP's default bucket_cap_mb (25); the memory plan counts one such bucket
 BLOCKS = frozenset(name for classes, _ in CHECKPOINTED.values() for name in classes)

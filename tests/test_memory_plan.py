@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ddmd_lab.config import RunConfig, load_config
-from ddmd_lab.memory_plan import (GIB, Facts, Settings, build_meta, components, count, denoiser_facts, family_specs,
-                                  memory_plan, peak_bytes, write_run_plan)
+from ddmd_lab.architectures import Facts, build_meta, count, denoiser_facts, family_specs
+from ddmd_lab.memory_plan import GIB, Settings, components, memory_plan, peak_bytes, write_run_plan
 
 from .tiny_models import tiny_zimage_transformer
 
