@@ -145,7 +145,7 @@ def cmd_sample(args) -> None:
 
     prompts = list(args.prompt)
     if args.prompts:
-        from .scales.text2image import read_prompts
+        from .data.prompts import read_prompts
 
         prompts += read_prompts(args.prompts)
     if not prompts:

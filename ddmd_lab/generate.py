@@ -171,7 +171,7 @@ def write_samples(sampler: Sampler, prompts: list[str], out_dir: Path, per_promp
     from .eval.grid import save_grid
     from .io import atomic_write_text
 
-    from .scales.text2image import warn_truncated
+    from .data.prompts import warn_truncated
 
     out_dir = Path(out_dir)
     wanted = [p for p in prompts for _ in range(per_prompt)]

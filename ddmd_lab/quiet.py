@@ -20,7 +20,7 @@ LIGHTNING_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.
 
 
 # diffusers' pipelines log what they cut off a long prompt at every encode (every training step); ddmd_lab
-# warns once, before the run, with the count and the fix (scales/text2image.warn_truncated)
+# warns once, before the run, with the count and the fix (data/prompts.warn_truncated)
 DIFFUSERS_TRUNCATION = re.compile(r"The following part of your input was truncated because")
 DIFFUSERS_ENCODERS = ("diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl",
                       "diffusers.pipelines.lumina2.pipeline_lumina2")

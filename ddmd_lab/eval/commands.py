@@ -174,8 +174,8 @@ def eval_coco(args) -> dict:
 
 
 def _warn_truncated(source, prompts, what: str) -> None:
-    """Prompts the sampled model's text encoders cut short, said once before sampling (text2image.warn_truncated)."""
-    from ..scales.text2image import warn_truncated
+    """Prompts the sampled model's text encoders cut short, said once before sampling (data.prompts.warn_truncated)."""
+    from ..data.prompts import warn_truncated
 
     warn_truncated(source.sampler.model, list(prompts), what)
 

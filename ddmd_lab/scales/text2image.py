@@ -15,22 +15,18 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from pytorch_lightning.utilities import move_data_to_device
 
 from ..backbones.text_to_image import TextToImage
 from ..config import RunConfig, scale_settings
 from ..data.embeddings import Embeddings, cache_folder, open_embeddings, text_files_fingerprint, write_embeddings
+from ..data.prompts import read_prompts, warn_truncated
 from ..data.real_latents import cached_latents, coco_images
 from ..data.steps import step_loader
 from ..errors import UserError
-from ..eval.grid import save_grid
-from ..eval.spectra import raps, spectral_centroid
-from ..eval.stats import output_stats
 from ..pipelines import DTYPES, load_pipeline, resolve_source
 
 TEACHER_DEFAULTS = {"family": None, "source": None, "dtype": "float32", "resolution": 1024,
@@ -218,57 +214,6 @@ def encode_rows(model: TextToImage, prompts: list[str], batch: int) -> list:
     return rows
 
 
-def read_prompts(path: str | None) -> list[str]:
-    if not path:
-        raise UserError("no training prompts: set data.prompts to a text file (one prompt per line) or a COCO "
-                        "captions JSON, e.g. --set data.prompts=/data/coco/annotations/captions_train2014.json.")
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"prompt file {p} does not exist; set data.prompts to a .txt (one per line) or a COCO captions .json.")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:  # no permission, a binary file, another encoding
-        raise UserError(f"prompt file {p} cannot be read as UTF-8 text ({exc.__class__.__name__}); make it a readable "
-                        "UTF-8 .txt (one prompt per line) or a COCO captions .json.") from None
-    if p.suffix == ".json":
-        try:
-            prompts = [a["caption"].strip() for a in json.loads(text)["annotations"]]
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(f"{p} is not a COCO captions file ({exc.__class__.__name__}); it needs "
-                            "annotations[*].caption, or give a .txt with one prompt per line.") from None
-    else:
-        prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise UserError(f"prompt file {p} holds no prompts (only blank lines or no captions); write one prompt per "
-                        "line, or point data.prompts at another file.")
-    return prompts
-
-
-_CHECKED_WINDOWS: set = set()
-
-
-def warn_truncated(model: TextToImage, prompts: list[str], what: str = "prompts") -> None:
-    """Warn (once per model and prompt list) when prompts are longer than a text encoder's window: the
-    pipeline cuts them silently, so the teacher never sees their end.  Says how many, what one loses, the fix."""
-    key = (id(model), len(prompts), hash(tuple(prompts)))
-    if key in _CHECKED_WINDOWS or not model.windows:
-        return
-    _CHECKED_WINDOWS.add(key)
-    for window in model.windows:
-        cut = window.truncated(prompts)
-        if not cut:
-            continue
-        count = sum(p in cut for p in prompts)
-        example, lost = next(iter(cut.items()))
-        short = (lambda s: s if len(s) <= 80 else f"{s[:38]} ... {s[-38:]}")
-        fix = (f"shorten them, or raise {window.setting} (now {window.length})" if window.setting else
-               f"shorten them (this encoder's {window.length} tokens are fixed)")
-        warnings.warn(f"{count} of {len(prompts)} {what} are longer than the text encoder's window of {window.length} "
-                      f"tokens (with the pipeline's template) and lose their end, e.g. {short(example)!r} loses "
-                      f"{short(lost)!r}; {fix}.", UserWarning, stacklevel=2)
-        return
-
-
 def text_identity(cfg: RunConfig) -> dict:
     """What decides the conditions a prompt gets: the checkpoint (its id or folder, and a fingerprint
     of its text encoders' and tokenizers' files), the text settings, the dtype the encoders run in."""
@@ -401,81 +346,13 @@ def condition_loader(cfg: RunConfig, start_step: int = 0):
     return step_loader(make_batch, cfg.seed, start_step, cfg.steps)
 
 
-class Evaluator:
-    """Sample grid of fixed prompts and noise at every evaluation point, with the output
-    statistics of the decoded images (the variance curves: CA-only's oversaturation shows
-    up as rising std and saturated share) and of the latents, and their colour and contrast
-    (eval/colour.py), also relative to the teacher's samples of the same prompts and noise
-    (eval/teacher_reference.py; data.eval_vs_teacher)."""
+def make_evaluator(cfg: RunConfig, run_dir: Path | None = None):
+    from .text2image_eval import Evaluator
 
-    def __init__(self, cfg: RunConfig, run_dir: Path | None = None):
-        self.cfg, self.run_dir = cfg, run_dir
-        self.model = load_model(cfg, training=True)
-        d = data_settings(cfg)
-        prompts = list(d["eval_prompts"])
-        n = min(max(cfg.eval_samples, len(prompts)), 64)  # real-model decoding is expensive; a grid needs no more
-        self.prompts = [prompts[i % len(prompts)] for i in range(n)]
-        self.nrow = len(prompts)  # one column per prompt
-        self.batch = d["eval_batch"]
-        if d["precompute"]:  # embedded with the training prompts (make embed)
-            cache = embed(cfg, self.model, log=lambda _: None)["eval"]
-            self.rows = [cache[i % len(prompts)] for i in range(n)]
-        else:
-            with text_encoders_on(self.model, encode_device(cfg)):
-                self.rows = encode_rows(self.model, self.prompts, self.batch)
-        gen = torch.Generator().manual_seed(EVAL_SEED)
-        self.noise = torch.randn(n, *self.model.backbone.sample_shape, generator=gen)
-        self.teacher_colour = None
-        if d["eval_vs_teacher"]:
-            from ..eval.teacher_reference import TeacherColour
-
-            self.teacher_colour = TeacherColour(cfg, self.model, self.prompts, self.rows, self.noise, self.batch, EVAL_SEED)
-
-    def samples(self, module) -> tuple[torch.Tensor, torch.Tensor]:
-        """(latents, images in [-1, 1]) of the student on the fixed prompts and noise."""
-        backbone, device = self.model.backbone, module.device
-        self.model.vae.to(device)
-        latents, images = [], []
-        for i in range(0, len(self.rows), self.batch):
-            cond = backbone.cat_conditions(self.rows[i:i + self.batch])
-            cond = move_data_to_device(cond, device)
-            z = module.sample(self.noise[i:i + self.batch].to(device), cond)
-            latents.append(z.float().cpu())
-            images.append(self.model.decode(z).cpu())
-        return torch.cat(latents), torch.cat(images)
-
-    def __call__(self, module) -> dict:
-        latents, images = self.samples(module)
-        metrics = {**output_stats(images), "latent_std": latents.flatten(1).std(1).mean().item(),
-                   "spectral_centroid": spectral_centroid(raps(images))}
-        from ..eval.colour import colour_stats, mean_stats, relative
-
-        colour = mean_stats(colour_stats(images))
-        metrics.update(colour)
-        if self.teacher_colour is not None:
-            metrics.update(relative(colour, self.teacher_colour.get(module), "vs_teacher"))
-        if self.run_dir is not None:
-            save_grid(images, self.run_dir / "samples" / f"step_{module.step_count:07d}.png",
-                      nrow=self.nrow)
-        return metrics
-
-
-def make_evaluator(cfg: RunConfig, run_dir: Path | None = None) -> Evaluator:
     return Evaluator(cfg, run_dir)
 
 
 def reference_rows(cfg: RunConfig) -> dict[str, dict]:
-    """The teacher's colour row on the evaluator's prompts and noise, where a run's first evaluation
-    cached it (nothing is sampled here); its COCO-10k / HPSv2.1 numbers come from make eval-coco / eval-hps."""
-    from ..eval.teacher_reference import read_reference, reference_path
+    from .text2image_eval import reference_rows as rows
 
-    d = data_settings(cfg)
-    prompts = list(d["eval_prompts"])
-    n = min(max(cfg.eval_samples, len(prompts)), 64)  # as the Evaluator
-    try:
-        ref = read_reference(reference_path(cfg, [prompts[i % len(prompts)] for i in range(n)], EVAL_SEED))
-    except UserError:  # the checkpoint is not here (another machine's runs): no row
-        return {}
-    if ref is None:
-        return {}
-    return {f"teacher, {ref['steps']}-step CFG, alpha={ref['alpha']:g}": ref["colour"]}
+    return rows(cfg)
