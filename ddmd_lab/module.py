@@ -230,11 +230,12 @@ class DistillModule(pl.LightningModule):
         grad_norm = reduce_and_clip(strategy, params, self.cfg.grad_clip)  # the global norm
         logs[f"grad_norm_{name}"] = grad_norm.detach()
         ok = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
-        if self._on_every_rank(ok if finite is None else ok & finite):
+        stepped = self._on_every_rank(ok if finite is None else ok & finite)
+        if stepped:
             opt.step()
-            opt.zero_grad(set_to_none=True)  # gradients are not held between steps (a full model's worth each)
+        opt.zero_grad(set_to_none=True)  # gradients are not held between steps (a full model's worth each)
+        if stepped:
             return True
-        opt.zero_grad(set_to_none=True)
         self.skipped_steps += 1
         self._step_had_nonfinite = True
         return False
