@@ -151,7 +151,10 @@ def test_real_latents_are_encoded_once_and_equal_a_direct_encode(pipeline_folder
     direct = encode_latents(vae, uint8_to_signed(np.stack([reference_image(f, 32) for f in real.files])))
     torch.testing.assert_close(first.float(), direct.half().float())
     z = vae.encode(uint8_to_signed(np.stack([reference_image(real.files[0], 32)]))).latent_dist.mean
-    torch.testing.assert_close(first[:1].float(), ((z - vae.config.shift_factor) * vae.config.scaling_factor).half().float())
+    # one image alone through the VAE: float32 sums in another order can round a value to the neighbouring
+    # float16 (seen: 6e-5 on 3 of 4096), so compared at float16's resolution
+    torch.testing.assert_close(first[:1].float(), ((z - vae.config.shift_factor) * vae.config.scaling_factor).float(),
+                               rtol=1e-3, atol=1e-4)
 
     def no_encode(*a, **k):
         raise AssertionError("the VAE ran again")
