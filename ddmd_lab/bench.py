@@ -21,12 +21,20 @@ from .module import DistillModule
 from .scales import get_scale
 
 
+def _sync() -> None:
+    """Wait for queued GPU work: CUDA calls return before their kernels finish, so a timer needs this."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _median_time(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        _sync()
         t0 = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -34,9 +42,9 @@ def _median_time(fn, repeats: int) -> float:
 def evaluation_costs(model, cond, batch: int, repeats: int, gan: bool = True) -> dict[str, float]:
     """Seconds for one no-grad forward at batch B, 2B, 3B, one forward+backward at B, and (``gan``) one
     forward+backward of the features the GAN arm's discriminator reads (its extra evaluations)."""
-    shape = model.sample_shape
-    x = torch.randn(batch, *shape)
-    t = torch.rand(batch)
+    shape, device = model.sample_shape, next(model.parameters()).device
+    x = torch.randn(batch, *shape, device=device)
+    t = torch.rand(batch, device=device)
     out = {}
     for k in (1, 2, 3):
         xs, ts, cs = x.repeat(k, *[1] * len(shape)), t.repeat(k), model.cat_conditions([cond] * k)
@@ -91,9 +99,11 @@ class StepTimer(pl.Callback):
         self.warmup, self.times, self._t0 = warmup, [], 0.0
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        _sync()
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        _sync()
         if batch_idx >= self.warmup:
             self.times.append(time.perf_counter() - self._t0)
 

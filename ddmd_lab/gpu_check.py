@@ -147,6 +147,7 @@ def check_case(family: str, rank: int, tiny: bool, device: torch.device, steps: 
         result["measured_peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         if plan_gib:
             result["measured_over_plan"] = round(result["measured_peak_gib"] / plan_gib, 3)
+    module.to(device)  # Lightning's teardown moved the module back to the CPU
     cond = condition_of(next(iter(step_loader(make, 99, 0, 1))))
     cond = trainer.strategy.batch_to_device(cond, device)
     result.update(update_agreement(module, cond))
