@@ -10,7 +10,7 @@ from .eval.spectra import raps
 from .eval.term_spectra import term_spectra
 from .io import atomic_save_npz, safe_torch_load
 from .module import DistillModule
-from .scales import get_scale
+from .scales import get_scale, load_networks
 
 
 def load_run(run_dir: Path, checkpoint: str = "final.ckpt") -> DistillModule:
@@ -20,7 +20,8 @@ def load_run(run_dir: Path, checkpoint: str = "final.ckpt") -> DistillModule:
         raise UserError(f"{path} does not exist; the run has not finished (resume it with RESUME={run_dir}).")
     checkpoint = safe_torch_load(path, "use a checkpoint ddmd_lab wrote (the run's own checkpoints/final.ckpt)",
                                  "checkpoint", mmap=True)  # first: a refused checkpoint loads no teacher
-    module = DistillModule(get_scale(cfg.scale).load_teacher(cfg), cfg)
+    teacher, init = load_networks(cfg)
+    module = DistillModule(teacher, cfg, init)
     module.load_weights(checkpoint)
     return module.eval()
 

@@ -1,7 +1,8 @@
 """DistillModule: one arm's distillation run as a LightningModule.
 
 Frozen teacher, trainable generator and fake model (both copies of the
-teacher), manual optimisation with TTUR.  The cadence is counted here, not
+teacher, or of ``init`` where the teacher has no weights to copy: toy2d's exact
+denoiser), manual optimisation with TTUR.  The cadence is counted here, not
 read from trainer.global_step, because Lightning counts every optimiser's
 step there (a critic and a generator step make global_step advance by two).
 
@@ -39,9 +40,14 @@ CRITIC_TAU = TauRule("uniform", 0.0, 1.0)  # tau' ~ U(0,1) for the fake model's 
 
 
 class DistillModule(pl.LightningModule):
-    def __init__(self, teacher, cfg: RunConfig):
+    def __init__(self, teacher, cfg: RunConfig, init=None):
+        """``init``: the network the generator and the fake model start from (a copy each), when it is
+        not the frozen teacher (scales.load_networks); None: copies of the teacher."""
         super().__init__()
         self.cfg, self.arm = cfg, cfg.arm
+        if init is not None and cfg.lora.get("rank", 0):
+            raise UserError("LoRA adapts the frozen teacher's own network, so the trained networks cannot start "
+                            "from a separate initialisation (toy2d's teacher.kind=exact); set lora.rank=0.")
         if cfg.lora.get("rank", 0):
             # one base held once (registered as self.base); teacher / generator / fake are views
             from .lora import DEFAULT_TARGETS, LoraPlan, shared_base_views
@@ -52,9 +58,10 @@ class DistillModule(pl.LightningModule):
             views = shared_base_views(teacher, plan, ("generator", "fake") if self.arm.train_fake else ("generator",))
             self.teacher, self.generator, self.fake = views["teacher"], views["generator"], views.get("fake")
         else:
+            init = teacher if init is None else init
             self.teacher = teacher.eval().requires_grad_(False)
-            self.generator = copy.deepcopy(teacher).train().requires_grad_(True)
-            self.fake = copy.deepcopy(teacher).train().requires_grad_(True) if self.arm.train_fake else None
+            self.generator = copy.deepcopy(init).train().requires_grad_(True)
+            self.fake = copy.deepcopy(init).train().requires_grad_(True) if self.arm.train_fake else None
         self._cast_trained(getattr(torch, cfg.master_dtype))
         if cfg.gradient_checkpointing:  # trades a second forward for activation memory on the trained nets
             nets = {id(m.denoiser()): m.denoiser() for m in (self.generator, self.fake) if m is not None}

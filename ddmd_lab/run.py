@@ -20,7 +20,7 @@ from .io import atomic_write_text, new_run_dir, safe_torch_load
 from .memory_plan import write_run_plan
 from .module import DistillModule
 from .progress import StepProgressBar
-from .scales import TEXT_TO_IMAGE, get_scale
+from .scales import TEXT_TO_IMAGE, get_scale, load_networks
 
 
 def make_loggers(cfg: RunConfig, run_dir: Path) -> list:
@@ -60,7 +60,7 @@ def run_ablation(cfg: RunConfig) -> Path:
     """A new run in a new folder (made only once the teacher and data load)."""
     check_inputs(cfg)
     announce(cfg, "run")
-    teacher = get_scale(cfg.scale).load_teacher(cfg)
+    teacher, init = load_networks(cfg)
     handed_over = os.environ.get(RUN_DIR_ENV)
     if handed_over:
         run_dir = Path(handed_over)
@@ -71,10 +71,10 @@ def run_ablation(cfg: RunConfig) -> Path:
         save_config(cfg, run_dir / "config.yaml")
     write_run_plan(cfg, run_dir)  # memory_plan.json (text-to-image scales)
     if handed_over or not _distributed(cfg):
-        return _fit(cfg, run_dir, teacher)
+        return _fit(cfg, run_dir, teacher, init)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # for the ranks the launcher starts during fit
     try:
-        return _fit(cfg, run_dir, teacher)
+        return _fit(cfg, run_dir, teacher, init)
     finally:  # the next run of a sweep in this process gets a folder of its own
         del os.environ[RUN_DIR_ENV]
 
@@ -110,7 +110,7 @@ def resume_ablation(target: str, scale: str | None = None, arm: str | None = Non
     _drop_rows_after(run_dir / "metrics.csv", step)
     for partial in (run_dir / "checkpoints").glob(".*.tmp"):  # half-written by the killed process
         partial.unlink()
-    return _fit(cfg, run_dir, get_scale(cfg.scale).load_teacher(cfg), ckpt_path=ckpt, start_step=step)
+    return _fit(cfg, run_dir, *load_networks(cfg), ckpt_path=ckpt, start_step=step)
 
 
 @rank_zero_only
@@ -144,11 +144,11 @@ def _drop_rows_after(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(keep))
 
 
-def _fit(cfg: RunConfig, run_dir: Path, teacher, ckpt_path: Path | None = None, start_step: int = 0) -> Path:
+def _fit(cfg: RunConfig, run_dir: Path, teacher, init=None, ckpt_path: Path | None = None, start_step: int = 0) -> Path:
     scale = get_scale(cfg.scale)
     allow_tf32()
     pl.seed_everything(cfg.seed, verbose=False)
-    module = DistillModule(teacher, cfg)
+    module = DistillModule(teacher, cfg, init)
     checkpoints = AtomicCheckpoint(run_dir / "checkpoints", cfg.checkpoint_every)
     trainer = pl.Trainer(
         max_epochs=1,

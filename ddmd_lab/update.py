@@ -52,8 +52,22 @@ def draw(arm: Arm, x: Tensor, t_student: Tensor, s: UpdateSettings) -> Draws:
     return Draws(tau_ca, noise_ca, tau_dm, noise_dm)
 
 
+@dataclass
+class Terms:
+    """One step's update split into its terms (x0 space, float32): what ``generator_update`` sums,
+    and what diagnostics.py measures.  A term is None where the arm switches it off."""
+
+    x: Tensor  # the generator output the terms were computed for (detached, float32)
+    draws: Draws
+    ca: Tensor | None  # ca_weight * CA / norm_ca, as it enters the update
+    dm: Tensor | None  # dm_weight * DM / norm_dm
+    norm_ca: Tensor | None  # per-sample normalisers, shape (B, 1, ..., 1)
+    norm_dm: Tensor | None
+    update: Tensor  # the sum of the terms
+
+
 @torch.no_grad()
-def generator_update(
+def update_terms(
     arm: Arm,
     x: Tensor,
     cond: Any,
@@ -62,12 +76,8 @@ def generator_update(
     fake,
     s: UpdateSettings,
     draws: Draws | None = None,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Return the x0-space update Delta for generator output x, and logs.
-
-    The logs are 0-dim tensors on x's device: reading one waits for the device, which
-    the caller does only on the steps it logs.
-    """
+) -> Terms:
+    """The arm's CA and DM terms for generator output x: one batched teacher call, one fake call."""
     x = x.detach().float()
     d = draws or draw(arm, x, t_student, s)
     shared = arm.shared_draw and arm.uses_ca and arm.uses_dm
@@ -84,30 +94,65 @@ def generator_update(
     if shared:
         real["cond_ca"] = real["cond_dm"]
 
-    logs: dict[str, Tensor] = {}
     ca = dm = None
     if arm.uses_ca:
         ca = ca_vector(real["cond_ca"], real["uncond_ca"], s.alpha)
-        logs["tau_ca_mean"] = d.tau_ca.mean()
     if arm.uses_dm:
         fake_cond = fake.x0(x_dm, d.tau_dm, cond)
         dm = dm_vector(real["cond_dm"], fake_cond)
-        logs["tau_dm_mean"] = d.tau_dm.mean()
 
     norm_ca, norm_dm = _normalisers(arm, x, real, s)
     update = torch.zeros_like(x)
+    ca_term = dm_term = None
     if ca is not None:
         ca_term = arm.ca_weight * ca / norm_ca
         update += ca_term
-        logs["update_norm_ca"] = per_sample_norm(ca_term).mean()
-        logs["normaliser_ca"] = norm_ca.mean()
     if dm is not None:
         dm_term = arm.dm_weight * dm / norm_dm
         update += dm_term
-        logs["update_norm_dm"] = per_sample_norm(dm_term).mean()
-        logs["normaliser_dm"] = norm_dm.mean()
-    logs["update_norm"] = per_sample_norm(update).mean()
-    return update, logs
+    return Terms(x, d, ca_term, dm_term, norm_ca if ca is not None else None, norm_dm if dm is not None else None,
+                 update)
+
+
+@torch.no_grad()
+def generator_update(
+    arm: Arm,
+    x: Tensor,
+    cond: Any,
+    t_student: Tensor,
+    teacher,
+    fake,
+    s: UpdateSettings,
+    draws: Draws | None = None,
+    out: dict | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Return the x0-space update Delta for generator output x, and logs.
+
+    The logs are 0-dim tensors on x's device: reading one waits for the device, which
+    the caller does only on the steps it logs.  ``out``, where given, receives the
+    step's Terms under ``"terms"`` (the diagnostics read them).
+    """
+    terms = update_terms(arm, x, cond, t_student, teacher, fake, s, draws)
+    if out is not None:
+        out["terms"] = terms
+    return terms.update, term_logs(terms)
+
+
+def term_logs(terms: Terms) -> dict[str, Tensor]:
+    """Batch means of the taus, the terms' sizes and the normalisers (0-dim tensors, no host read)."""
+    d, logs = terms.draws, {}
+    if terms.ca is not None:
+        logs["tau_ca_mean"] = d.tau_ca.mean()
+    if terms.dm is not None:
+        logs["tau_dm_mean"] = d.tau_dm.mean()
+    if terms.ca is not None:
+        logs["update_norm_ca"] = per_sample_norm(terms.ca).mean()
+        logs["normaliser_ca"] = terms.norm_ca.mean()
+    if terms.dm is not None:
+        logs["update_norm_dm"] = per_sample_norm(terms.dm).mean()
+        logs["normaliser_dm"] = terms.norm_dm.mean()
+    logs["update_norm"] = per_sample_norm(terms.update).mean()
+    return logs
 
 
 def _normalisers(arm: Arm, x: Tensor, real: dict[str, Tensor], s: UpdateSettings) -> tuple[Tensor, Tensor]:

@@ -46,7 +46,9 @@ class ToyMixture:
         return (self.means[comp] + self.std * noise).float()
 
     def posterior_x0(self, x_t: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
-        """E[x0 | x_t, c] (or unconditional when labels is None), float64 inside."""
+        """E[x0 | x_t, c] (or unconditional when labels is None), float64 inside.  A row whose label is
+        ``num_classes`` (the null label of label dropout) is unconditional too, so a batch of cond and
+        null rows is answered in one call, as a teacher network answers it."""
         x = x_t.double().cpu()
         tt = expand_like(t.double().cpu(), x)  # (B,1)
         mu = self.means  # (J,2)
@@ -54,7 +56,8 @@ class ToyMixture:
         diff = x[:, None, :] - tt[:, None, :] * mu[None]  # (B,J,2)
         logp = -(diff**2).sum(-1) / (2 * var_t)  # equal weights, equal variances: no log-det term needed
         if labels is not None:
-            own = self.component_class[None, :] == labels.cpu()[:, None]
+            lab = labels.cpu()[:, None]
+            own = (self.component_class[None, :] == lab) | (lab == self.num_classes)
             logp = logp.masked_fill(~own, float("-inf"))
         resp = torch.softmax(logp, dim=1)  # (B,J)
         comp_mean = mu[None] + (tt[:, None, :] * self.std**2 / var_t[:, None, :]) * diff

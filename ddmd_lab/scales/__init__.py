@@ -1,7 +1,8 @@
 """Scales: what a run distils (teacher, conditions, evaluation) at one size.
 
 A scale module provides ``load_teacher(cfg)``, ``condition_loader(cfg)`` and
-``make_evaluator(cfg)``; nothing else in a run knows which scale it is.
+``make_evaluator(cfg)``, and, where the trained networks do not start as copies of
+the frozen teacher, ``load_init(cfg)``; nothing else in a run knows which scale it is.
 """
 from __future__ import annotations
 
@@ -20,3 +21,11 @@ def get_scale(name: str):
     if name not in SCALES:
         raise UserError(f"unknown scale {name!r}; known scales: {', '.join(sorted(SCALES))}.")
     return importlib.import_module(SCALES[name])
+
+
+def load_networks(cfg):
+    """(the frozen teacher, what the generator and the fake model start from), for DistillModule;
+    the second is None where they start as copies of the teacher (every scale but toy2d's exact teacher)."""
+    scale = get_scale(cfg.scale)
+    load_init = getattr(scale, "load_init", None)
+    return scale.load_teacher(cfg), load_init(cfg) if load_init is not None else None

@@ -2,7 +2,10 @@
 
 Because E[x0 | x_t, c] is known in closed form, the exact CFG-guided target
 (the guided ODE's samples) and the unguided conditional are both available,
-so every arm's output can be measured against both.
+so every arm's output can be measured against both.  The teacher a run distils
+is the MLP trained here (``teacher.kind=trained``) or that closed form itself
+(``teacher.kind=exact``: no teacher error); the generator and the fake model are
+the trained MLP's copies either way.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..backbones.toy import ToyFlowMLP
+from ..backbones.toy import ExactToyDenoiser, ToyFlowMLP
 from ..config import RunConfig
 from ..data.steps import step_loader
 from ..data.toy2d import ToyMixture
@@ -26,8 +29,9 @@ from ..progress import StepProgressBar
 from ..rollout import teacher_cfg_sample
 from ..teacher_module import TeacherModule
 
-TEACHER_DEFAULTS = {"hidden": 256, "depth": 3, "steps": 3000, "batch_size": 1024, "lr": 2e-3,
+TEACHER_DEFAULTS = {"kind": "trained", "hidden": 256, "depth": 3, "steps": 3000, "batch_size": 1024, "lr": 2e-3,
                     "p_uncond": 0.1, "seed": 0, "data_size": 200_000}
+TEACHER_KINDS = {"trained": "the MLP flow model trained here", "exact": "the mixture's closed-form denoiser"}
 DATA_DEFAULTS = {"num_classes": 4, "comps_per_class": 2, "radius": 1.5, "std": 0.35}
 EVAL_SEED = 1234  # the evaluation noise and labels are the same for every run
 
@@ -40,23 +44,34 @@ def teacher_settings(cfg: RunConfig) -> dict:
     unknown = set(cfg.teacher) - set(TEACHER_DEFAULTS)
     if unknown:
         raise UserError(f"teacher: unknown key(s) {sorted(unknown)}; known: {sorted(TEACHER_DEFAULTS)}.")
-    return {**TEACHER_DEFAULTS, **cfg.teacher}
+    t = {**TEACHER_DEFAULTS, **cfg.teacher}
+    if t["kind"] not in TEACHER_KINDS:
+        allowed = "; ".join(f"{k!r} ({what})" for k, what in TEACHER_KINDS.items())
+        raise UserError(f"teacher.kind={t['kind']!r} is not a toy2d teacher; allowed: {allowed}.")
+    return t
+
+
+def mlp_settings(cfg: RunConfig) -> dict:
+    """What the MLP teacher is trained from: every teacher setting but ``kind``, which says only whether
+    runs distil it or the exact denoiser.  Left out of the cache key, so both kinds share one trained
+    MLP and the caches of runs from before ``kind`` existed stay valid."""
+    return {k: v for k, v in teacher_settings(cfg).items() if k != "kind"}
 
 
 def teacher_dir(cfg: RunConfig) -> Path:
-    spec = {"teacher": teacher_settings(cfg), "data": {**DATA_DEFAULTS, **cfg.data}}
+    spec = {"teacher": mlp_settings(cfg), "data": {**DATA_DEFAULTS, **cfg.data}}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
     return Path(cfg.cache_dir) / "teachers" / "toy2d" / key
 
 
 def build_backbone(cfg: RunConfig) -> ToyFlowMLP:
-    t = teacher_settings(cfg)
+    t = mlp_settings(cfg)
     return ToyFlowMLP(num_classes=mixture(cfg).num_classes, hidden=t["hidden"], depth=t["depth"])
 
 
 def train_teacher(cfg: RunConfig) -> Path:
-    """Train the teacher (flow matching, label dropout) and cache it with its metrics."""
-    t, mix = teacher_settings(cfg), mixture(cfg)
+    """Train the MLP teacher (flow matching, label dropout) and cache it with its metrics."""
+    t, mix = mlp_settings(cfg), mixture(cfg)
     folder = teacher_dir(cfg)
     gen = torch.Generator().manual_seed(t["seed"])
     labels = torch.randint(mix.num_classes, (t["data_size"],), generator=gen)
@@ -84,13 +99,24 @@ def teacher_cached(cfg: RunConfig) -> bool:
 def write_teacher_report(cfg: RunConfig) -> Path:
     """teacher.json for a cached teacher whose report is missing."""
     path = teacher_dir(cfg) / "teacher.json"
-    metrics = teacher_metrics(cfg, load_teacher(cfg))
-    atomic_write_text(path, json.dumps({"settings": teacher_settings(cfg), "metrics": metrics}, indent=2))
+    metrics = teacher_metrics(cfg, load_trained(cfg))
+    atomic_write_text(path, json.dumps({"settings": mlp_settings(cfg), "metrics": metrics}, indent=2))
     return path
 
 
-def load_teacher(cfg: RunConfig) -> ToyFlowMLP:
-    """The cached teacher for this config, trained first if it is not there."""
+def load_teacher(cfg: RunConfig) -> ToyFlowMLP | ExactToyDenoiser:
+    """The frozen teacher runs distil: the trained MLP, or the mixture's exact denoiser."""
+    return ExactToyDenoiser(mixture(cfg)) if teacher_settings(cfg)["kind"] == "exact" else load_trained(cfg)
+
+
+def load_init(cfg: RunConfig) -> ToyFlowMLP | None:
+    """What the generator and the fake model start from: the trained MLP, which is already the teacher
+    (None) unless the teacher is the exact denoiser, whose closed form has no weights to copy."""
+    return load_trained(cfg) if teacher_settings(cfg)["kind"] == "exact" else None
+
+
+def load_trained(cfg: RunConfig) -> ToyFlowMLP:
+    """The cached MLP teacher for this config, trained first if it is not there."""
     path = teacher_dir(cfg) / "teacher.pt"
     if not path.is_file():
         train_teacher(cfg)

@@ -1,0 +1,102 @@
+"""toy2d's teacher.kind=exact: the distillation queries the mixture's closed-form denoiser, while the
+generator and the fake model start from the trained MLP teacher (as they do with kind=trained)."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddmd_lab.backbones.base import batched_x0
+from ddmd_lab.backbones.toy import ExactToyDenoiser, ToyFlowMLP
+from ddmd_lab.cli import main
+from ddmd_lab.config import load_config, parse_overrides, read_config
+from ddmd_lab.data.toy2d import ToyMixture
+from ddmd_lab.errors import UserError
+from ddmd_lab.flow import renoise
+from ddmd_lab.inspect_run import load_run
+from ddmd_lab.module import DistillModule
+from ddmd_lab.run import run_ablation
+from ddmd_lab.scales import load_networks, toy2d
+
+from .test_resume import SMALL
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exact_teacher")
+    return [f"runs_dir={root / 'runs'}", f"cache_dir={root / 'cache'}"]
+
+
+def _cfg(dirs, arm="decoupled_hybrid", *items):
+    return load_config("toy2d", arm, parse_overrides(SMALL + dirs + ["teacher.kind=exact", *items]))
+
+
+def _queries(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, generator=g) * 2, torch.rand(n, generator=g) * 0.96 + 0.02, torch.randint(4, (n,), generator=g)
+
+
+def test_exact_teacher_is_the_mixtures_denoiser(dirs):
+    mix = toy2d.mixture(_cfg(dirs))
+    teacher = toy2d.load_teacher(_cfg(dirs))  # no MLP is needed, so none is trained here
+    assert isinstance(teacher, ExactToyDenoiser)
+    x, t, labels = _queries()
+    null = teacher.null_condition(labels)
+    torch.testing.assert_close(teacher.x0(x, t, labels), mix.posterior_x0(x, t, labels), rtol=0, atol=0)
+    torch.testing.assert_close(teacher.x0(x, t, null), mix.posterior_x0(x, t, None), rtol=0, atol=0)
+    # cond and null rows in one call, as the generator's update asks for them
+    cond_x0, uncond_x0 = batched_x0(teacher, [(x, t, labels), (x, t, null)])
+    torch.testing.assert_close(cond_x0, mix.posterior_x0(x, t, labels))
+    torch.testing.assert_close(uncond_x0, mix.posterior_x0(x, t, None))
+    assert (cond_x0 - uncond_x0).abs().max() > 0.1  # the two really differ: guidance has something to act on
+    assert torch.equal(teacher.null_batch(3), torch.full((3,), 4))
+
+
+def test_exact_teacher_uses_the_runs_time_convention():
+    """t = 1 is clean: a point re-noised as the update re-noises it, at t near 1, is denoised to itself."""
+    mix = ToyMixture()
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(200) % 4
+    x0 = mix.sample(labels, g)
+    t = torch.full((200,), 0.995)
+    x_t = renoise(x0, torch.randn(200, 2, generator=g), t)
+    assert (ExactToyDenoiser(mix).x0(x_t, t, labels) - x0).abs().max() < 0.05
+
+
+def test_generator_and_fake_start_from_the_trained_mlp(dirs):
+    cfg = _cfg(dirs)
+    teacher, init = load_networks(cfg)
+    module = DistillModule(teacher, cfg, init)
+    trained = toy2d.load_trained(cfg).state_dict()
+    assert isinstance(module.teacher, ExactToyDenoiser)
+    for net in (module.generator, module.fake):
+        assert isinstance(net, ToyFlowMLP)
+        torch.testing.assert_close(net.state_dict(), trained, rtol=0, atol=0)
+    # kind=trained: as before, the teacher is that MLP and there is no separate start
+    trained_cfg = load_config("toy2d", "decoupled_hybrid", parse_overrides(SMALL + dirs))
+    teacher, init = load_networks(trained_cfg)
+    assert init is None and isinstance(teacher, ToyFlowMLP)
+    torch.testing.assert_close(teacher.state_dict(), trained, rtol=0, atol=0)
+    assert toy2d.teacher_dir(trained_cfg) == toy2d.teacher_dir(cfg)  # one MLP, trained and cached once
+
+
+def test_exact_teacher_run_from_the_cli(dirs, capsys):
+    argv = ["ablation", "--arm", "decoupled_hybrid", "--steps", "6"]
+    for item in SMALL + dirs + ["teacher.kind=exact", "eval_every=3"]:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    run = Path(next(p for p in capsys.readouterr().out.splitlines() if p.startswith("run folder:")).split(": ", 1)[1])
+    assert read_config(run / "config.yaml").teacher["kind"] == "exact"
+    assert json.loads((run / "summary.json").read_text())["generator_steps"] == 2
+    module = load_run(run)  # its checkpoint names the exact teacher's fingerprint, and loads with that teacher
+    assert isinstance(module.teacher, ExactToyDenoiser)
+    trained_cfg = load_config("toy2d", "decoupled_hybrid", parse_overrides(SMALL + dirs))
+    with pytest.raises(UserError, match="teacher"):  # not with the trained MLP as the teacher
+        DistillModule(toy2d.load_teacher(trained_cfg), trained_cfg).load_weights(
+            torch.load(run / "checkpoints" / "final.ckpt", weights_only=True))
+
+
+def test_bad_teacher_kind_names_the_allowed_ones(dirs):
+    cfg = _cfg(dirs, "coupled", "teacher.kind=oracle")
+    with pytest.raises(UserError, match=r"teacher.kind='oracle'.*'trained'.*'exact'"):
+        run_ablation(cfg)
