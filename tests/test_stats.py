@@ -47,3 +47,47 @@ def test_runs_group_by_config_without_the_seed():
     assert group_key(base) != group_key(load_config("toy2d", "coupled").to_dict())
     assert group_key(base) != group_key(load_config("toy2d", "decoupled_hybrid", {"lr_fake": 1e-3}).to_dict())
     assert group_key(base) != group_key(load_config("toy2d", "decoupled_hybrid", {"student_steps": 1}).to_dict())
+
+
+def _fake_run(root, arm, seed, summary, changes=None, n=[0]):
+    """A finished run folder (config.yaml + summary.json) as the report reads it; no training."""
+    import json
+
+    from ddmd_lab.config import save_config
+
+    n[0] += 1
+    cfg = load_config("fashion", arm, {"seed": seed, "steps": 500, "eval_every": 250, **(changes or {})})
+    folder = root / "fashion" / arm / f"20260101-{n[0]:06d}-s{seed}"
+    folder.mkdir(parents=True)
+    save_config(cfg, folder / "config.yaml")
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_seeded_groups_labels_primary_and_paired_claims(tmp_path):
+    """Groups split by config without the seed; the sweep's common settings are said once, a
+    variant is labelled by what sets it apart and never stands for its arm; the claims pair seeds."""
+    from ddmd_lab.report.runs import finished_runs, latest_runs
+    from ddmd_lab.report.seeded import claims, find, primary, seed_groups, sweep_settings
+
+    fd = {"coupled": [80.0, 84.0, 82.0], "decoupled_hybrid": [90.0, 95.0, 91.0]}
+    for seed in range(3):
+        for arm, values in fd.items():
+            _fake_run(tmp_path, arm, seed, {"domain_fd": values[seed], "class_adherence": 0.9})
+            _fake_run(tmp_path, arm, seed, {"domain_fd": values[seed] - 5}, {"arm": {"normaliser": "per_loss"}})
+    newest_variant = _fake_run(tmp_path, "coupled", 0, {"domain_fd": 1.0}, {"lr_fake": 4e-4})  # one seed, newest
+    groups = seed_groups(finished_runs(tmp_path, "fashion"))
+    assert len(groups) == 5 and sorted(len(g.runs) for g in groups) == [1, 3, 3, 3, 3]
+    assert sweep_settings(groups) == {"steps": 500, "eval_every": 250}  # said once, in a note
+    per_loss = find(groups, "coupled", 4, arm__normaliser="per_loss")
+    assert per_loss.label == {"arm.normaliser": "per_loss"} and per_loss.name == "coupled [arm.normaliser=per_loss]"
+    base = primary(groups)[("coupled", 4)]
+    assert base.label == {} and base is find(groups, "coupled", 4)
+    assert latest_runs(tmp_path, "fashion")[("coupled", 4)].path != newest_variant  # the variant never shadows
+    by_claim = {c.claim: c for c in claims(groups)}
+    c = by_claim["#4 decoupled_hybrid better than #1 coupled"]
+    assert c.diff.n == 3 and c.diff.mean == pytest.approx((10 + 11 + 9) / 3) and c.result == "does not hold"
+    n = by_claim["coupled: normaliser per_loss better than the default"]
+    assert n.diff.mean == pytest.approx(-5) and n.result == "holds"  # 5 lower on every seed
+    assert "coupled: lr_fake 0.0004 differs from the default" not in by_claim or by_claim[
+        "coupled: lr_fake 0.0004 differs from the default"].result == "inconclusive"  # one seed

@@ -14,7 +14,7 @@ from .runs import RunRecord
 CURVE_KEYS = ("out_std", "out_mean", "saturated", "hf_excess")
 TITLES = {"out_std": "output std", "out_mean": "output mean", "saturated": "share of saturated pixels",
           "hf_excess": "high-frequency excess (log power vs real)", "class_adherence": "class adherence",
-          "spectral_centroid": "spectral centroid"}
+          "spectral_centroid": "spectral centroid", "domain_fd": "classifier Frechet distance"}
 
 
 def _save(fig, path: Path | None):
@@ -170,3 +170,57 @@ def run_figures(record: RunRecord) -> dict[str, str]:
         output_spectra_heatmap(record, record.path / "output_spectra.png")
         out["output_spectra"] = "output_spectra.png"
     return out
+
+
+def seeded_bars(groups, path: Path | None = None, metrics=("domain_fd", "class_adherence", "out_std")):
+    """Each group's mean with its 95% interval, and every seed as a dot (groups with 2+ seeds)."""
+    groups = sorted([g for g in groups if len(g.runs) > 1], key=lambda g: (-g.student_steps, g.arm, g.name))
+    metrics = [m for m in metrics if any(g.values(m) for g in groups)]
+    if not groups or not metrics:
+        raise ValueError("no configuration was run with two or more seeds")
+    fig = Figure(figsize=(5 * len(metrics), 0.32 * len(groups) + 1.5))
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    names = [f"{g.name}, {g.student_steps}-step" for g in groups]
+    for ax, m in zip(axes, metrics):
+        for i, g in enumerate(groups):
+            e = g.estimate(m)
+            if e.n >= 2:
+                ax.errorbar(e.mean, i, xerr=[[e.mean - e.lo], [e.hi - e.mean]], fmt="o", color="k", capsize=3)
+            ax.scatter(list(g.values(m).values()), [i] * len(g.values(m)), s=12, color="tab:blue", alpha=0.6, zorder=3)
+        ax.set_yticks(range(len(groups)), names if ax is axes[0] else [""] * len(groups))
+        ax.invert_yaxis()
+        ax.set_title(f"{TITLES.get(m, m)} (mean, 95% interval, seeds)")
+        ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def convergence(groups, path: Path | None = None, keys=("domain_fd", "class_adherence", "out_std")):
+    """Metrics over generator steps of the longest runs (one line per run), with the seeded groups'
+    mean curves of the same arms for comparison: where do the arms plateau?"""
+    longest = max((r.cfg.steps for g in groups for r in g.runs.values()), default=0)
+    long_runs = [(g, r) for g in groups for r in g.runs.values() if r.cfg.steps == longest and "generator_steps" in r.curves]
+    if not long_runs or all(r.cfg.steps == longest for g in groups for r in g.runs.values()):
+        raise ValueError("no run longer than the sweep's length")
+    arms = sorted({g.arm for g, _ in long_runs})
+    fig = Figure(figsize=(4.5 * len(keys), 3.4))
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    for ax, key in zip(axes, keys):
+        for g, r in long_runs:
+            if key in r.curves:
+                ax.plot(r.curves["generator_steps"], r.curves[key], marker=".", color=_arm_colour(g.arm, arms),
+                        label=f"{g.name} (seed {r.cfg.seed})")
+        for g in groups:  # the seeded groups of the same arms, at their own (shorter) length
+            if g.arm in arms and len(g.runs) > 1 and not g.label:
+                curves = [r.curves[key] for r in g.runs.values() if key in r.curves]
+                n = min(map(len, curves), default=0)
+                if n:
+                    ax.plot(next(iter(g.runs.values())).curves["generator_steps"][:n], np.mean([c[:n] for c in curves], axis=0),
+                            ls="--", color=_arm_colour(g.arm, arms), label=f"{g.name}, mean of {len(curves)} seeds")
+        ax.set_title(TITLES.get(key, key))
+        ax.set_xlabel("generator steps")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=2, bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout()
+    return _save(fig, path)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..io import atomic_write_text, publish_dir
 from . import plots
-from .runs import require_runs
+from .runs import finished_runs, require_runs
+from .seeded import claims, seed_groups
 from .tables import paper_tables, render_tables, scale_reference
 
 KEY_ARMS = ("ca_only", "decoupled_hybrid", "coupled", "dm_only")  # spectra shown for these, where run
@@ -30,18 +31,67 @@ def write_report(runs_dir: str | Path, scale: str, reports_dir: str | Path = "re
         atomic_write_text(staging / "tables.tex", render_tables(tables, "latex") + "\n")
         teacher = _teacher_ca_spectra(runs)  # read once: a figure and a finding use it
         lines = _figures(runs, staging, teacher)
+        groups = seed_groups(finished_runs(runs_dir, scale))
+        seeded = _seeded_section(groups, staging)
         page = [f"# ddmd_lab report: {scale}", "",
                 f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make report SCALE={scale}` "
                 f"from the newest finished run of each (arm, student steps) under `{Path(runs_dir) / scale}`. "
                 "Every number below was measured by those runs (their folders are named in the first table); "
                 "the paper's columns come from `analysis/paper_numbers.yaml`.", "",
-                *_sweep_commands(runs), "", "## The paper's findings, checked on these runs", "",
+                *_sweep_commands(runs), "", *seeded, "## The paper's findings, checked on these runs", "",
                 *[f"- {line}" for line in findings(runs, teacher)], "", "## Tables", "", render_tables(tables, "markdown"), "", "## Figures", "", *lines]
         atomic_write_text(staging / "README.md", "\n".join(page) + "\n")
         return publish_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _seeded_section(groups, folder: Path) -> list[str]:
+    """Verdicts over seeds (paired), the seeded figure and the convergence curve, where run."""
+    out = []
+    comps = claims(groups)
+    if comps:
+        out += ["## Verdicts over seeds (paired differences, 95% intervals)", "",
+                *[f"- {c.line()}" for c in comps], ""]
+    for name, title, draw in (("seeds.png", "Every configuration over its seeds", plots.seeded_bars),
+                              ("convergence.png", "Convergence: metrics over generator steps of the longest runs",
+                               plots.convergence)):
+        try:
+            draw(groups, folder / name)
+        except ValueError:
+            continue
+        out += [f"### {title}", "", f"![{title}]({name})", ""]
+        if name == "convergence.png":
+            out += [f"- {line}" for line in convergence_lines(groups)] + [""]
+    return out
+
+
+def convergence_lines(groups, metric: str = "domain_fd") -> list[str]:
+    """For each longest run: the metric at the start, at the sweep's length and at the end, and how much
+    of the run's whole improvement the sweep's length reaches."""
+    import numpy as np
+
+    lengths = sorted({r.cfg.steps for g in groups for r in g.runs.values()})
+    if len(lengths) < 2:
+        return []
+    sweep = max((r.cfg.steps for g in groups if len(g.runs) > 1 for r in g.runs.values()), default=lengths[0])
+    out = []
+    for g in groups:
+        for r in g.runs.values():
+            c = r.curves
+            if r.cfg.steps != lengths[-1] or metric not in c:
+                continue
+            steps, vals = c["step"], c[metric]
+            at = vals[int(np.argmin(np.abs(steps - sweep)))]
+            share = (vals[0] - at) / (vals[0] - vals[-1]) if vals[0] != vals[-1] else float("nan")
+            best = int(c["generator_steps"][int(np.nanargmin(vals))])
+            out.append(f"{g.name} (seed {r.cfg.seed}): {metric} {vals[0]:.4g} at step 0, {at:.4g} at step {sweep} "
+                       f"(the sweeps' length), {vals[-1]:.4g} at step {int(steps[-1])}; the sweeps' length reaches "
+                       f"{share:.0%} of the whole run's improvement; lowest at generator step {best}"
+                       + (f"; Inception FID at the end {r.summary['fid']:.4g} ({r.summary.get('fid_samples')} samples)"
+                          if r.summary.get("fid") is not None else "") + ".")
+    return out
 
 
 def _sweep_commands(runs) -> list[str]:

@@ -91,8 +91,12 @@ def finished_runs(runs_dir: str | Path, scale: str) -> list[RunRecord]:
 
 
 def latest_runs(runs_dir: str | Path, scale: str) -> dict[tuple[str, int], RunRecord]:
-    """The newest finished run of each (arm, student steps)."""
-    latest = {(r.arm, r.student_steps): r for r in finished_runs(runs_dir, scale)}
+    """The newest finished run of each (arm, student steps), from the group of runs that stands for
+    that arm (seeded.primary: most seeds, then the sweep's common settings), so a variant of an arm
+    (another normaliser, learning rate or length) never shadows the arm itself."""
+    from .seeded import primary, seed_groups
+
+    latest = {k: g.newest() for k, g in primary(seed_groups(finished_runs(runs_dir, scale))).items()}
     return dict(sorted(latest.items(), key=lambda kv: (-kv[0][1], kv[0][0])))
 
 

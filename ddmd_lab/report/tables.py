@@ -253,7 +253,40 @@ def paper_tables(runs_dir: str | Path, scale: str) -> list[Table]:
     tables.append(curve_table("Fig. 3 analogue: regularisers of CA, 4-step", REGULARISERS, runs, 4,
                               ("out_mean", "out_std"), note="Paper: " + f["fig3"]))
     tables.append(fig4a(runs))
+    from .runs import finished_runs
+    from .seeded import claims, seed_groups
+
+    groups = seed_groups(finished_runs(runs_dir, scale))
+    if any(len(g.runs) > 1 for g in groups):  # seeds were swept: their means and paired verdicts
+        tables += [seeded_table(groups), comparison_table(claims(groups))]
     return tables
+
+
+def seeded_table(groups, metrics: tuple[str, ...] = ("domain_fd", "class_adherence", "out_std", "saturated",
+                                                    "hf_excess", "spectral_centroid", "fid")) -> Table:
+    """Every group of runs (config without the seed): mean ± 95% Student-t half-width and n per metric."""
+    from .seeded import seeded_rows, sweep_settings
+
+    metrics = tuple(m for m in metrics if any(g.values(m) for g in groups))
+    t = Table("Every configuration over its seeds: mean ± 95% interval (n)", ["group", "student steps", "seeds", *metrics],
+              seeded_rows(groups, metrics))
+    common = sweep_settings(groups)
+    if common:
+        t.notes.append("Every row unless its label says otherwise: " + ", ".join(f"{k}={v}" for k, v in sorted(common.items()))
+                       + " (differences from the scale's YAML); a label in [...] is what sets a row apart.")
+    t.notes.append("Interval: Student-t over seeds (two-sided 95%); with n=3 its half-width is 2.48 standard deviations.")
+    return t
+
+
+def comparison_table(comparisons) -> Table:
+    """The paired comparisons: a - b over common seeds, its interval and the verdict."""
+    t = Table("Paired comparisons over common seeds (a - b; same teacher, evaluation noise and initial draws)",
+              ["claim", "metric", "a", "b", "a - b", "verdict"])
+    for c in comparisons:
+        t.rows.append([c.claim, c.metric, str(c.a.estimate(c.metric)), str(c.b.estimate(c.metric)), str(c.diff), c.result])
+    t.notes.append("holds / does not hold: the whole 95% interval of the paired difference lies on one side of 0; "
+                   "inconclusive: it straddles 0. 'differs' (two-sided claims): the interval excludes 0.")
+    return t
 
 
 def render_tables(tables: list[Table], fmt: str = "markdown") -> str:
