@@ -4,6 +4,7 @@
 #   make tables|report [SCALE=fashion] [FORMAT=latex]   make dashboard [WANDB_ENTITY=you]
 #   make sample RUN=<run> PROMPT="a cat"  (or SCALE=zimage SET="teacher.source=<folder>" for the teacher)
 #   make gpu-check   (one GPU, < 8 min: full-size SDXL / Z-Image, random weights: memory vs plan, step vs floor, bf16 vs fp32)
+#   make diagnose RUN=<run> [SAMPLES=2048]   (CA vs DM per tau bin of the final generator: <run>/diagnostics.json)
 #   make export RUN=<run> [OUT=folder]   (the student as a diffusers pipeline folder + model card)
 #   make eval-coco RUN=<run> COCO=/data/coco10k [CLIP_WEIGHTS=/path/open_clip_pytorch_model.bin] [HPS_WEIGHTS=/path/HPS_v2.1_compressed.pt]
 #        (DMD2's protocol on its coco10k folder; PROTOCOL=val2014-seeded COCO=/data/coco for a seeded val2014 subset;
@@ -49,7 +50,7 @@ SAMPLE_ARGS = $(if $(RUN),--run $(RUN)) $(if $(PROMPT),--prompt "$(PROMPT)") $(i
   $(if $(GUIDANCE),--guidance $(GUIDANCE)) $(if $(SAMPLE_STEPS),--sample-steps $(SAMPLE_STEPS))
 WANDB_ENTITY ?=
 
-.PHONY: setup ablation sweep teacher classifier tables report dashboard notebooks spectra sample eval-coco eval-hps eval-dpg export plan gpu-check embed bench test
+.PHONY: setup ablation sweep teacher classifier tables report dashboard notebooks spectra diagnose sample eval-coco eval-hps eval-dpg export plan gpu-check embed bench test
 setup: $(VENV)/.installed
 
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
@@ -93,6 +94,10 @@ notebooks: setup
 
 spectra: setup
 	$(PY) -m ddmd_lab spectra $(if $(RUN),--run $(RUN)) $(RUN_ARGS)
+
+SAMPLES ?=
+diagnose: setup
+	$(PY) -m ddmd_lab diagnose --run "$(RUN)" $(if $(SAMPLES),--samples $(SAMPLES))
 
 sample: setup
 	$(PY) -m ddmd_lab sample $(SAMPLE_ARGS) $(RUN_ARGS)

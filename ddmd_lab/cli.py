@@ -127,6 +127,16 @@ def cmd_spectra(args) -> None:
         print(json.dumps(teacher_spectra(_config(args, DEFAULT_ARM)), indent=2))
 
 
+def cmd_diagnose(args) -> None:
+    from .diagnose import diagnose_run, summary_lines
+
+    if not args.run:
+        raise UserError("no run to diagnose: make diagnose RUN=runs/<scale>/<arm>/<run-id> [SAMPLES=2048].")
+    path, replaced = diagnose_run(args.run, args.samples, args.seed, args.device)
+    print("\n".join(summary_lines(path)))
+    print(f"diagnostics written: {path}" + (" (replaced the previous diagnostics.json)" if replaced else ""))
+
+
 def _sampler(args):
     from .generate import student_sampler, teacher_sampler
 
@@ -268,6 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", help="a finished image run folder; without it, the scale's teacher on real images")
     _common(p)
     p.set_defaults(func=cmd_spectra)
+
+    p = sub.add_parser("diagnose", help="CA vs DM per tau bin (cosines, |CA|/|DM|, normalisers, tau histograms, "
+                       "shares of the update) of a finished run's final generator and fake: <run>/diagnostics.json")
+    p.add_argument("--run", help="a run folder with a checkpoint")
+    p.add_argument("--samples", type=int, default=2048, help="generator samples to measure (default 2048)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    p.set_defaults(func=cmd_diagnose)
 
     def sampling(p: argparse.ArgumentParser) -> None:
         p.add_argument("--run", help="a run folder: sample its student (default: the scale's teacher)")

@@ -56,6 +56,8 @@ class RunConfig:
     eval_every: int = 100  # in steps
     log_every: int = 10  # per-step training logs (losses, update norms) every this many optimiser steps
     eval_samples: int = 2000
+    # CA/DM diagnostics per tau bin (diagnostics.py) every this many generator steps and at the last one; 0 = off
+    diagnostics_every: int = 10
     fid_samples: int = 0  # Inception FID at the end of a run on this many samples (0 = none)
     checkpoint_every: int = 500  # in steps; 0 = only the final checkpoint
     wandb: str = "offline"  # offline | online | disabled (W&B's own mode names)
@@ -86,6 +88,7 @@ class RunConfig:
             (self.student_steps >= 1, "student_steps must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be at least 1"),
+            (self.diagnostics_every >= 0, "diagnostics_every must be 0 (off) or a number of generator steps"),
             (self.shift > 0, "shift must be positive"),
             (len(self.tau_clamp) == 2 and 0 <= self.tau_clamp[0] <= self.tau_clamp[1] <= 1,
              "tau_clamp must be [lo, hi] with 0 <= lo <= hi <= 1"),

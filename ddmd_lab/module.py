@@ -35,6 +35,7 @@ from .rollout import backward_simulate, sample_student, times_for_model
 from .tau import TauRule, sample_tau
 from .sharding import rank_zeros_draw, reduce_and_clip
 from .update import UpdateSettings, generator_update
+from .eval.diagnostics_callback import diagnose_step, due as diagnostics_due
 
 CRITIC_TAU = TauRule("uniform", 0.0, 1.0)  # tau' ~ U(0,1) for the fake model's denoising loss
 
@@ -83,6 +84,9 @@ class DistillModule(pl.LightningModule):
         self.skipped_steps = 0
         self.nonfinite_in_row = 0
         self._generator_logs: dict = {}  # the last generator step's logs (0-dim tensors), logged at the next logged step
+        # diagnostics (eval/diagnostics_callback.py): measured in due generator steps where its callback switches
+        # them on; the step's binned result waits here for the callback
+        self.diagnostics_on, self.diagnosis = False, None
         # Checkpoints leave the frozen teacher out (it is the scale's, loaded before the module);
         # its fingerprint, taken before Lightning moves or casts anything, says which teacher it was.
         frozen = self._frozen_state()
@@ -173,7 +177,10 @@ class DistillModule(pl.LightningModule):
     def _generator_step(self, cond, opt, logs) -> tuple[Tensor, Tensor]:
         x_t, t = self._student_input(cond, len(cond))
         x = self.generator.x0(x_t, t, cond)
-        update, ulogs = generator_update(self.arm, x, cond, t, self.teacher, self.fake, self.settings)
+        keep = {} if diagnostics_due(self) else None
+        update, ulogs = generator_update(self.arm, x, cond, t, self.teacher, self.fake, self.settings, out=keep)
+        if keep:
+            self.diagnosis = diagnose_step(self, keep["terms"], cond, t)
         loss = proxy_loss(x, update)
         if self.arm.gan_weight:
             x_tau, tau = self._renoised(x, t)

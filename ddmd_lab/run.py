@@ -16,6 +16,7 @@ from .checkpointing import AtomicCheckpoint, resolve_resume
 from .config import RunConfig, read_config, save_config
 from .errors import UserError
 from .eval.callback import EvalCallback
+from .eval.diagnostics_callback import DiagnosticsCallback
 from .io import atomic_write_text, new_run_dir, safe_torch_load
 from .memory_plan import write_run_plan
 from .module import DistillModule
@@ -107,7 +108,8 @@ def resume_ablation(target: str, scale: str | None = None, arm: str | None = Non
     del checkpoint
     check_inputs(cfg)
     announce(cfg, f"resuming {run_dir} at step {step}:")
-    _drop_rows_after(run_dir / "metrics.csv", step)
+    for rows in ("metrics.csv", "diagnostics.csv"):
+        _drop_rows_after(run_dir / rows, step)
     for partial in (run_dir / "checkpoints").glob(".*.tmp"):  # half-written by the killed process
         partial.unlink()
     return _fit(cfg, run_dir, *load_networks(cfg), ckpt_path=ckpt, start_step=step)
@@ -139,8 +141,8 @@ def _drop_rows_after(path: Path, step: int) -> None:
     lines = path.read_text().splitlines(keepends=True)
     keep = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
     if len(keep) < len(lines):
-        n = len(list(path.parent.glob("metrics.csv.before-resume-*")))
-        shutil.copyfile(path, path.with_name(f"metrics.csv.before-resume-{n + 1}"))
+        n = len(list(path.parent.glob(f"{path.name}.before-resume-*")))
+        shutil.copyfile(path, path.with_name(f"{path.name}.before-resume-{n + 1}"))
         atomic_write_text(path, "".join(keep))
 
 
@@ -160,7 +162,8 @@ def _fit(cfg: RunConfig, run_dir: Path, teacher, init=None, ckpt_path: Path | No
         use_distributed_sampler=False,  # every rank reads its own batch of each step (data/steps.py)
         logger=make_loggers(cfg, run_dir),
         # order matters: the checkpoint after a step already holds that step's evaluation
-        callbacks=[EvalCallback(scale.make_evaluator(cfg, run_dir), run_dir, cfg.eval_every, figures=run_figures),
+        callbacks=[*([DiagnosticsCallback(run_dir)] if cfg.diagnostics_every else []),  # its rows before the checkpoint
+                   EvalCallback(scale.make_evaluator(cfg, run_dir), run_dir, cfg.eval_every, figures=run_figures),
                    checkpoints, *([StepProgressBar("distillation")] if cfg.progress_bar else [])],
         log_every_n_steps=cfg.log_every,
         enable_progress_bar=cfg.progress_bar,

@@ -34,6 +34,10 @@ SECTIONS: dict[str, dict] = {
         "bars": ["hsv_saturation_vs_teacher", "lab_b_vs_teacher"]},
     "Contrast and clipping vs real images": {
         "only": "image", "lines": ["eval/rms_contrast_vs_real", "eval/clipped_vs_real", "eval/rms_contrast", "eval/clipped"]},
+    # diagnostics (eval/diagnostics_callback.py): batch means here; per tau bin under diag_bins/ and in diagnostics.csv
+    "Why a schedule wins or loses: CA vs DM (diagnostics)": {
+        "lines": ["diag/cos_ca_dm_own", "diag/cos_ca_dm_shared", "diag/ratio_ca_dm", "diag/ratio_ca_dm_shared",
+                  "diag/share_ca", "diag/share_dm", "diag/normaliser_ca", "diag/normaliser_dm"]},
     "CA and DM spectra by tau": {"media": ["media/term_spectra", "media/output_spectra"]},
     "Sample grids over training": {"media": ["media/samples"]},
 }
