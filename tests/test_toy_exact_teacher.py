@@ -100,3 +100,22 @@ def test_bad_teacher_kind_names_the_allowed_ones(dirs):
     cfg = _cfg(dirs, "coupled", "teacher.kind=oracle")
     with pytest.raises(UserError, match=r"teacher.kind='oracle'.*'trained'.*'exact'"):
         run_ablation(cfg)
+
+
+def test_teacher_tables_pair_runs_by_seed():
+    from ddmd_lab.report.toy_teachers import arms_table, gaps, in_sweep, teacher_effect_table
+
+    c = {("trained", "coupled"): {0: 1.0, 1: 1.1, 2: 0.9}, ("trained", "decoupled_hybrid"): {0: 1.5, 1: 1.7, 2: 1.4},
+         ("exact", "coupled"): {0: 0.5, 1: 0.6, 2: 0.4}, ("exact", "decoupled_hybrid"): {0: 0.6, 1: 0.7, 2: 0.5, 3: 9.0}}
+    assert gaps(c, "exact", "decoupled_hybrid") == pytest.approx({0: 0.1, 1: 0.1, 2: 0.1})  # seed 3 has no pair
+    effect = {row[0]: row for row in teacher_effect_table(c).rows}["#4 decoupled_hybrid"]
+    assert effect[2] == "holds" and effect[-1] == "holds"  # exact better, and its gap to #1 shrinks
+    assert effect[-2].startswith("-0.4333")
+    rows = {(r[0], r[1]): r for r in arms_table({m: c for m in ("dist_cfg_target", "dist_conditional", "class_precision",
+                                                                  "out_std", "outside_support")}).rows}
+    assert rows["trained", "#4 decoupled_hybrid"][5] == "does not hold" and rows["trained", "#1 coupled"][5] == "–"
+    # the sweep: the scale's own config of the arm; the teacher's kind is the compared axis, not a difference
+    assert in_sweep(load_config("toy2d", "coupled", {"teacher": {"kind": "exact"}}))
+    assert in_sweep(load_config("toy2d", "dm_only", {"teacher": {"kind": "trained", "steps": 3000}}))
+    assert not in_sweep(load_config("toy2d", "coupled", {"steps": 5}))
+    assert not in_sweep(load_config("toy2d", "coupled", {"teacher": {"steps": 100}}))
