@@ -35,10 +35,12 @@ def write_report(runs_dir: str | Path, scale: str, reports_dir: str | Path = "re
         seeded = _seeded_section(groups, staging)
         page = [f"# ddmd_lab report: {scale}", "",
                 f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make report SCALE={scale}` "
-                f"from the newest finished run of each (arm, student steps) under `{Path(runs_dir) / scale}`. "
+                f"from the finished runs under `{Path(runs_dir) / scale}`: runs that differ only in the seed are one "
+                "group (mean ± 95% interval, paired verdicts); single-run tables and figures show the newest run "
+                "of the group that stands for each (arm, student steps). "
                 "Every number below was measured by those runs (their folders are named in the first table); "
                 "the paper's columns come from `analysis/paper_numbers.yaml`.", "",
-                *_sweep_commands(runs), "", *seeded, "## The paper's findings, checked on these runs", "",
+                *_sweep_commands(groups), "", *seeded, "## The paper's findings, checked on these runs", "",
                 *[f"- {line}" for line in findings(runs, teacher)], "", "## Tables", "", render_tables(tables, "markdown"), "", "## Figures", "", *lines]
         atomic_write_text(staging / "README.md", "\n".join(page) + "\n")
         return publish_dir(staging, target)
@@ -94,17 +96,21 @@ def convergence_lines(groups, metric: str = "domain_fd") -> list[str]:
     return out
 
 
-def _sweep_commands(runs) -> list[str]:
-    """The commands that reproduce the runs, read back from their configs."""
-    groups: dict[tuple, list[str]] = {}
-    for (arm, steps), r in runs.items():
-        c = r.cfg
-        groups.setdefault((c.scale, c.steps, steps, c.eval_every, c.seed), []).append(arm)
+def _sweep_commands(groups) -> list[str]:
+    """The commands that reproduce every group of runs, read back from their configs (one
+    `make sweep` per set of arms that share steps, seeds and settings)."""
+    from .seeded import _short
+
+    lines: dict[tuple, list[str]] = {}
+    for g in sorted(groups, key=lambda g: (-g.student_steps, g.arm, g.name)):
+        r = g.newest()
+        settings = " ".join(f"{k}={_short(v)}" for k, v in sorted(g.changed.items()) if k != "steps")
+        key = (r.cfg.scale, r.cfg.steps, ",".join(map(str, g.seeds)), f"student_steps={g.student_steps} {settings}".strip())
+        lines.setdefault(key, []).append(g.arm)
     out = ["Reproduce:", "", "```"]
-    for (scale, total, steps, every, seed), arms in groups.items():
-        out.append(f"make sweep SCALE={scale} STEPS={total} SEED={seed} ARMS={','.join(arms)} "
-                   f'SET="student_steps={steps} eval_every={every}"')
-    return out + [f"make report SCALE={next(iter(runs.values())).cfg.scale}", "```"]
+    for (scale, steps, seeds, settings), arms in lines.items():
+        out.append(f'make sweep SCALE={scale} STEPS={steps} SEEDS={seeds} ARMS={",".join(dict.fromkeys(arms))} SET="{settings}"')
+    return out + [f"make report SCALE={groups[0].newest().cfg.scale}" if groups else "make report", "```"]
 
 
 def _figures(runs, folder: Path, teacher: dict | None) -> list[str]:
