@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 JOBS=${JOBS:-2}
 SEEDS=${SEEDS:-"0 1 2"}
-BLOCKS=${BLOCKS:-"core normaliser convergence tau_ranges lr_fake"}
+BLOCKS=${BLOCKS:-"core normaliser ca_arms convergence tau_ranges lr_fake"}
 START=${START:-1}
 PY=${PY:-.venv/bin/python}
 LEN=500                       # critic steps = 100 generator steps (ttur 5): the sweeps' length
@@ -20,6 +20,9 @@ COMMON="--set eval_every=100 --set fid_samples=0"   # Inception FID: 7.5 images/
 jobs() {
   for block in $BLOCKS; do
     case $block in
+      ca_arms)      # CA alone and its other regularisers, at half length (CA alone explodes within it)
+        for s in $SEEDS; do for a in ca_only ca_meanvar ca_gan; do
+          echo "--arm $a --steps 250 --seed $s $COMMON"; done; done ;;
       convergence)  # make ablation ARM=<a> SCALE=fashion STEPS=1000 SEED=0 SET="eval_every=100 fid_samples=1000"
         for a in coupled decoupled_hybrid; do
           echo "--arm $a --steps 1000 --seed 0 --set eval_every=100 --set fid_samples=1000"; done ;;
