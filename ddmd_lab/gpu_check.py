@@ -3,13 +3,17 @@
 Full-size SDXL and Z-Image denoisers with random weights (no download: the published configs
 in experiments/architectures/), a few ``decoupled_hybrid`` steps of each recipe as configured,
 with LoRA and with full fine-tuning wherever the memory plan says it fits this GPU.  Per case:
-measured peak memory against the plan, step time against the network-evaluation floor
-(bench.step_floor, timed in the run's precision), and how far one generator update in bf16
-autocast is from the same update in float32.  ``--tiny`` runs the same code on tiny configs of
-the same classes (its CPU test).
+measured peak memory against the plan's training part (``plan_training_gib``: what this script
+allocates -- no text encoders, no VAE; ``plan_peak_gib`` is the whole run's), step time against the
+network-evaluation floor (bench.step_floor, the step's own generator timed in the run's precision),
+and how far one generator update in bf16 autocast is from the same update in float32.  Each case
+starts from an empty GPU: the previous case's module is collected first (its memory would count in
+this case's peak otherwise; ``resident_at_start_gib`` says what was left).  ``--tiny`` runs the same
+code on tiny configs of the same classes (its CPU test).
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -110,6 +114,7 @@ def check_case(family: str, rank: int, tiny: bool, device: torch.device, steps: 
     from .module import DistillModule
 
     gpu = device.type == "cuda"
+    release(device)  # anything an earlier case left behind would count in this case's peak
     overrides = {"teacher": {"source": "random-weights"}, "lora": {"rank": rank, "alpha": max(rank, 1)},
                  "accelerator": "gpu" if gpu else "cpu", "devices": 1, "strategy": "auto", "wandb": "disabled",
                  "progress_bar": False, "checkpoint_every": 0}
@@ -118,17 +123,19 @@ def check_case(family: str, rank: int, tiny: bool, device: torch.device, steps: 
     if tiny:
         spec, resolution, side, tokens = TINY[family], 128, 16, 8
         cfg = replace(cfg, batch_size=2, precision="32-true" if not gpu else cfg.precision)
-        plan_gib = None
+        plan_gib = training_gib = None
     else:
         spec, resolution = {"_library": "diffusers", **family_specs(family)["denoiser"]}, int(cfg.teacher["resolution"])
         side, tokens = resolution // 8, TEXT_TOKENS[family]
         gib = torch.cuda.get_device_properties(device).total_memory / 2**30 if gpu else None
         plan = memory_plan(cfg, gpu_gib=gib)
-        plan_gib = plan["peak_gib"]
+        plan_gib, training_gib = plan["peak_gib"], plan["training_gib"]
         if not plan["fits"]:
             return {"family": family, "lora_rank": rank, "skipped": f"plan: {plan_gib} GiB does not fit {gib:.0f} GiB"}
     result = {"family": family, "lora_rank": rank, "batch": cfg.batch_size, "resolution": resolution,
-              "precision": cfg.precision, "plan_peak_gib": plan_gib}
+              "precision": cfg.precision, "plan_peak_gib": plan_gib, "plan_training_gib": training_gib}
+    if gpu:
+        result["resident_at_start_gib"] = round(torch.cuda.memory_allocated(device) / 2**30, 2)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.teacher.get("dtype", "float32")]
     t0 = time.perf_counter()
     teacher = random_teacher(family, spec, side, resolution, device, dtype)
@@ -145,25 +152,36 @@ def check_case(family: str, rank: int, tiny: bool, device: torch.device, steps: 
     trainer.fit(module, step_loader(make, cfg.seed, 0, cfg.steps))
     if gpu:
         result["measured_peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-        if plan_gib:
-            result["measured_over_plan"] = round(result["measured_peak_gib"] / plan_gib, 3)
+        if training_gib:  # like with like: the plan's components this script allocates
+            result["measured_over_plan"] = round(result["measured_peak_gib"] / training_gib, 3)
     module.to(device)  # Lightning's teardown moved the module back to the CPU
     cond = condition_of(next(iter(step_loader(make, 99, 0, 1))))
     cond = trainer.strategy.batch_to_device(cond, device)
     result.update(update_agreement(module, cond))
     # the floor: each network evaluation timed alone, in the run's precision (after training: its gradients
-    # would otherwise count in the peak)
+    # would otherwise count in the peak), on the step's own generator: LoRA its view (adapter on, base frozen,
+    # checkpointed as in the step), full fine-tuning its trained copy.  (The raw teacher of a LoRA run is the
+    # shared base: its fwd_bwd would compute every base weight's gradient, which no step does.)
     with trainer.precision_plugin.forward_context():
-        teacher.requires_grad_(True)
-        costs = evaluation_costs(teacher, cond, cfg.batch_size, repeats, gan=False)
-        teacher.requires_grad_(False)
+        costs = evaluation_costs(module.generator, cond, cfg.batch_size, repeats, gan=False)
+    for p in module.parameters():
+        p.grad = None
     step = sum(timer.times) / len(timer.times)
     floor = step_floor(cfg.arm, costs, cfg.ttur, cfg.student_steps)
     result.update(step_ms=round(step * 1e3, 1), floor_ms=round(floor * 1e3, 1), step_over_floor=round(step / floor, 2))
-    del module, trainer, teacher
-    if gpu:
+    return result  # main releases what the case held (release(), once this frame is gone)
+
+
+def release(device: torch.device) -> None:
+    """Free what an ended case held.  Its DistillModule and Trainer refer to each other (Lightning keeps
+    references both ways), so they outlive ``del`` and the case's frame until Python's cycle collector
+    runs, which may be much later: the module (moved back to the GPU after fit) and the gradients its floor
+    timing left then counted in the next case's peak.  The likely cause of Z-Image LoRA's 47.49 GiB on the
+    H200 (plan's training part 22.25): the SDXL full fine-tuning case before it left ~29 GiB (teacher and
+    its gradients in bf16, float32 generator and fake)."""
+    gc.collect()
+    if device.type == "cuda":
         torch.cuda.empty_cache()
-    return result
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -192,6 +210,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for family, rank in cases:
         t0 = time.perf_counter()
         r = check_case(family, rank, args.tiny, device, args.steps, args.repeats)
+        release(device)
         r["wall_s"] = round(time.perf_counter() - t0, 1)
         print(json.dumps(r), flush=True)
         results.append(r)

@@ -124,6 +124,17 @@ def peak_bytes(c: dict[str, int]) -> int:
     return sum(c[k] for k in STATIC) + c["fsdp_gathered"] + max(c["activations"], c["vae_decode"])
 
 
+# The training step's own part of the plan: the peak without the frozen text encoders, the VAE and
+# its decode (a run with precomputed prompts between evaluations).  gpu_check.py loads neither text
+# encoders nor a VAE, so this is what its measured peak compares with.
+TRAINING = ("teacher", "generator", "fake", "gradients", "optimizer", "ddp_buckets", "autocast_cache",
+            "fsdp_gathered", "activations")
+
+
+def training_bytes(c: dict[str, int]) -> int:
+    return sum(c[k] for k in TRAINING)
+
+
 DESCRIPTIONS = {
     "teacher": "frozen teacher denoiser (LoRA: the shared base)",
     "generator": "generator weights (full copy or LoRA adapter)",
@@ -223,7 +234,8 @@ def memory_plan(cfg, gpu_gib: float | None = None, fsdp_teacher: str | None = No
                    "text_encoders": [{"class": n, "params": p} for n, p in facts.text_encoder_params],
                    "vae": facts.vae_params},
         "bytes": c, "gib": {k: round(v / GIB, 2) for k, v in c.items()},
-        "peak_gib": round(peak / GIB, 2), "gpu_gib": s.gpu_gib, "usable_gib": round(usable / GIB, 2),
+        "peak_gib": round(peak / GIB, 2), "training_gib": round(training_bytes(c) / GIB, 2),
+        "gpu_gib": s.gpu_gib, "usable_gib": round(usable / GIB, 2),
         "fits": peak <= usable, "headroom_gib": round((usable - peak) / GIB, 2),
         "notes": notes(s, family),
     }
@@ -271,6 +283,8 @@ def format_table(plan: dict) -> str:
         rows.append(f"{key:<16}{plan['gib'][key]:>9.2f}  {what}")
     verdict = "fits" if plan["fits"] else "DOES NOT FIT"
     rows += ["", f"{'peak':<16}{plan['peak_gib']:>9.2f}  held + fsdp_gathered + max(activations, vae_decode)",
+             f"{'training part':<16}{plan['training_gib']:>9.2f}  without text encoders, VAE, VAE decode "
+             "(what make gpu-check measures)",
              f"{verdict}: {plan['peak_gib']:.2f} of {plan['usable_gib']:.2f} usable GiB "
              f"({plan['gpu_gib']:g} GiB GPU), headroom {plan['headroom_gib']:.2f} GiB", ""]
     rows += [f"- {n}" for n in plan["notes"]]
