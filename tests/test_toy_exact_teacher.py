@@ -119,3 +119,13 @@ def test_teacher_tables_pair_runs_by_seed():
     assert in_sweep(load_config("toy2d", "dm_only", {"teacher": {"kind": "trained", "steps": 3000}}))
     assert not in_sweep(load_config("toy2d", "coupled", {"steps": 5}))
     assert not in_sweep(load_config("toy2d", "coupled", {"teacher": {"steps": 100}}))
+
+
+def test_teacher_error_by_tau_is_zero_for_the_exact_teacher():
+    from ddmd_lab.report.toy_teachers import teacher_error_by_tau
+
+    mix = ToyMixture()
+    rows = teacher_error_by_tau(ExactToyDenoiser(mix), mix, (0.1, 0.9), n=200)
+    assert [r["tau"] for r in rows] == pytest.approx([0.1, 0.9])
+    assert all(r[k] == 0 for r in rows for k in ("cond_rms_error", "uncond_rms_error", "ca_rms_error"))
+    assert rows[0]["ca_exact_rms"] > rows[1]["ca_exact_rms"] > 0  # guidance's direction fades towards clean

@@ -7,7 +7,8 @@ teacher is exact.  Every comparison pairs runs by seed (same seed: same evaluati
 generator start, same training draws), and stats.py judges it from the interval of the paired
 difference.
 
-``python -m ddmd_lab.report.toy_teachers [runs_dir]`` prints the tables (markdown).
+``python -m ddmd_lab.report.toy_teachers [runs_dir]`` prints the tables (markdown), with the trained
+teacher's error against the exact denoiser by tau (the suspected cause, measured directly).
 """
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ import sys
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import torch
+
+from ..data.toy2d import ToyMixture
+from ..flow import renoise
 from .runs import RunRecord, finished_runs
 from .seeded import flat
 from .stats import Estimate, mean_interval, paired_difference, verdict
@@ -124,10 +129,52 @@ def teacher_effect_table(c: Cells) -> Table:
     return t
 
 
+@torch.no_grad()
+def teacher_error_by_tau(teacher, mix: ToyMixture, taus: Iterable[float], n: int = 4000, seed: int = 0) -> list[dict]:
+    """How far a teacher's x0 predictions are from the exact ones at each tau, on data re-noised at tau
+    (what the CA and DM terms query once the generator is near the data): RMS error of the conditional
+    and the unconditional prediction, and of the CA direction cond - uncond, that last one also relative
+    to the exact direction's RMS (the part of CA that is the teacher's error)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % mix.num_classes
+    x0, noise = mix.sample(labels, g), torch.randn(n, 2, generator=g)
+    rms = lambda v: float(v.pow(2).sum(1).mean().sqrt())
+    rows = []
+    for tau in taus:
+        t = torch.full((n,), float(tau))
+        x_t = renoise(x0, noise, t)
+        null = teacher.null_condition(labels)
+        cond, uncond = teacher.x0(x_t, t, labels).float(), teacher.x0(x_t, t, null).float()
+        exact_cond, exact_uncond = mix.posterior_x0(x_t, t, labels), mix.posterior_x0(x_t, t, None)
+        ca_error, ca_exact = rms((cond - uncond) - (exact_cond - exact_uncond)), rms(exact_cond - exact_uncond)
+        rows.append({"tau": float(tau), "cond_rms_error": rms(cond - exact_cond), "uncond_rms_error": rms(uncond - exact_uncond),
+                     "ca_rms_error": ca_error, "ca_exact_rms": ca_exact, "ca_relative_error": ca_error / ca_exact})
+    return rows
+
+
+def teacher_error_table(rows: list[dict]) -> Table:
+    t = Table("toy2d: the trained teacher's x0 error against the exact denoiser, by tau (t = 1 clean)",
+              ["tau", "cond RMS error", "uncond RMS error", "CA direction RMS error", "exact CA RMS", "CA relative error"])
+    t.rows = [[r["tau"], r["cond_rms_error"], r["uncond_rms_error"], r["ca_rms_error"], r["ca_exact_rms"],
+               r["ca_relative_error"]] for r in rows]
+    t.notes.append("on 4000 exact samples of p(x0 | c) re-noised at tau; CA direction = x0(cond) - x0(null), the "
+                   "vector the CA term scales by alpha - 1; relative error = its RMS error / the exact direction's RMS.")
+    return t
+
+
+TAUS = (0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98)  # the run's tau clamp is [0.02, 0.98]
+
+
 def tables(runs_dir: str | Path = "runs") -> str:
     records = finished_runs(runs_dir, "toy2d")
     by_metric = {m: cells(records, m) for m in (METRIC, *SHOWN)}
-    return "\n\n".join(x.to_markdown() for x in (arms_table(by_metric), teacher_effect_table(by_metric[METRIC])))
+    from ..config import load_config
+    from ..scales import toy2d
+
+    cfg = load_config("toy2d", REFERENCE)
+    errors = teacher_error_by_tau(toy2d.load_trained(cfg).eval(), toy2d.mixture(cfg), TAUS)
+    return "\n\n".join(x.to_markdown() for x in (arms_table(by_metric), teacher_effect_table(by_metric[METRIC]),
+                                                  teacher_error_table(errors)))
 
 
 if __name__ == "__main__":
