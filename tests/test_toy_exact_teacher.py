@@ -129,3 +129,18 @@ def test_teacher_error_by_tau_is_zero_for_the_exact_teacher():
     assert [r["tau"] for r in rows] == pytest.approx([0.1, 0.9])
     assert all(r[k] == 0 for r in rows for k in ("cond_rms_error", "uncond_rms_error", "ca_rms_error"))
     assert rows[0]["ca_exact_rms"] > rows[1]["ca_exact_rms"] > 0  # guidance's direction fades towards clean
+
+
+def test_exact_teacher_runs_are_a_group_of_their_own(tmp_path):
+    """The report's seeded groups label the exact teacher's runs, so they never stand for an arm's trained runs."""
+    from ddmd_lab.config import save_config
+    from ddmd_lab.report.runs import finished_runs
+    from ddmd_lab.report.seeded import seed_groups
+
+    for i, (seed, teacher) in enumerate([(0, {}), (1, {}), (0, {"kind": "exact"})]):
+        folder = tmp_path / "toy2d" / "coupled" / f"20260101-00000{i}-s{seed}"
+        folder.mkdir(parents=True)
+        save_config(load_config("toy2d", "coupled", {"seed": seed, "teacher": teacher}), folder / "config.yaml")
+        (folder / "summary.json").write_text(json.dumps({"dist_cfg_target": 0.2}))
+    names = sorted((g.name, len(g.runs)) for g in seed_groups(finished_runs(tmp_path, "toy2d")))
+    assert names == [("coupled", 2), ("coupled [teacher.kind=exact]", 1)]

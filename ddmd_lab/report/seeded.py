@@ -47,8 +47,12 @@ def _defaults(scale: str, arm: str) -> tuple:
 def differences_from_default(cfg) -> dict:
     """Config values of a run that its scale's YAML (with its arm) would not have given."""
     default = dict(_defaults(cfg.scale, cfg.arm.name))
+    if not default:  # an arm or scale no longer defined: nothing to compare with
+        return {}
+    # a key the YAML leaves out is a change too: an entry of a dict it leaves empty (toy2d's teacher: {},
+    # so teacher.kind=exact sets its groups apart)
     return {k: v for k, v in flat(cfg.to_dict()).items()
-            if not k.startswith(IGNORED) and k not in IGNORED and default.get(k, v) != v}
+            if not k.startswith(IGNORED) and k not in IGNORED and (k not in default or default[k] != v)}
 
 
 @dataclass
