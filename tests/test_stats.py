@@ -56,7 +56,7 @@ def _fake_run(root, arm, seed, summary, changes=None, n=[0]):
     from ddmd_lab.config import save_config
 
     n[0] += 1
-    cfg = load_config("fashion", arm, {"seed": seed, "steps": 500, "eval_every": 250, **(changes or {})})
+    cfg = load_config("fashion", arm, {"seed": seed, "steps": 400, "eval_every": 250, **(changes or {})})
     folder = root / "fashion" / arm / f"20260101-{n[0]:06d}-s{seed}"
     folder.mkdir(parents=True)
     save_config(cfg, folder / "config.yaml")
@@ -78,7 +78,7 @@ def test_seeded_groups_labels_primary_and_paired_claims(tmp_path):
     newest_variant = _fake_run(tmp_path, "coupled", 0, {"domain_fd": 1.0}, {"lr_fake": 4e-4})  # one seed, newest
     groups = seed_groups(finished_runs(tmp_path, "fashion"))
     assert len(groups) == 5 and sorted(len(g.runs) for g in groups) == [1, 3, 3, 3, 3]
-    assert sweep_settings(groups) == {"steps": 500, "eval_every": 250}  # said once, in a note
+    assert sweep_settings(groups) == {"steps": 400, "eval_every": 250}  # said once, in a note
     per_loss = find(groups, "coupled", 4, arm__normaliser="per_loss")
     assert per_loss.label == {"arm.normaliser": "per_loss"} and per_loss.name == "coupled [arm.normaliser=per_loss]"
     base = primary(groups)[("coupled", 4)]
