@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..io import atomic_write_text, publish_dir
 from . import plots
+from .diagnostics_plots import diagnostics_section
 from .runs import finished_runs, require_runs
 from .seeded import claims, seed_groups
 from .tables import paper_tables, render_tables, scale_reference
@@ -30,7 +31,7 @@ def write_report(runs_dir: str | Path, scale: str, reports_dir: str | Path = "re
         atomic_write_text(staging / "tables.md", render_tables(tables, "markdown") + "\n")
         atomic_write_text(staging / "tables.tex", render_tables(tables, "latex") + "\n")
         teacher = _teacher_ca_spectra(runs)  # read once: a figure and a finding use it
-        lines = _figures(runs, staging, teacher)
+        lines = _figures(runs, staging, teacher) + diagnostics_section(runs, staging)
         groups = seed_groups(finished_runs(runs_dir, scale))
         seeded = _seeded_section(groups, staging)
         page = [f"# ddmd_lab report: {scale}", "",
@@ -70,8 +71,7 @@ def _seeded_section(groups, folder: Path) -> list[str]:
 
 
 def convergence_lines(groups, metric: str = "domain_fd") -> list[str]:
-    """For each longest run: the metric at the start, at the sweep's length and at the end, and how much
-    of the run's whole improvement the sweep's length reaches."""
+    """For each longest run: the metric at the start, at the sweeps' length, at its best and at the end."""
     import numpy as np
 
     lengths = sorted({r.cfg.steps for g in groups for r in g.runs.values()})
@@ -84,15 +84,13 @@ def convergence_lines(groups, metric: str = "domain_fd") -> list[str]:
             c = r.curves
             if r.cfg.steps != lengths[-1] or metric not in c:
                 continue
-            steps, vals = c["step"], c[metric]
-            at = vals[int(np.argmin(np.abs(steps - sweep)))]
-            share = (vals[0] - at) / (vals[0] - vals[-1]) if vals[0] != vals[-1] else float("nan")
-            best = int(c["generator_steps"][int(np.nanargmin(vals))])
-            out.append(f"{g.name} (seed {r.cfg.seed}): {metric} {vals[0]:.4g} at step 0, {at:.4g} at step {sweep} "
-                       f"(the sweeps' length), {vals[-1]:.4g} at step {int(steps[-1])}; the sweeps' length reaches "
-                       f"{share:.0%} of the whole run's improvement; lowest at generator step {best}"
-                       + (f"; Inception FID at the end {r.summary['fid']:.4g} ({r.summary.get('fid_samples')} samples)"
-                          if r.summary.get("fid") is not None else "") + ".")
+            steps, gen, vals = c["step"], c["generator_steps"], c[metric]
+            at, best = int(np.argmin(np.abs(steps - sweep))), int(np.nanargmin(vals))
+            fid = r.summary.get("fid")
+            out.append(f"{g.name} (seed {r.cfg.seed}): {metric} {vals[0]:.4g} at generator step 0, {vals[at]:.4g} at "
+                       f"{int(gen[at])} (the sweeps' length), lowest {vals[best]:.4g} at {int(gen[best])}, {vals[-1]:.4g} "
+                       f"at {int(gen[-1])} (the end)" + (f"; Inception FID at the end {fid:.4g} "
+                                                          f"({r.summary.get('fid_samples')} samples)" if fid is not None else "") + ".")
     return out
 
 
