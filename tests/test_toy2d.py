@@ -110,8 +110,11 @@ def test_coupled_is_guided_beyond_the_conditional_spread(findings):
     assert coupled["dist_cfg_target"] < coupled["dist_conditional"]
 
 
-def test_new_run_never_overwrites_and_tables_read_latest(findings, toy_dirs):
+def test_new_run_never_overwrites_and_a_variant_never_shadows_the_arm(findings, toy_dirs):
+    """A newer, shorter run of an arm is a variant (its own seeded group, labelled steps=5): it is
+    written beside the default run, and the tables keep showing the default run for that arm."""
     again = run_ablation(_cfg("coupled", toy_dirs, "steps=5", "eval_every=5", "eval_samples=200"))
     assert again != findings["coupled"] and (findings["coupled"] / "summary.json").is_file()
     table = ablation_table(toy_dirs["runs_dir"], "toy2d")
-    assert again.name in table and findings["ca_only"].name in table and "exact CFG-ODE" in table
+    assert findings["coupled"].name in table and again.name not in table
+    assert findings["ca_only"].name in table and "exact CFG-ODE" in table
