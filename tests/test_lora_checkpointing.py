@@ -149,3 +149,29 @@ def test_two_adapters_and_the_teacher_in_one_graph():
         return {n: p.grad.clone() for n, p in module.base.named_parameters() if "lora_" in n}
 
     _assert_same(grads(True), grads(False))
+
+
+@pytest.mark.parametrize("family", [_sdxl, _zimage], ids=["sdxl", "zimage"])
+def test_a_generator_step_switches_adapters_per_view_call_not_per_recomputed_block(family):
+    """A switch walks the whole network in Python (diffusers' enable_adapters / set_adapter: ~0.1-0.4 s on
+    SDXL's 9,200 modules), so its count must not grow with the checkpointed blocks: recomputing each block
+    with its adapter and switching back after it made two per block in every generator step's backward."""
+    from ddmd_lab.architectures import checkpointed_blocks
+
+    module, make_cond = _module(family, REGISTRY["decoupled_hybrid"], True)
+    net = module.base.denoiser()
+    blocks = len(checkpointed_blocks(net, {_sdxl: "sdxl", _zimage: "zimage"}[family]))
+    switches, calls = [], []
+    for name in ("set_adapter", "disable_adapters"):
+        original = getattr(net, name)
+        setattr(net, name, lambda *a, _f=original, _n=name, **k: (switches.append(_n), _f(*a, **k))[1])
+    for view in (module.generator, module.fake, module.teacher):
+        view_x0 = view.x0
+        view.x0 = lambda *a, _f=view_x0, **k: (calls.append(1), _f(*a, **k))[1]
+    torch.manual_seed(4)
+    cond = make_cond()
+    module._generator_step(cond, _Recorder(module, list(module.generator.parameters()), "generator", {}), {})
+    # the views' calls: the rollout's generator calls, the generator, the teacher, the fake; then the backward's
+    # recomputation switches back to the generator once
+    assert blocks >= 3 and len(calls) >= 3
+    assert len(switches) <= len(calls) + 1, (switches, blocks)
