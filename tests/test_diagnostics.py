@@ -215,3 +215,18 @@ def test_plots_and_table_from_json_and_from_the_training_csv(toy_runs, tmp_path)
     table = [ln for ln in lines if ln.startswith("| ")][0].splitlines()
     assert len(table) == 2 + 2 and "coupled, 4-step" in table[2] and "diagnostics.json" in table[3]
     assert diagnostics_section([], tmp_path / "none") == []
+
+
+def test_logged_values_batch_means_and_bins_without_dots():
+    from ddmd_lab.diagnostics import QUANTITIES
+    from ddmd_lab.eval.diagnostics_callback import log_values
+
+    samples = {q: np.array([1.0, 2.0, 3.0, 6.0]) for q in QUANTITIES}
+    samples |= {"tau_ca": np.array([0.55, 0.55, 0.95, 0.95]), "tau_dm": np.array([0.05, 0.35, 0.35, 0.35]),
+                "tau_shared": np.array([0.5, 0.5, 0.5, 0.5])}
+    scalars, per_bin = log_values({"bins": bin_samples(samples)})
+    assert scalars["diag/share_ca"] == 3.0 and scalars["diag/cos_ca_dm_shared"] == 3.0
+    assert per_bin["diag_bins/share_ca/tau050-060"] == 1.5 and per_bin["diag_bins/share_ca/tau090-100"] == 4.5
+    assert per_bin["diag_bins/cos_ca_dm_own/tau030-040"] == pytest.approx(11 / 3)  # pairs by tau_DM
+    assert per_bin["diag_bins/count_tau_dm/tau030-040"] == 0.75
+    assert not any("." in k for k in per_bin)

@@ -63,7 +63,8 @@ def _assert_same_run(a, b):
     for oa, ob in zip(ca["optimizer_states"], cb["optimizer_states"]):
         for sa, sb in zip(oa["state"].values(), ob["state"].values()):
             assert torch.equal(sa["exp_avg"], sb["exp_avg"])
-    assert (a / "metrics.csv").read_text() == (b / "metrics.csv").read_text()
+    for rows in ("metrics.csv", "diagnostics.csv"):  # diagnostics: seeded by step, so a resume measures them again exactly
+        assert (a / rows).read_text() == (b / rows).read_text(), rows
     assert json.loads((a / "summary.json").read_text()) == json.loads((b / "summary.json").read_text())
 
 

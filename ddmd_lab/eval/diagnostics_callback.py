@@ -7,8 +7,9 @@ no gradients; the common draw from a generator of its own, seeded by (seed, step
 measures what the uninterrupted one did).  It does so only where this callback is attached (``setup``
 switches it on; run.py attaches it when ``diagnostics_every`` > 0).  Every rank measures (under FSDP a
 forward is a collective); global rank 0 appends the per-bin rows to ``<run_dir>/diagnostics.csv`` and logs
-``diag/<quantity>`` (batch means) to every logger and ``diag_bins/<quantity>/<lo>-<hi>`` (per bin of the
-quantity's natural tau, diagnostics.NATURAL; ``diag_bins/count_<tau>/...``: the taus' histograms) to W&B.
+``diag/<quantity>`` (batch means) to every logger and ``diag_bins/<quantity>/tau<lo>-<hi>`` (per bin of the
+quantity's natural tau, diagnostics.NATURAL, in hundredths: tau030-040; ``diag_bins/count_<tau>/...``: the taus'
+histograms as shares of the batch) to W&B.
 
 A row's ``step`` is the step count at the end of the step whose update it describes (the training logs'
 ``step``), ``generator_step`` that generator step's number (1-based): a resume keeps rows up to its
@@ -89,12 +90,16 @@ def log_values(diagnosis: dict) -> tuple[dict[str, float], dict[str, float]]:
             b = bins[by]
             for k, v in enumerate(b.mean(q)):
                 if np.isfinite(v):
-                    per_bin[f"diag_bins/{q}/{b.edges[k]:.1f}-{b.edges[k + 1]:.1f}"] = float(v)
+                    per_bin[f"diag_bins/{q}/{bin_name(b.edges, k)}"] = float(v)
     for by, b in bins.items():
         total = max(b.count.sum(), 1.0)
-        per_bin.update({f"diag_bins/count_{by}/{b.edges[k]:.1f}-{b.edges[k + 1]:.1f}": float(c / total)
-                        for k, c in enumerate(b.count)})
+        per_bin.update({f"diag_bins/count_{by}/{bin_name(b.edges, k)}": float(c / total) for k, c in enumerate(b.count)})
     return scalars, per_bin
+
+
+def bin_name(edges, k: int) -> str:
+    """A bin in a W&B key, without dots: tau in hundredths, e.g. tau030-040 for [0.3, 0.4)."""
+    return f"tau{round(edges[k] * 100):03d}-{round(edges[k + 1] * 100):03d}"
 
 
 class DiagnosticsCallback(pl.Callback):

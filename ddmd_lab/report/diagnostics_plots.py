@@ -20,6 +20,7 @@ from ..diagnostics import BINNINGS, Binned, overall
 from .runs import RunRecord
 
 LAST_STEPS = 5
+COMPARED = ("coupled", "decoupled_hybrid")  # the report's default pair: schedule #1 vs #4
 # (title, [(quantity or "count", binning tau, line style)], log y)
 PANELS = (
     ("cos(CA, DM) at their own taus (by tau_DM)", [("cos_ca_dm_own", "tau_dm", "-")], False),
@@ -154,8 +155,10 @@ def diagnostics_table(runs) -> str:
     return "\n".join(out)
 
 
-def diagnostics_section(runs, folder: Path, name: str = "diagnostics.png") -> list[str]:
-    """The report's lines (heading, figure written to ``folder / name``, table); [] where no run has diagnostics."""
+def diagnostics_section(runs, folder: Path, name: str = "diagnostics.png", arms: tuple | None = COMPARED) -> list[str]:
+    """The report's lines (heading, figure written to ``folder / name``, table) for the runs of ``arms`` (None: all
+    of ``runs``); [] where none of them has diagnostics."""
+    runs = [r for r in _records(runs) if arms is None or r.cfg.arm.name in arms]
     if not with_diagnostics(runs):
         return []
     diagnostics_figure(runs, Path(folder) / name)
