@@ -13,6 +13,8 @@
 #   make eval-dpg   (DPG-Bench: says why it is not available offline)
 #   make plan SCALE=sdxl [SET="devices=8 strategy=fsdp lora.rank=0"] [GPU_GIB=140]   (per-GPU memory, no GPU needed)
 #   make embed SCALE=sdxl SET="teacher.source=<folder> data.prompts=<captions.json>"   (then runs with data.precompute=true)
+#   make finetune RUN=<distilled run> DATA=mnist:7 [SET="lora.rank=8 lr=1e-4 train_guidance=0 steps=200"]
+#        (a LoRA on the run's student at its own times; zimage: DATA=<folder of images with captions>)
 #   make test
 PYTHON ?= python3
 VENV   ?= .venv
@@ -50,7 +52,7 @@ SAMPLE_ARGS = $(if $(RUN),--run $(RUN)) $(if $(PROMPT),--prompt "$(PROMPT)") $(i
   $(if $(GUIDANCE),--guidance $(GUIDANCE)) $(if $(SAMPLE_STEPS),--sample-steps $(SAMPLE_STEPS))
 WANDB_ENTITY ?=
 
-.PHONY: setup ablation sweep teacher classifier tables report dashboard notebooks spectra diagnose sample eval-coco eval-hps eval-dpg export plan gpu-check embed bench test
+.PHONY: setup ablation sweep teacher classifier tables report dashboard notebooks spectra diagnose sample eval-coco eval-hps eval-dpg export plan gpu-check embed bench finetune test
 setup: $(VENV)/.installed
 
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
@@ -129,6 +131,10 @@ gpu-check: setup
 # text conditions once, memory-mapped under <cache_dir>/embeddings: data.precompute=true runs load no text encoder
 embed: setup
 	$(PY) -m ddmd_lab embed $(RUN_ARGS)
+
+DATA ?=
+finetune: setup
+	$(PY) -m ddmd_lab finetune --run "$(RUN)" --data "$(DATA)" $(foreach kv,$(SET),--set $(kv))
 
 bench: setup
 	$(PY) -m ddmd_lab bench $(if $(ARMS),--arms $(ARMS)) $(RUN_ARGS)

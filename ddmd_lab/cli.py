@@ -224,6 +224,13 @@ def cmd_embed(args) -> None:
     print("train on them with SET=\"data.precompute=true\" (same teacher and data settings): no text encoder is loaded")
 
 
+def cmd_finetune(args) -> None:
+    from .config import parse_overrides
+    from .finetune.train import finetune
+
+    finetune(args.run, args.data, parse_overrides(args.overrides))
+
+
 def cmd_bench(args) -> None:
     from .bench import main as bench_main
 
@@ -367,6 +374,16 @@ def main(argv: list[str] | None = None) -> int:
                        "memory-mapped bfloat16 shards under <cache_dir>/embeddings, read by data.precompute=true runs")
     _common(p)
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("finetune", help="a LoRA on a finished run's distilled student, trained on a new concept at the "
+                       "student's own times: <runs_dir>/<scale>/finetune/<run-id>/")
+    p.add_argument("--run", default="", help="a distillation run folder with a checkpoint")
+    p.add_argument("--data", default="", help="image scales: <dataset>:<class> (e.g. mnist:7); zimage / lumina2: a folder "
+                   "of images with captions (<name>.txt beside each, or metadata.jsonl)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="fine-tune setting (repeatable), e.g. --set lora.rank=8 --set lr=1e-4 --set train_guidance=1.5 "
+                   "--set steps=200 (ddmd_lab/finetune/config.py)")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("bench", help="step time against the network-evaluation floor, per arm")
     _common(p)

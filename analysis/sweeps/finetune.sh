@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Issue 16's LoRA fine-tuning sweep on fashion: rank {4, 8, 32} x lr {1e-5, 1e-4, 1e-3} x train_guidance
+# {0, 1.5, 3}, seeds 0 1 2, for a `coupled` and a `decoupled_hybrid` student (162 fine-tunes).  Each job is one
+# `python -m ddmd_lab finetune` call, equal to
+#   make finetune RUN=<student> DATA=mnist:7 SET="lora.rank=R lr=LR train_guidance=G seed=S steps=$STEPS"
+# Every fine-tune writes its guidance 0 / 1.5 / 3 x steps 4 / 8 sample grids (before and after) in grids.json:
+# the sampling-guidance axis needs no jobs of its own.
+#
+# Students: fine-tune seed S uses the newest *finished* run (checkpoints/final.ckpt) of its arm with seed S
+# (runs/fashion/<arm>/*-s<S>-*), so seeds pair a student with its own fine-tunes; missing students are
+# listed with the command that makes them, and nothing starts.  Pin them with COUPLED_s0=<run> etc.
+#   bash analysis/sweeps/finetune.sh                  # everything
+#   RANKS=8 LRS=1e-4 SEEDS=0 bash analysis/sweeps/finetune.sh
+# Jobs: JOBS parallel workers (default 2), one thread each, as analysis/sweeps/fashion_seeds.sh; order:
+# seed-major, then arm, so a sweep cut short still holds paired comparisons.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+JOBS=${JOBS:-2}
+SEEDS=${SEEDS:-"0 1 2"}
+ARMS=${ARMS:-"coupled decoupled_hybrid"}
+RANKS=${RANKS:-"4 8 32"}
+LRS=${LRS:-"1e-5 1e-4 1e-3"}
+GUIDANCES=${GUIDANCES:-"0 1.5 3"}
+STEPS=${STEPS:-300}            # fine-tune steps (batch 32, the students' batch); not yet tuned: check the curves of a first seed
+DATA=${DATA:-mnist:7}          # a concept the fashion student never saw, as label 10
+PY=${PY:-.venv/bin/python}
+COMMON="--set eval_every=50 --set progress_bar=false"
+
+student() {  # student ARM SEED -> the run folder (or empty)
+  local var; var="$(echo "$1" | tr a-z A-Z)_s$2"
+  if [ -n "${!var:-}" ]; then echo "${!var}"; return; fi
+  ls -d runs/fashion/"$1"/*-s"$2"-*/checkpoints/final.ckpt 2>/dev/null | sort | tail -1 | sed 's#/checkpoints/final.ckpt##'
+}
+
+missing=0
+for s in $SEEDS; do for a in $ARMS; do
+  if [ -z "$(student "$a" "$s")" ]; then
+    echo "no finished $a student with seed $s: make ablation SCALE=fashion ARM=$a SEED=$s STEPS=500 SET=\"eval_every=100 fid_samples=0\"" >&2
+    missing=1
+  fi
+done; done
+[ "$missing" = 0 ] || exit 2
+
+jobs() {
+  for s in $SEEDS; do for a in $ARMS; do
+    run=$(student "$a" "$s")
+    for r in $RANKS; do for lr in $LRS; do for g in $GUIDANCES; do
+      echo "--run $run --data $DATA --set lora.rank=$r --set lr=$lr --set train_guidance=$g --set seed=$s --set steps=$STEPS $COMMON"
+    done; done; done
+  done; done
+}
+
+mkdir -p runs/sweep_logs
+jobs | nl -w3 -s' ' | xargs -P "$JOBS" -L 1 bash -c '
+  n=$0; log=runs/sweep_logs/finetune$n.log
+  echo "[$(date +%H:%M:%S)] start job $n: $*"
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 '"$PY"' -m ddmd_lab finetune "$@" > "$log" 2>&1 \
+    && echo "[$(date +%H:%M:%S)] done  job $n" || echo "[$(date +%H:%M:%S)] FAILED job $n (see $log)"'
