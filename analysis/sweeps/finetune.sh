@@ -6,10 +6,13 @@
 # Every fine-tune writes its guidance 0 / 1.5 / 3 x steps 4 / 8 sample grids (before and after) in grids.json:
 # the sampling-guidance axis needs no jobs of its own.
 #
-# Students: fine-tune seed S uses the newest *finished* run (checkpoints/final.ckpt) of its arm with seed S
-# (runs/fashion/<arm>/*-s<S>-*), so seeds pair a student with its own fine-tunes; missing students are
-# listed with the command that makes them, and nothing starts.  Pin them with COUPLED_s0=<run> etc.
+# Students: fine-tune seed S uses the newest *finished* run (checkpoints/final.ckpt) of its arm with seed S and
+# issue 14's core settings (STUDENT, below), so seeds pair a student with its own fine-tunes; missing students
+# are listed with the command that makes them, and nothing starts.  Pin them with COUPLED_s0=<run> etc.
 #   bash analysis/sweeps/finetune.sh                  # everything
+# Cost, from one 20-step fine-tune measured on a shared 2-core machine (one thread): 0.22 s per step at
+# train_guidance 0 (two network calls per step above 0), ~6 s per curve point, ~2 min for the before + after
+# grids; so ~4 min per 300-step job, ~162 x 4 / JOBS minutes in all (an estimate: no job of the sweep has run).
 #   RANKS=8 LRS=1e-4 SEEDS=0 bash analysis/sweeps/finetune.sh
 # Jobs: JOBS parallel workers (default 2), one thread each, as analysis/sweeps/fashion_seeds.sh; order:
 # seed-major, then arm, so a sweep cut short still holds paired comparisons.
@@ -26,10 +29,29 @@ DATA=${DATA:-mnist:7}          # a concept the fashion student never saw, as lab
 PY=${PY:-.venv/bin/python}
 COMMON="--set eval_every=50 --set progress_bar=false"
 
-student() {  # student ARM SEED -> the run folder (or empty)
+# which distilled runs count as "the" student: issue 14's core settings (fashion_seeds.sh's core block), so a variant
+# (another normaliser, lr_fake or length) is never picked; keys of config.yaml, dotted for the arm's
+STUDENT=${STUDENT:-"steps=500 student_steps=4 lr_fake=0.0001 lr_generator=0.0001 alpha=2.0 arm.normaliser=shared"}
+
+student() {  # student ARM SEED -> the newest finished run of ARM and SEED with the STUDENT settings (or empty)
   local var; var="$(echo "$1" | tr a-z A-Z)_s$2"
   if [ -n "${!var:-}" ]; then echo "${!var}"; return; fi
-  ls -d runs/fashion/"$1"/*-s"$2"-*/checkpoints/final.ckpt 2>/dev/null | sort | tail -1 | sed 's#/checkpoints/final.ckpt##'
+  "$PY" - "$1" "$2" $STUDENT <<'PYEOF'
+import sys, yaml
+from pathlib import Path
+arm, seed, wanted = sys.argv[1], int(sys.argv[2]), dict(kv.split("=", 1) for kv in sys.argv[3:])
+def get(cfg, key):
+    for part in key.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else None
+    return cfg
+found = []
+for ckpt in sorted(Path("runs/fashion", arm).glob("*/checkpoints/final.ckpt")):
+    cfg = yaml.safe_load((ckpt.parents[1] / "config.yaml").read_text())
+    if cfg["seed"] == seed and all(str(get(cfg, k)) == v or (isinstance(get(cfg, k), float) and get(cfg, k) == float(v))
+                                   for k, v in wanted.items()):
+        found.append(ckpt.parents[1])
+print(found[-1] if found else "")
+PYEOF
 }
 
 missing=0
