@@ -15,6 +15,7 @@
 #   make embed SCALE=sdxl SET="teacher.source=<folder> data.prompts=<captions.json>"   (then runs with data.precompute=true)
 #   make finetune RUN=<distilled run> DATA=mnist:7 [SET="lora.rank=8 lr=1e-4 train_guidance=0 steps=200"]
 #        (a LoRA on the run's student at its own times; zimage: DATA=<folder of images with captions>)
+#   make finetune-report [SCALE=fashion]   (reports/finetune/: the fine-tunes' settings over seeds, the advice's claims judged)
 #   make test
 PYTHON ?= python3
 VENV   ?= .venv
@@ -52,7 +53,7 @@ SAMPLE_ARGS = $(if $(RUN),--run $(RUN)) $(if $(PROMPT),--prompt "$(PROMPT)") $(i
   $(if $(GUIDANCE),--guidance $(GUIDANCE)) $(if $(SAMPLE_STEPS),--sample-steps $(SAMPLE_STEPS))
 WANDB_ENTITY ?=
 
-.PHONY: setup ablation sweep teacher classifier tables report dashboard notebooks spectra diagnose sample eval-coco eval-hps eval-dpg export plan gpu-check embed bench finetune test
+.PHONY: setup ablation sweep teacher classifier tables report dashboard notebooks spectra diagnose sample eval-coco eval-hps eval-dpg export plan gpu-check embed bench finetune finetune-report test
 setup: $(VENV)/.installed
 
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
@@ -135,6 +136,9 @@ embed: setup
 DATA ?=
 finetune: setup
 	$(PY) -m ddmd_lab finetune --run "$(RUN)" --data "$(DATA)" $(foreach kv,$(SET),--set $(kv))
+
+finetune-report: setup
+	$(PY) -m ddmd_lab finetune-report $(if $(SCALE),--scale $(SCALE))
 
 bench: setup
 	$(PY) -m ddmd_lab bench $(if $(ARMS),--arms $(ARMS)) $(RUN_ARGS)

@@ -108,13 +108,13 @@ class StepTimer(pl.Callback):
             self.times.append(time.perf_counter() - self._t0)
 
 
-def bench_arm(teacher, cfg, loader, warmup: int) -> tuple[float, float]:
+def bench_arm(teacher, cfg, loader, warmup: int, callbacks=()) -> tuple[float, float]:
     """(mean seconds per step, host reads per step made by ddmd_lab's code: each waits for the device)."""
     from .host_reads import counting_host_reads
 
     timer = StepTimer(warmup)
     trainer = pl.Trainer(max_epochs=1, accelerator=cfg.accelerator, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer, *callbacks],
                          log_every_n_steps=cfg.log_every)
     module = DistillModule(teacher, cfg)
     with counting_host_reads() as reads:
@@ -141,6 +141,7 @@ def main(args) -> None:
     print(f"host reads / step: ddmd_lab's own .item() / bool() / ... per step, logging every {base.log_every} steps")
     print("| arm | steps/s | generator steps/s | step ms | floor ms | step / floor | host reads / step |")
     print("|---|---|---|---|---|---|---|")
+    plain = {}
     for name, arm in REGISTRY.items():
         if args.arms and name not in args.arms.split(","):
             continue
@@ -148,9 +149,11 @@ def main(args) -> None:
             continue
         cfg = replace(base, arm=arm)
         step, reads = bench_arm(teacher, cfg, loader, warmup=base.ttur)
+        plain[name] = step
         floor = step_floor(arm, cost, cfg.ttur, cfg.student_steps)
         print(f"| {name} | {1 / step:.1f} | {1 / step / cfg.ttur:.1f} | {step * 1e3:.2f} | {floor * 1e3:.2f} | "
               f"{step / floor:.2f} | {reads:.2f} |")
+    diagnostics_overhead(teacher, base, loader, plain)
     if len(teacher.sample_shape) == 3:  # image scales: the Inception network's throughput
         from .eval.fid import InceptionFeatures
 
@@ -159,6 +162,35 @@ def main(args) -> None:
         seconds = _median_time(lambda: inception.of_images(images), max(1, args.repeats // 10))
         print(f"Inception features (clean-fid resize + network): {len(images) / seconds:.1f} images/s")
     print(f"peak memory: {peak_memory_mb():.0f} MB ({'CUDA allocated' if torch.cuda.is_available() else 'process RSS'})")
+
+
+def diagnostics_overhead(teacher, base, loader, plain: dict[str, float]) -> None:
+    """What the training diagnostics cost (eval/diagnostics_callback.py): each two-term arm timed again with
+    every generator step diagnosed (diagnostics_every = 1, rows written to a scratch folder) and once more
+    without; the extra time per diagnosed generator step, and its share of a run at the configured
+    diagnostics_every."""
+    import tempfile
+
+    from .eval.diagnostics_callback import DiagnosticsCallback
+
+    every = base.diagnostics_every or 10
+    print(f"diagnostics: every generator step diagnosed vs none; a run diagnoses every {every}th generator step")
+    print("| arm | step ms, none | step ms, every generator step | extra ms per diagnosed generator step | "
+          f"overhead of a run at diagnostics_every={every} |")
+    print("|---|---|---|---|---|")
+    for name, off in plain.items():
+        arm = REGISTRY[name]
+        if not (arm.uses_ca and arm.uses_dm):  # the diagnostics compare the two terms
+            continue
+        cfg = replace(base, arm=arm, diagnostics_every=1)
+        # the lowest of repeated means on either side: a shared machine only ever adds time
+        off = min(off, bench_arm(teacher, replace(base, arm=arm), loader, warmup=base.ttur)[0])
+        with tempfile.TemporaryDirectory() as scratch:
+            on = min(bench_arm(teacher, cfg, loader, warmup=base.ttur, callbacks=[DiagnosticsCallback(scratch)])[0]
+                     for _ in range(2))
+        extra = (on - off) * cfg.ttur  # one diagnosed generator step per ttur steps
+        print(f"| {name} | {off * 1e3:.2f} | {on * 1e3:.2f} | {extra * 1e3:.2f} | "
+              f"{extra / (every * cfg.ttur * off) * 100:.1f}% |")
 
 
 def peak_memory_mb() -> float:

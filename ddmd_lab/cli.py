@@ -231,6 +231,16 @@ def cmd_finetune(args) -> None:
     finetune(args.run, args.data, parse_overrides(args.overrides))
 
 
+def cmd_finetune_report(args) -> None:
+    from .config import parse_overrides
+    from .report.finetune import write_finetune_report
+
+    center = {"rank": 8, "lr": 1e-4, "train_guidance": 0.0, **parse_overrides(args.center)}
+    center = {"rank": int(center["rank"]), "lr": float(center["lr"]), "train_guidance": float(center["train_guidance"])}
+    folder = write_finetune_report(args.runs_dir, args.scale, center, args.reports_dir)
+    print(f"report written: {folder / 'README.md'}")
+
+
 def cmd_bench(args) -> None:
     from .bench import main as bench_main
 
@@ -384,6 +394,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="fine-tune setting (repeatable), e.g. --set lora.rank=8 --set lr=1e-4 --set train_guidance=1.5 "
                    "--set steps=200 (ddmd_lab/finetune/config.py)")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("finetune-report", help="reports/finetune/README.md: the fine-tunes of a scale grouped by setting, "
+                       "the advice's five claims judged over seeds (paired)")
+    p.add_argument("--scale", default="fashion")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--reports-dir", default="reports")
+    p.add_argument("--center", action="append", default=[], metavar="KEY=VALUE",
+                   help="the sweep's center setting (rank=8, lr=1e-4, train_guidance=0 unless named): each claim "
+                   "varies one factor from it")
+    p.set_defaults(func=cmd_finetune_report)
 
     p = sub.add_parser("bench", help="step time against the network-evaluation floor, per arm")
     _common(p)

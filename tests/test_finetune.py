@@ -254,3 +254,89 @@ def test_a_folder_without_captions_stops_before_any_weight_loads(zimage_run, tmp
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     assert main(["finetune", "--run", str(run), "--data", str(tmp_path)]) == 2
     assert "have no caption" in capsys.readouterr().err
+
+
+# -- reports/finetune: the five claims over seeds -------------------------------------------------------------
+
+def _fake_finetune(arm, seed, rank=8, lr=1e-4, g=0.0, *, fd_before=20.0, fd_after=30.0, sat=(0.5, 0.6, 0.7),
+                   sat_after=(0.5, 0.6, 0.7), fd_after_8=30.0):
+    from pathlib import Path
+
+    from ddmd_lab.report.finetune import Finetune
+
+    spec = {"run": f"runs/x/{arm}/{seed}", "data": "mnist:7", "concept": "mnist:7",
+            "student": {"arm": arm, "student_steps": 4, "scale": "fashion"}, "lora_targets": ["to_q"],
+            "finetune": {"seed": seed, "lora": {"rank": rank}, "lr": lr, "train_guidance": g, "steps": 300,
+                         "eval_samples": 200}}
+    grids = []
+    for phase, fd, fd8, sats in (("before", fd_before, fd_before, sat), ("after", fd_after, fd_after_8, sat_after)):
+        for gs, s in zip((0.0, 1.5, 3.0), sats):
+            for n in (4, 8):
+                grids.append({"phase": phase, "sample_guidance": gs, "sample_steps": n, "saturated": s,
+                              "new_saturated": s, "domain_fd": fd if n == 4 else fd8, "new_adherence": 0.5})
+    return Finetune(Path(f"/nowhere/{arm}-{rank}-{lr}-{g}-{seed}"), spec, grids, {})
+
+
+def test_finetune_claims_pair_a_student_with_its_own_finetunes():
+    from ddmd_lab.report.finetune import Sweep, claims, forgetting
+
+    center = {"rank": 8, "lr": 1e-4, "train_guidance": 0.0}
+    fts = []
+    for arm in ("coupled", "decoupled_hybrid"):
+        for s in (0, 1, 2):
+            base = 10.0 * s  # a seed effect far larger than the rank effect: only pairing sees the latter
+            fts += [_fake_finetune(arm, s, fd_before=base, fd_after=base + 5, fd_after_8=base + 9),
+                    _fake_finetune(arm, s, rank=4, fd_before=base, fd_after=base + 1 + 0.1 * s),
+                    _fake_finetune(arm, s, rank=32, fd_before=base, fd_after=base + 8 + 0.2 * s)]
+    sweep = Sweep(fts, center)
+    assert sweep.center[:3] == (8, 1e-4, 0.0) and sweep.vary(rank=4)[0] == 4 and sweep.vary(lr=1e-3) is None
+    assert forgetting(fts[0]) == 5.0
+    judged = dict(claims(sweep, {0.0: {"saturated": 0.5}, 1.5: {"saturated": 0.55}, 3.0: {"saturated": 0.9}}))
+    one = judged["1. Guidance > 0 at sampling oversaturates a distilled student more than it does the teacher"]
+    # the students' rise 0.1 / 0.2 against the teacher's 0.05 / 0.4, the same on every seed
+    assert [round(v.diff.mean, 6) for v in one] == [0.05, 0.05, -0.2, -0.2]
+    assert [v.result for v in one] == ["holds", "holds", "does not hold", "does not hold"]  # no spread: a point interval
+    three = judged["3. Low rank and low learning rate preserve the old classes and the output statistics"]
+    rank_fd = three[0]
+    assert rank_fd.diff.n == 6 and rank_fd.result == "holds"  # rank 4 forgets 1.1 +- 0.1, rank 32 8.2 +- 0.2
+    assert abs(rank_fd.diff.mean - -7.1) < 1e-9
+    four = judged["4. The student's step count matters more after fine-tuning"]
+    assert four[0].diff.mean == 4.0 and four[0].result == "holds"  # |fd(8) - fd(4)|: 4 after, 0 before
+    five = judged["5. Fine-tuning a decoupled_hybrid and a coupled student differ"]
+    assert all(v.diff.n == 3 for v in five)
+
+
+def test_finetune_report_needs_its_center_and_names_what_ran():
+    from ddmd_lab.report.finetune import Sweep
+
+    with pytest.raises(UserError, match="no fine-tune at the center setting.*rank 4, lr 0.0001"):
+        Sweep([_fake_finetune("coupled", 0, rank=4)], {"rank": 8, "lr": 1e-4, "train_guidance": 0.0})
+
+
+def test_finetune_report_end_to_end_with_the_teacher_on_the_same_noise(mnist_run, tmp_path):
+    from ddmd_lab.report.finetune import Sweep, claims, load_finetunes
+
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        for extra in ([], ["train_guidance=1.5"], ["lr=1e-3"]):
+            assert main(["finetune", "--run", str(mnist_run), "--data", "mnist:7",
+                         *_sets(FT + [f"seed={seed}", f"runs_dir={runs}", *extra])]) == 0
+    reports = tmp_path / "reports"
+    assert main(["finetune-report", "--scale", "mnist", "--runs-dir", str(runs), "--reports-dir", str(reports),
+                 "--center", "rank=2"]) == 0
+    page = (reports / "finetune" / "README.md").read_text()
+    for section in ("### 1. Guidance", "### 2. Training with guidance", "### 4. The student's step count",
+                    "![saturation against sampling guidance](guidance.png)"):
+        assert section in page
+    assert (reports / "finetune" / "guidance.png").is_file() and (reports / "finetune" / "grid_after.png").is_file()
+    teacher = json.loads((reports / "finetune" / "teacher_guidance.json").read_text())["metrics"]
+    assert sorted(map(float, teacher)) == [0.0, 1.5, 3.0] and teacher["3.0"]["ode_steps"] == 4
+    assert teacher["3.0"]["saturated"] != teacher["0.0"]["saturated"]
+    # claim 1's numbers are the grids' and the teacher's: student rise minus teacher rise, per seed
+    fts = load_finetunes(runs, "mnist")
+    sweep = Sweep(fts, {"rank": 2, "lr": 1e-4, "train_guidance": 0.0})
+    first = claims(sweep, {float(g): m for g, m in teacher.items()})[0][1][0]
+    rises = [ft.grid("before", "saturated", 1.5) - ft.grid("before", "saturated", 0.0)
+             for ft in sweep.by[("coupled", sweep.center)].values()]
+    t_rise = teacher["1.5"]["saturated"] - teacher["0.0"]["saturated"]
+    assert first.diff.n == 2 and abs(first.diff.mean - (sum(rises) / 2 - t_rise)) < 1e-12

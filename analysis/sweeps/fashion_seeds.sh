@@ -36,8 +36,8 @@ jobs() {
                     # [0,0.1] and [0,0.3] exist too: ARMS=... in make sweep)
         for s in $SEEDS; do for a in ca_tau_0-0.05 ca_tau_0-1 ca_tau_0.7-1; do
           echo "--arm $a --steps 250 --seed $s $COMMON"; done; done ;;
-      lr_fake)      # the fake model's learning rate x 0.25 and x 4 (fashion: 1e-4)
-        for s in $SEEDS; do for lr in 2.5e-5 4e-4; do for a in coupled decoupled_hybrid; do
+      lr_fake)      # the fake model's learning rate x 0.25 and x 4 (fashion: 1e-4; LR_FAKES="2.5e-5" runs x 0.25 only)
+        for s in $SEEDS; do for lr in ${LR_FAKES:-2.5e-5 4e-4}; do for a in coupled decoupled_hybrid; do
           echo "--arm $a --steps $LEN --seed $s $COMMON --set lr_fake=$lr"; done; done; done ;;
       *) echo "unknown block $block" >&2; exit 2 ;;
     esac

@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import UserError
-from ..lora import DEFAULT_TARGETS
 
 
 @dataclass
@@ -20,7 +19,8 @@ class FinetuneConfig:
     batch_size: int = 0              # 0 = the distillation run's batch_size
     train_guidance: float = 0.0      # CFG on the student's prediction inside the loss (offset form; 0 = none)
     seed: int = 0
-    # the new adapter on the frozen student; alpha defaults to the rank (scale 1), targets to lora.DEFAULT_TARGETS
+    # the new adapter on the frozen student; alpha defaults to the rank (scale 1), targets to the family's
+    # (student.default_targets: attention projections; on the image scales also the ResNet convolutions)
     lora: dict = field(default_factory=lambda: {"rank": 8})
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -62,8 +62,9 @@ class FinetuneConfig:
         return float(self.lora.get("alpha", self.lora["rank"]))
 
     @property
-    def targets(self) -> tuple[str, ...]:
-        return tuple(self.lora.get("targets", DEFAULT_TARGETS))
+    def targets(self) -> tuple[str, ...] | None:
+        """The modules SET named (None: the family's default, student.default_targets)."""
+        return tuple(self.lora["targets"]) if "targets" in self.lora else None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -118,6 +118,20 @@ class ImageEvaluator(Evaluator):
         return {**stats, "new_adherence": judged["class_adherence"], "new_fd": judged["domain_fd"],
                 "new_hf_excess": high_frequency_excess(spectrum, self.new_spectrum)}
 
+    @torch.no_grad()
+    def measure_teacher(self, teacher, guidance: float, ode_steps: int) -> dict:
+        """The scale's teacher on the old classes' noise and labels, a ``ode_steps``-step CFG ODE at
+        ``guidance`` (offset form): the reference a student's reaction to sampling guidance is
+        compared with (the teacher never learns the new concept, so only the old classes)."""
+        from ..rollout import teacher_cfg_sample
+
+        alpha, device = alpha_from_offset(guidance), self.student.device
+        teacher = teacher.eval().to(device)
+        samples = torch.cat([teacher_cfg_sample(teacher, self.old_noise[i:i + self.batch].to(device),
+                                                self.old_cond[i:i + self.batch].to(device), alpha, ode_steps).float().cpu()
+                             for i in range(0, len(self.old_noise), self.batch)])
+        return {"sample_guidance": guidance, "ode_steps": ode_steps, **self.score_old(samples)}
+
     def grid(self, old: Tensor, new: Tensor, per_class: int = 8) -> tuple[Tensor, int]:
         """One row per old class, the new class last (rows as long as the rarest class allows)."""
         n = min(per_class, len(new), *(int((self.old_cond == c).sum()) for c in range(self.k)))

@@ -58,6 +58,7 @@ class Student:
     checkpoint: Path
     model: object | None = None   # text-to-image scales: the pipeline around it (VAE, text encoders)
     new_label: int | None = None  # image scales: the concept's label
+    targets: tuple[str, ...] = ()  # the modules the new adapter adapts (_add_adapter)
 
     @property
     def device(self) -> torch.device:
@@ -157,6 +158,17 @@ def _merged(backbone: nn.Module) -> nn.Module:
     return backbone
 
 
+def default_targets(scale: str) -> tuple[str, ...]:
+    """What a fine-tune's LoRA adapts unless SET names it: the attention projections (lora.DEFAULT_TARGETS,
+    what Z-Image / Lumina2 LoRAs train); on the image scales also every ResNet block's two convolutions
+    ("LoCon", as kohya / LyCORIS LoRAs of SDXL's UNet), because their UNet has attention only at its 2 x 2
+    bottleneck: measured on a fashion student learning mnist:7 (rank 8, lr 1e-3, 300 steps), attention alone
+    reached adherence 0.12 to the new class, attention + convolutions 0.98 within 150 steps."""
+    from ..lora import DEFAULT_TARGETS
+
+    return DEFAULT_TARGETS + (("conv1", "conv2") if scale in ("fashion", "mnist") else ())
+
+
 def _add_adapter(student: Student, ft: FinetuneConfig) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -164,9 +176,11 @@ def _add_adapter(student: Student, ft: FinetuneConfig) -> None:
 
     backbone = student.backbone
     net = backbone.denoiser()
-    check_targets(net, ft.targets)
+    targets = ft.targets or default_targets(student.cfg.scale)
+    check_targets(net, targets)
+    student.targets = targets
     backbone.requires_grad_(False)
-    inject_adapter_in_model(LoraConfig(r=ft.rank, lora_alpha=ft.lora_alpha, target_modules=list(ft.targets),
+    inject_adapter_in_model(LoraConfig(r=ft.rank, lora_alpha=ft.lora_alpha, target_modules=list(targets),
                                        init_lora_weights=True), net, adapter_name=ADAPTER)
     if student.cfg.scale in ("fashion", "mnist"):
         student.new_label = backbone.num_classes

@@ -184,7 +184,7 @@ def finetune(run: str, data: str, overrides: dict | None = None, log=print) -> P
               "student": {"scale": cfg.scale, "arm": cfg.arm.name, "student_steps": cfg.student_steps,
                           "student_sampler": cfg.student_sampler, "shift": cfg.shift, "alpha": cfg.alpha,
                           "distill_lora_rank": int(cfg.lora.get("rank", 0)), "seed": cfg.seed},
-              "batch_size": loop.batch_size, "student_times": [round(float(t), 6) for t in loop.times],
+              "lora_targets": list(student.targets), "batch_size": loop.batch_size, "student_times": [round(float(t), 6) for t in loop.times],
               "guidance_form": "offset: cond + g (cond - uncond), alpha = 1 + g; 0 = no CFG",
               "finetune": ft.to_dict()}
     atomic_write_text(out / "finetune.yaml", yaml.safe_dump(record, sort_keys=False))
