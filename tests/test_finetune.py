@@ -273,7 +273,8 @@ def _fake_finetune(arm, seed, rank=8, lr=1e-4, g=0.0, *, fd_before=20.0, fd_afte
         for gs, s in zip((0.0, 1.5, 3.0), sats):
             for n in (4, 8):
                 grids.append({"phase": phase, "sample_guidance": gs, "sample_steps": n, "saturated": s,
-                              "new_saturated": s, "domain_fd": fd if n == 4 else fd8, "new_adherence": 0.5})
+                              "out_of_range": s / 2, "new_saturated": s, "domain_fd": fd if n == 4 else fd8,
+                              "new_adherence": 0.5})
     return Finetune(Path(f"/nowhere/{arm}-{rank}-{lr}-{g}-{seed}"), spec, grids, {})
 
 
@@ -284,24 +285,25 @@ def test_finetune_claims_pair_a_student_with_its_own_finetunes():
     fts = []
     for arm in ("coupled", "decoupled_hybrid"):
         for s in (0, 1, 2):
-            base = 10.0 * s  # a seed effect far larger than the rank effect: only pairing sees the latter
+            base = 10.0 * s + 10  # a seed effect far larger than the rank effect: only pairing sees the latter
             fts += [_fake_finetune(arm, s, fd_before=base, fd_after=base + 5, fd_after_8=base + 9),
                     _fake_finetune(arm, s, rank=4, fd_before=base, fd_after=base + 1 + 0.1 * s),
                     _fake_finetune(arm, s, rank=32, fd_before=base, fd_after=base + 8 + 0.2 * s)]
     sweep = Sweep(fts, center)
     assert sweep.center[:3] == (8, 1e-4, 0.0) and sweep.vary(rank=4)[0] == 4 and sweep.vary(lr=1e-3) is None
     assert forgetting(fts[0]) == 5.0
-    judged = dict(claims(sweep, {0.0: {"saturated": 0.5}, 1.5: {"saturated": 0.55}, 3.0: {"saturated": 0.9}}))
+    judged = dict(claims(sweep, {g: {"saturated": v, "out_of_range": v / 2} for g, v in ((0.0, 0.5), (1.5, 0.55), (3.0, 0.9))}))
     one = judged["1. Guidance > 0 at sampling oversaturates a distilled student more than it does the teacher"]
     # the students' rise 0.1 / 0.2 against the teacher's 0.05 / 0.4, the same on every seed
-    assert [round(v.diff.mean, 6) for v in one] == [0.05, 0.05, -0.2, -0.2]
-    assert [v.result for v in one] == ["holds", "holds", "does not hold", "does not hold"]  # no spread: a point interval
+    assert [round(v.diff.mean, 6) for v in one] == [0.05, 0.05, -0.2, -0.2, 0.025, 0.025, -0.1, -0.1]
+    assert [v.result for v in one[:4]] == ["holds", "holds", "does not hold", "does not hold"]  # no spread: a point interval
     three = judged["3. Low rank and low learning rate preserve the old classes and the output statistics"]
     rank_fd = three[0]
     assert rank_fd.diff.n == 6 and rank_fd.result == "holds"  # rank 4 forgets 1.1 +- 0.1, rank 32 8.2 +- 0.2
     assert abs(rank_fd.diff.mean - -7.1) < 1e-9
     four = judged["4. The student's step count matters more after fine-tuning"]
     assert four[0].diff.mean == 4.0 and four[0].result == "holds"  # |fd(8) - fd(4)|: 4 after, 0 before
+    assert abs(four[1].diff.mean - sum(4 / (10.0 * s + 15) for s in (0, 1, 2)) / 3) < 1e-12  # relative: over fd(4)
     five = judged["5. Fine-tuning a decoupled_hybrid and a coupled student differ"]
     assert all(v.diff.n == 3 for v in five)
 

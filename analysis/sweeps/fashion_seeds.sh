@@ -24,8 +24,9 @@ jobs() {
         for s in $SEEDS; do for a in ca_only ca_meanvar ca_gan; do
           echo "--arm $a --steps 250 --seed $s $COMMON"; done; done ;;
       convergence)  # make ablation ARM=<a> SCALE=fashion STEPS=1000 SEED=0 SET="eval_every=100 fid_samples=1000"
-        for a in coupled decoupled_hybrid; do
-          echo "--arm $a --steps 1000 --seed 0 --set eval_every=100 --set fid_samples=1000"; done ;;
+                    # (seed 0 of both arms unless CONV_SEEDS="1 2" / CONV_ARMS=decoupled_hybrid name others)
+        for s in ${CONV_SEEDS:-0}; do for a in ${CONV_ARMS:-coupled decoupled_hybrid}; do
+          echo "--arm $a --steps 1000 --seed $s --set eval_every=100 --set fid_samples=1000"; done; done ;;
       core)         # make sweep SCALE=fashion STEPS=500 SEEDS=0,1,2 ARMS=coupled,decoupled_full,decoupled_constrained,decoupled_hybrid,dm_only SET="eval_every=100 fid_samples=0"
         for s in $SEEDS; do for a in coupled decoupled_full decoupled_constrained decoupled_hybrid dm_only; do
           echo "--arm $a --steps $LEN --seed $s $COMMON"; done; done ;;

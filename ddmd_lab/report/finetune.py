@@ -179,9 +179,14 @@ def saturation_change(ft: Finetune) -> float:
     return abs(ft.grid("after", "saturated") - ft.grid("before", "saturated"))
 
 
-def step_gap(phase: str, metric: str, offset: int = 4):
-    """|metric at the student's steps + offset - at its steps| (guidance 0)."""
-    return lambda ft: abs(ft.grid(phase, metric, 0.0, ft.student_steps + offset) - ft.grid(phase, metric))
+def step_gap(phase: str, metric: str, offset: int = 4, relative: bool = False):
+    """|metric at the student's steps + offset - at its steps| (guidance 0), or that over the metric at its
+    steps (``relative``: a fine-tune that raises the FD everywhere raises its absolute gaps with it)."""
+    def gap(ft):
+        at = ft.grid(phase, metric)
+        scale = (abs(at) or math.nan) if relative else 1.0  # nan: left out of the interval
+        return abs(ft.grid(phase, metric, 0.0, ft.student_steps + offset) - at) / scale
+    return gap
 
 
 def claims(sweep: Sweep, teacher: dict | None) -> list[tuple[str, list[Verdict]]]:
@@ -190,14 +195,14 @@ def claims(sweep: Sweep, teacher: dict | None) -> list[tuple[str, list[Verdict]]
     out = []
     # 1. sampling guidance vs the teacher
     one = []
-    if teacher:
+    for metric in ("saturated", "out_of_range") if teacher else ():
         for g in sorted(k for k in teacher if k > 0):
-            t_rise = teacher[g]["saturated"] - teacher[0.0]["saturated"]
-            student = sweep.students(rise("before", "saturated", g))
-            one.append(judge(f"guidance {g:g} raises the distilled students' saturated share more than the teacher's "
-                             f"(teacher: {t_rise:+.4f})", "saturated rise", student, {k: t_rise for k in student}, True))
-            after = sweep.values(c, rise("after", "saturated", g))
-            one.append(judge(f"... and after the center fine-tune ({_name(c)})", "saturated rise",
+            t_rise = teacher[g][metric] - teacher[0.0][metric]
+            student = sweep.students(rise("before", metric, g))
+            one.append(judge(f"guidance {g:g} raises the distilled students' {metric} share more than the teacher's "
+                             f"(teacher: {t_rise:+.4f})", f"{metric} rise", student, {k: t_rise for k in student}, True))
+            after = sweep.values(c, rise("after", metric, g))
+            one.append(judge(f"... and after the center fine-tune ({_name(c)})", f"{metric} rise",
                              after, {k: t_rise for k in after}, True))
     out.append(("1. Guidance > 0 at sampling oversaturates a distilled student more than it does the teacher", one))
     # 2. training with guidance
@@ -227,15 +232,15 @@ def claims(sweep: Sweep, teacher: dict | None) -> list[tuple[str, list[Verdict]]
     out.append(("3. Low rank and low learning rate preserve the old classes and the output statistics", three))
     # 4. step count
     four = []
-    for metric in ("domain_fd", "saturated"):
-        after = sweep.values(c, step_gap("after", metric))
-        before = sweep.values(c, step_gap("before", metric))
-        four.append(judge(f"|{metric} at N + 4 steps - at N| larger after the center fine-tune than before", metric,
-                          after, before, True))
-        high = sweep.vary(lr=1e-3)
-        if high is not None:
-            four.append(judge(f"... after the lr 1e-3 fine-tune", metric, sweep.values(high, step_gap("after", metric)),
-                              sweep.values(high, step_gap("before", metric)), True))
+    high = sweep.vary(lr=1e-3)
+    for metric, relative in (("domain_fd", False), ("domain_fd", True), ("saturated", False)):
+        what = f"|{metric}(N + 4) - {metric}(N)|" + (f" / {metric}(N)" if relative else "")
+        for setting, name in ((c, "the center fine-tune"), (high, "the lr 1e-3 fine-tune")):
+            if setting is None:
+                continue
+            four.append(judge(f"{what} larger after {name} than before", metric,
+                              sweep.values(setting, step_gap("after", metric, relative=relative)),
+                              sweep.values(setting, step_gap("before", metric, relative=relative)), True))
     out.append(("4. The student's step count matters more after fine-tuning", four))
     # 5. coupled vs decoupled_hybrid
     five = []
