@@ -394,8 +394,29 @@ def guidance_figure(sweep: Sweep, teacher: dict | None, path: Path):
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
-def write_finetune_report(runs_dir: str | Path, scale: str, center: dict, reports_dir: str | Path = "reports",
-                          command: str = "make finetune-report") -> Path:
+def report_command(scale: str, center: tuple) -> str:
+    moved = [f"--center {k}={v:g}" for k, v, default in (("rank", center[0], 8), ("lr", center[1], 1e-4),
+                                                        ("train_guidance", center[2], 0.0)) if v != default]
+    if not moved:
+        return f"make finetune-report SCALE={scale}"
+    return f".venv/bin/python -m ddmd_lab finetune-report --scale {scale} " + " ".join(moved)
+
+
+def reproduce_lines(sweep: Sweep, scale: str) -> list[str]:
+    """The commands: the students' runs, the sweep, this report; each setting as one make finetune."""
+    students = sorted({(ft.arm, ft.seed, ft.spec["run"]) for seeds in sweep.by.values() for ft in seeds.values()})
+    c = sweep.center
+    lines = ["```", "# the students (issue 14's core runs; analysis/sweeps/fashion_seeds.sh, block core):"]
+    lines += [f"#   {arm} seed {seed}: {run}" for arm, seed, run in students]
+    lines += ["bash analysis/sweeps/finetune.sh   # every setting below x both students x seeds 0-2",
+              report_command(scale, c),
+              "# one fine-tune of the table, e.g. the center one on the first student:",
+              f"make finetune RUN={students[0][2]} DATA={c[5]} SET=\"lora.rank={c[0]} lr={c[1]:g} "
+              f"train_guidance={c[2]:g} steps={c[3]} seed={students[0][1]}\"", "```"]
+    return lines
+
+
+def write_finetune_report(runs_dir: str | Path, scale: str, center: dict, reports_dir: str | Path = "reports") -> Path:
     fts = [ft for ft in load_finetunes(runs_dir, scale) if ft.spec["student"]["scale"] == scale]
     if not fts:
         raise UserError(f"no finished fine-tune under {Path(runs_dir) / scale / 'finetune'}: run "
@@ -417,14 +438,14 @@ def write_finetune_report(runs_dir: str | Path, scale: str, center: dict, report
             shutil.copy(ft0.path / "grids" / f"{phase}_g0_n{ft0.student_steps}.png", staging / f"grid_{phase}.png")
         tables = [verdict_table(title, vs) for title, vs in judged] + [guidance_table(sweep, teacher), settings_table(sweep)]
         page = [f"# Fine-tuning distilled students with LoRA: {scale}", "",
-                f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}` from the "
+                f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{report_command(scale, sweep.center)}` from the "
                 f"{len(fts)} finished fine-tunes under `{Path(runs_dir) / scale / 'finetune'}` "
                 f"(students: {', '.join(ARM_NAMES.get(a, a) for a in sweep.arms)}; center setting: {_name(sweep.center)}; "
                 f"concept: {fts[0].spec['concept']}). Verdicts: the 95% Student-t interval of the paired difference "
                 "a - b lies wholly on the claimed side of 0 (holds), wholly on the other (does not hold), or "
                 "straddles it (inconclusive); 'differs' for two-sided claims. Claims 1-4 pool both students, "
                 "pairing on (student, seed); claim 5 pairs the two students of one seed.", "",
-                "## Verdicts", ""]
+                "## Reproduce", "", *reproduce_lines(sweep, scale), "", "## Verdicts", ""]
         for (title, vs), table in zip(judged, tables):
             page += [f"### {title}", ""] + ([f"- {v.claim}: {v.metric} {v.a} vs {v.b}; a - b = {v.diff} -- **{v.result}**"
                                               for v in vs] or ["- not measured: the sweep has no setting for it"]) + [""]
