@@ -153,7 +153,7 @@ def main(args) -> None:
         floor = step_floor(arm, cost, cfg.ttur, cfg.student_steps)
         print(f"| {name} | {1 / step:.1f} | {1 / step / cfg.ttur:.1f} | {step * 1e3:.2f} | {floor * 1e3:.2f} | "
               f"{step / floor:.2f} | {reads:.2f} |")
-    diagnostics_overhead(teacher, base, loader, plain)
+    diagnostics_overhead(teacher, base, loader, plain, cost)
     if len(teacher.sample_shape) == 3:  # image scales: the Inception network's throughput
         from .eval.fid import InceptionFeatures
 
@@ -164,11 +164,14 @@ def main(args) -> None:
     print(f"peak memory: {peak_memory_mb():.0f} MB ({'CUDA allocated' if torch.cuda.is_available() else 'process RSS'})")
 
 
-def diagnostics_overhead(teacher, base, loader, plain: dict[str, float]) -> None:
+def diagnostics_overhead(teacher, base, loader, plain: dict[str, float], cost: dict[str, float]) -> None:
     """What the training diagnostics cost (eval/diagnostics_callback.py): each two-term arm timed again with
     every generator step diagnosed (diagnostics_every = 1, rows written to a scratch folder) and once more
     without; the extra time per diagnosed generator step, and its share of a run at the configured
-    diagnostics_every."""
+    diagnostics_every.  Beside it, the network floor of that extra time: an arm with its own draws per term
+    evaluates both terms once more at one common draw (a batched CFG teacher call and a fake call,
+    diagnostics.measure); a shared-draw arm reuses its own terms (no network call).  On a shared machine
+    the measured difference is noisy (two runs' timings); the floor is not."""
     import tempfile
 
     from .eval.diagnostics_callback import DiagnosticsCallback
@@ -176,8 +179,8 @@ def diagnostics_overhead(teacher, base, loader, plain: dict[str, float]) -> None
     every = base.diagnostics_every or 10
     print(f"diagnostics: every generator step diagnosed vs none; a run diagnoses every {every}th generator step")
     print("| arm | step ms, none | step ms, every generator step | extra ms per diagnosed generator step | "
-          f"overhead of a run at diagnostics_every={every} |")
-    print("|---|---|---|---|---|")
+          f"overhead of a run at diagnostics_every={every} | extra's network floor ms | floor's share of a run |")
+    print("|---|---|---|---|---|---|---|")
     for name, off in plain.items():
         arm = REGISTRY[name]
         if not (arm.uses_ca and arm.uses_dm):  # the diagnostics compare the two terms
@@ -189,8 +192,10 @@ def diagnostics_overhead(teacher, base, loader, plain: dict[str, float]) -> None
             on = min(bench_arm(teacher, cfg, loader, warmup=base.ttur, callbacks=[DiagnosticsCallback(scratch)])[0]
                      for _ in range(2))
         extra = (on - off) * cfg.ttur  # one diagnosed generator step per ttur steps
-        print(f"| {name} | {off * 1e3:.2f} | {on * 1e3:.2f} | {extra * 1e3:.2f} | "
-              f"{extra / (every * cfg.ttur * off) * 100:.1f}% |")
+        floor = 0.0 if arm.shared_draw else cost["fwd2"] + cost["fwd1"]
+        run = every * cfg.ttur * off  # the run's time between two diagnosed generator steps
+        print(f"| {name} | {off * 1e3:.2f} | {on * 1e3:.2f} | {extra * 1e3:.2f} | {extra / run * 100:.1f}% | "
+              f"{floor * 1e3:.2f} | {floor / run * 100:.2f}% |")
 
 
 def peak_memory_mb() -> float:
