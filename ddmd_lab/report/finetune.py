@@ -373,6 +373,30 @@ def curves_figure(sweep: Sweep, path: Path, keys=("new_adherence", "domain_fd", 
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
+def tradeoff_figure(sweep: Sweep, path: Path):
+    """What each setting forgets on the way to learning the concept: the old classes' classifier FD against
+    the new concept's adherence at every evaluation (means over seeds and both students), from step 0 on.
+    A setting on a lower path forgets less for the same learning; one that stops early only looks safer."""
+    from matplotlib import colormaps
+
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.subplots()
+    for i, s in enumerate(sweep.settings):
+        fts = [ft for a in sweep.arms for ft in sweep.by.get((a, s), {}).values()]
+        n = min(len(ft.curve["step"]) for ft in fts)
+        x = np.mean([ft.curve["new_adherence"][:n] for ft in fts], axis=0)
+        y = np.mean([ft.curve["domain_fd"][:n] for ft in fts], axis=0)
+        ax.plot(x, y, marker=".", color=colormaps["tab10"](i % 10), ls="-" if s == sweep.center else "--",
+                label=f"{_name(s)} (n={len(fts)})")
+        ax.annotate(f"{int(fts[0].curve['step'][n - 1])}", (x[-1], y[-1]), fontsize=7)
+    ax.set_xlabel("new concept: adherence")
+    ax.set_ylabel("old classes: classifier FD")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
 def guidance_figure(sweep: Sweep, teacher: dict | None, path: Path):
     """The old classes' saturated share against sampling guidance: teacher, students before, after."""
     gs = sorted({float(r["sample_guidance"]) for ft in next(iter(sweep.by.values())).values() for r in ft.grids})
@@ -431,6 +455,7 @@ def write_finetune_report(runs_dir: str | Path, scale: str, center: dict, report
         teacher = _teacher_cached(fts, staging) if scale in ("fashion", "mnist") else None
         judged = claims(sweep, teacher)
         curves_figure(sweep, staging / "curves.png")
+        tradeoff_figure(sweep, staging / "tradeoff.png")
         guidance_figure(sweep, teacher, staging / "guidance.png")
         example = sweep.by[(sweep.arms[0], sweep.center)]
         ft0 = example[min(example)]
@@ -451,6 +476,9 @@ def write_finetune_report(runs_dir: str | Path, scale: str, center: dict, report
                                               for v in vs] or ["- not measured: the sweep has no setting for it"]) + [""]
         page += ["## Figures", "", "![saturation against sampling guidance](guidance.png)", "",
                  "![curves over fine-tune steps](curves.png)", "",
+                 "Forgetting against learning: each setting's path from step 0 (the number: its last step); a lower "
+                 "path forgets less for the same adherence to the new concept.", "",
+                 "![forgetting against learning](tradeoff.png)", "",
                  f"Grids of one fine-tune ({ARM_NAMES.get(ft0.arm, ft0.arm)} student, seed {ft0.seed}, {_name(ft0.setting)}, "
                  f"guidance 0, {ft0.student_steps} steps; a row per old class, the new label last), before and after:", "",
                  "![before](grid_before.png) ![after](grid_after.png)", "",
