@@ -466,7 +466,10 @@ def write_finetune_report(runs_dir: str | Path, scale: str, center: dict, report
                 f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{report_command(scale, sweep.center)}` from the "
                 f"{len(fts)} finished fine-tunes under `{Path(runs_dir) / scale / 'finetune'}` "
                 f"(students: {', '.join(ARM_NAMES.get(a, a) for a in sweep.arms)}; center setting: {_name(sweep.center)}; "
-                f"concept: {fts[0].spec['concept']}). Verdicts: the 95% Student-t interval of the paired difference "
+                f"concept: {fts[0].spec['concept']}; LoRA targets: {', '.join(sweep.center[4])}; batch "
+                f"{fts[0].spec.get('batch_size', '?')}, the student's own times). Design: one factor at a time from the "
+                "center (analysis/sweeps/finetune.sh, DESIGN=center): it measures each factor with the others fixed, "
+                "not their interactions. Verdicts: the 95% Student-t interval of the paired difference "
                 "a - b lies wholly on the claimed side of 0 (holds), wholly on the other (does not hold), or "
                 "straddles it (inconclusive); 'differs' for two-sided claims. Claims 1-4 pool both students, "
                 "pairing on (student, seed); claim 5 pairs the two students of one seed.", "",
