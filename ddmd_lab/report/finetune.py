@@ -464,7 +464,7 @@ def write_finetune_report(runs_dir: str | Path, scale: str, center: dict, report
         tables = [verdict_table(title, vs) for title, vs in judged] + [guidance_table(sweep, teacher), settings_table(sweep)]
         page = [f"# Fine-tuning distilled students with LoRA: {scale}", "",
                 f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{report_command(scale, sweep.center)}` from the "
-                f"{len(fts)} finished fine-tunes under `{Path(runs_dir) / scale / 'finetune'}` "
+                f"{len(fts)} finished fine-tunes under `{Path(runs_dir) / scale / 'finetune'}` (a seed run twice: the newest) "
                 f"(students: {', '.join(ARM_NAMES.get(a, a) for a in sweep.arms)}; center setting: {_name(sweep.center)}; "
                 f"concept: {fts[0].spec['concept']}; LoRA targets: {', '.join(sweep.center[4])}; batch "
                 f"{fts[0].spec.get('batch_size', '?')}, the student's own times). Design: one factor at a time from the "
