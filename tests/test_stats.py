@@ -110,3 +110,21 @@ def test_fig4a_claims_find_the_tau_range_arms_at_their_own_length(tmp_path):
     assert noisy.diff.n == 3 and noisy.diff.mean == pytest.approx((-0.10 - 0.09 - 0.12) / 3) and noisy.result == "holds"
     clean = by_claim["CA alone on [0, 1] better than on clean tau [0.7, 1] alone (which collapses)"]
     assert clean.diff.mean == pytest.approx((-400 - 370 - 425) / 3) and clean.result == "holds"
+
+
+def test_convergence_lines_name_the_sweeps_length_when_the_long_runs_have_seeds_too(tmp_path):
+    """Seeded 1000-step runs beside a seeded 400-step sweep: 'the sweeps' length' is 400, not 1000."""
+    import json
+
+    from ddmd_lab.report.report import convergence_lines
+    from ddmd_lab.report.runs import finished_runs
+    from ddmd_lab.report.seeded import seed_groups
+
+    for seed in range(2):
+        _fake_run(tmp_path, "coupled", seed, {"domain_fd": 20.0})
+        long = _fake_run(tmp_path, "decoupled_hybrid", seed, {"domain_fd": 9.0}, {"steps": 1000})
+        steps = [0, 200, 400, 600, 800, 1000]
+        rows = ["step,generator_steps,domain_fd"] + [f"{s},{s // 5},{30 - s / 100}" for s in steps]
+        (long / "metrics.csv").write_text("\n".join(rows) + "\n")
+    lines = convergence_lines(seed_groups(finished_runs(tmp_path, "fashion")))
+    assert len(lines) == 2 and all("26 at 80 (the sweeps' length)" in line for line in lines), lines

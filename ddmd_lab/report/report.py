@@ -77,7 +77,9 @@ def convergence_lines(groups, metric: str = "domain_fd") -> list[str]:
     lengths = sorted({r.cfg.steps for g in groups for r in g.runs.values()})
     if len(lengths) < 2:
         return []
-    sweep = max((r.cfg.steps for g in groups if len(g.runs) > 1 for r in g.runs.values()), default=lengths[0])
+    # the sweep's length: the longest of the seeded groups below the longest runs (which may be seeded too)
+    sweep = max((r.cfg.steps for g in groups if len(g.runs) > 1 for r in g.runs.values() if r.cfg.steps < lengths[-1]),
+                default=lengths[0])
     out = []
     for g in groups:
         for r in g.runs.values():
