@@ -235,7 +235,11 @@ def cmd_finetune_report(args) -> None:
     from .config import parse_overrides
     from .report.finetune import write_finetune_report
 
-    center = {"rank": 8, "lr": 1e-4, "train_guidance": 0.0, **parse_overrides(args.center)}
+    given = parse_overrides(args.center)
+    unknown = sorted(set(given) - {"rank", "lr", "train_guidance"})
+    if unknown:
+        raise UserError(f"--center takes rank, lr and train_guidance (e.g. --center lr=1e-3), not {unknown}.")
+    center = {"rank": 8, "lr": 1e-4, "train_guidance": 0.0, **given}
     center = {"rank": int(center["rank"]), "lr": float(center["lr"]), "train_guidance": float(center["train_guidance"])}
     folder = write_finetune_report(args.runs_dir, args.scale, center, args.reports_dir)
     print(f"report written: {folder / 'README.md'}")

@@ -313,6 +313,7 @@ def test_finetune_report_needs_its_center_and_names_what_ran():
 
     with pytest.raises(UserError, match="no fine-tune at the center setting.*rank 4, lr 0.0001"):
         Sweep([_fake_finetune("coupled", 0, rank=4)], {"rank": 8, "lr": 1e-4, "train_guidance": 0.0})
+    assert main(["finetune-report", "--center", "rnak=4"]) == 2  # a misspelt factor is refused, not ignored
 
 
 def test_finetune_report_end_to_end_with_the_teacher_on_the_same_noise(mnist_run, tmp_path):
