@@ -262,7 +262,7 @@ def _fake_finetune(arm, seed, rank=8, lr=1e-4, g=0.0, *, fd_before=20.0, fd_afte
                    sat_after=(0.5, 0.6, 0.7), fd_after_8=30.0):
     from pathlib import Path
 
-    from ddmd_lab.report.finetune import Finetune
+    from ddmd_lab.report.finetune_sweep import Finetune
 
     spec = {"run": f"runs/x/{arm}/{seed}", "data": "mnist:7", "concept": "mnist:7",
             "student": {"arm": arm, "student_steps": 4, "scale": "fashion"}, "lora_targets": ["to_q"],
@@ -279,7 +279,7 @@ def _fake_finetune(arm, seed, rank=8, lr=1e-4, g=0.0, *, fd_before=20.0, fd_afte
 
 
 def test_finetune_claims_pair_a_student_with_its_own_finetunes():
-    from ddmd_lab.report.finetune import Sweep, claims, forgetting
+    from ddmd_lab.report.finetune_sweep import Sweep, claims, forgetting
 
     center = {"rank": 8, "lr": 1e-4, "train_guidance": 0.0}
     fts = []
@@ -309,7 +309,7 @@ def test_finetune_claims_pair_a_student_with_its_own_finetunes():
 
 
 def test_finetune_report_needs_its_center_and_names_what_ran():
-    from ddmd_lab.report.finetune import Sweep
+    from ddmd_lab.report.finetune_sweep import Sweep
 
     with pytest.raises(UserError, match="no fine-tune at the center setting.*rank 4, lr 0.0001"):
         Sweep([_fake_finetune("coupled", 0, rank=4)], {"rank": 8, "lr": 1e-4, "train_guidance": 0.0})
@@ -317,7 +317,7 @@ def test_finetune_report_needs_its_center_and_names_what_ran():
 
 
 def test_finetune_report_end_to_end_with_the_teacher_on_the_same_noise(mnist_run, tmp_path):
-    from ddmd_lab.report.finetune import Sweep, claims, load_finetunes
+    from ddmd_lab.report.finetune_sweep import Sweep, claims, load_finetunes
 
     runs = tmp_path / "runs"
     for seed in (0, 1):

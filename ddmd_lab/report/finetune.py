@@ -1,259 +1,29 @@
-"""reports/finetune/: the advice for LoRAs on distilled students, judged over seeds (issue 16).
+"""reports/finetune/: the fine-tunes of a scale laid out (``make finetune-report``, issue 16).
 
-Reads every finished fine-tune (``<runs_dir>/<scale>/finetune/*/result.json``) of a scale and
-groups them by what was set (student arm, rank, learning rate, train_guidance, steps, targets,
-concept); the fine-tune's seed is its student's seed in the sweep (analysis/sweeps/finetune.sh),
-so a comparison pairs a student with its own fine-tunes.  Claims 1-4 are about "a distilled
-student": they pool both arms, pairing on (arm, seed); claim 5 compares the arms, pairing on the
-seed.  Every number is read from the fine-tunes' grids.json (before / after, sampling guidance
-x step count) and metrics.csv; the teacher's reaction to sampling guidance is measured once on
-the same noise and labels (``teacher_reference``).
-
-The five claims (issue 16), each judged holds / does not hold / inconclusive from the 95%
-interval of the paired difference (report/stats.py):
-  1. sampling guidance oversaturates a distilled student more than it does the teacher:
-     the rise of the old classes' saturated share from guidance 0 to g, student minus teacher;
-  2. training with guidance compounds it: after fine-tunes at train_guidance g vs 0, the
-     saturated share sampled at guidance 1.5 (new concept and old classes);
-  3. low rank / low learning rate preserve the old classes and the output statistics:
-     forgetting (old classes' classifier FD after - before) and |change of the saturated share|,
-     rank 4 vs 32 and lr 1e-5 vs 1e-3, with what each learned of the new concept beside it;
-  4. the student's step count matters more after fine-tuning: |metric at N + 4 steps - at N|
-     after vs before;
-  5. coupled and decoupled_hybrid students differ under the same fine-tune (two-sided).
+The claims and their verdicts come from report/finetune_sweep.py; this module adds the teacher's
+reaction to sampling guidance, measured once on the fine-tunes' own noise and labels
+(``teacher_reference``), the tables, the figures (saturation against sampling guidance, curves
+over fine-tune steps, forgetting against learning, before / after grids) and the page, staged and
+published as make report's.
 """
 from __future__ import annotations
 
-import csv
 import json
-import math
 import secrets
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from matplotlib.figure import Figure
 
 from ..errors import UserError
 from ..io import atomic_write_text, publish_dir
-from .stats import Estimate, mean_interval, paired_difference, verdict
+from .finetune_sweep import (ARM_NAMES, SAMPLE_GUIDANCE, Finetune, Sweep, Verdict, claims, load_finetunes,
+                             setting_name)
+from .plots import _save
+from .stats import mean_interval
 from .tables import Table, render_tables
-
-SAMPLE_GUIDANCE = 1.5  # claim 2 samples every side at this guidance, so only the training guidance differs
-ARM_NAMES = {"coupled": "#1 coupled", "decoupled_hybrid": "#4 decoupled_hybrid"}
-
-
-@dataclass
-class Finetune:
-    path: Path
-    spec: dict            # finetune.yaml
-    grids: list[dict]     # grids.json: before / after x sampling guidance x steps
-    curve: dict           # metrics.csv columns (numpy arrays)
-
-    @property
-    def arm(self) -> str:
-        return self.spec["student"]["arm"]
-
-    @property
-    def seed(self) -> int:
-        return int(self.spec["finetune"]["seed"])
-
-    @property
-    def student_steps(self) -> int:
-        return int(self.spec["student"]["student_steps"])
-
-    @property
-    def setting(self) -> tuple:
-        """What was set, without the seed and the arm: (rank, lr, train_guidance, steps, targets, data)."""
-        f = self.spec["finetune"]
-        return (int(f["lora"]["rank"]), float(f["lr"]), float(f["train_guidance"]), int(f["steps"]),
-                tuple(self.spec.get("lora_targets", f["lora"].get("targets", ()))), self.spec["data"])
-
-    def grid(self, phase: str, metric: str, guidance: float = 0.0, steps: int | None = None) -> float:
-        steps = steps or self.student_steps
-        for row in self.grids:
-            if row["phase"] == phase and row["sample_steps"] == steps and math.isclose(row["sample_guidance"], guidance):
-                return float(row[metric])
-        raise KeyError(f"{self.path}: no {phase} grid at guidance {guidance:g}, {steps} steps")
-
-
-def load_finetunes(runs_dir: str | Path, scale: str) -> list[Finetune]:
-    """The finished fine-tunes of a scale (result.json written last), oldest first."""
-    out = []
-    for result in sorted(Path(runs_dir, scale, "finetune").glob("*/result.json")):
-        folder = result.parent
-        with open(folder / "metrics.csv") as f:
-            rows = list(csv.DictReader(f))
-        curve = {k: np.array([float(r[k]) for r in rows]) for k in rows[0]} if rows else {}
-        out.append(Finetune(folder, yaml.safe_load((folder / "finetune.yaml").read_text()),
-                            json.loads((folder / "grids.json").read_text()), curve))
-    return out
-
-
-def _name(setting: tuple) -> str:
-    rank, lr, g, steps, _, _ = setting
-    return f"rank {rank}, lr {lr:g}, train_guidance {g:g}, {steps} steps"
-
-
-class Sweep:
-    """The fine-tunes by (arm, setting), newest per seed; values keyed (arm, seed) for pooled pairing."""
-
-    def __init__(self, fts: list[Finetune], center: dict):
-        self.by = {}
-        for ft in fts:
-            self.by.setdefault((ft.arm, ft.setting), {})[ft.seed] = ft  # oldest first: the newest stays
-        self.arms = sorted({a for a, _ in self.by}, key=lambda a: list(ARM_NAMES).index(a) if a in ARM_NAMES else 99)
-        settings = {s for _, s in self.by}
-        matches = [s for s in settings if (s[0], s[1], s[2]) == (center["rank"], center["lr"], center["train_guidance"])]
-        if not matches:
-            raise UserError(f"no fine-tune at the center setting {center}; run analysis/sweeps/finetune.sh or name the "
-                            f"center of what ran (settings found: {sorted(map(_name, settings))}).")
-        self.center = max(matches, key=lambda s: sum(len(self.by.get((a, s), {})) for a in self.arms))
-        self.settings = sorted(settings)
-
-    def vary(self, **change) -> tuple | None:
-        """The setting that differs from the center in the given factors only (rank / lr / train_guidance)."""
-        index = {"rank": 0, "lr": 1, "train_guidance": 2}
-        want = list(self.center)
-        for k, v in change.items():
-            want[index[k]] = v
-        return tuple(want) if tuple(want) in {s for _, s in self.by} else None
-
-    def values(self, setting, fn, arms=None) -> dict:
-        """{(arm, seed): fn(fine-tune)} of a setting, over ``arms`` (default: every arm)."""
-        return {(a, s): fn(ft) for a in (arms or self.arms) for s, ft in self.by.get((a, setting), {}).items()}
-
-    def students(self, fn, arms=None) -> dict:
-        """{(arm, seed): fn(a fine-tune)} of each student's *before* grids (the same for every fine-tune of it)."""
-        out = {}
-        for (a, _), seeds in self.by.items():
-            if a in (arms or self.arms):
-                for s, ft in seeds.items():
-                    out.setdefault((a, s), fn(ft))
-        return out
-
-
-@dataclass
-class Verdict:
-    claim: str
-    metric: str
-    a: Estimate
-    b: Estimate
-    diff: Estimate
-    result: str
-
-    def row(self) -> list:
-        return [self.claim, self.metric, str(self.a), str(self.b), str(self.diff), self.result]
-
-
-def judge(claim: str, metric: str, a: dict, b: dict, higher_is_claimed: bool | None) -> Verdict | None:
-    """'a exceeds b' (higher_is_claimed True), 'a is below b' (False) or 'a differs from b' (None),
-    from the interval of the paired difference a - b over common keys."""
-    common = sorted(set(a) & set(b))
-    if not common:
-        return None
-    diff = paired_difference(a, b)
-    if higher_is_claimed is None:
-        result = "inconclusive" if verdict(diff) == "inconclusive" else "differs"
-    else:
-        result = verdict(diff, lower_is_better=not higher_is_claimed)
-    return Verdict(claim, metric, mean_interval(a[k] for k in common), mean_interval(b[k] for k in common), diff, result)
-
-
-# -- what is measured of one fine-tune ------------------------------------------------------------------
-
-def rise(phase: str, metric: str, g: float):
-    """The change of an old-class metric from sampling guidance 0 to g (the student's step count)."""
-    return lambda ft: ft.grid(phase, metric, g) - ft.grid(phase, metric, 0.0)
-
-
-def forgetting(ft: Finetune) -> float:
-    """Old classes' classifier FD after - before (guidance 0, the student's step count)."""
-    return ft.grid("after", "domain_fd") - ft.grid("before", "domain_fd")
-
-
-def saturation_change(ft: Finetune) -> float:
-    return abs(ft.grid("after", "saturated") - ft.grid("before", "saturated"))
-
-
-def step_gap(phase: str, metric: str, offset: int = 4, relative: bool = False):
-    """|metric at the student's steps + offset - at its steps| (guidance 0), or that over the metric at its
-    steps (``relative``: a fine-tune that raises the FD everywhere raises its absolute gaps with it)."""
-    def gap(ft):
-        at = ft.grid(phase, metric)
-        scale = (abs(at) or math.nan) if relative else 1.0  # nan: left out of the interval
-        return abs(ft.grid(phase, metric, 0.0, ft.student_steps + offset) - at) / scale
-    return gap
-
-
-def claims(sweep: Sweep, teacher: dict | None) -> list[tuple[str, list[Verdict]]]:
-    """The five claims' verdicts, each a list of measured comparisons (None ones left out)."""
-    c = sweep.center
-    out = []
-    # 1. sampling guidance vs the teacher
-    one = []
-    for metric in ("saturated", "out_of_range") if teacher else ():
-        for g in sorted(k for k in teacher if k > 0):
-            t_rise = teacher[g][metric] - teacher[0.0][metric]
-            student = sweep.students(rise("before", metric, g))
-            one.append(judge(f"guidance {g:g} raises the distilled students' {metric} share more than the teacher's "
-                             f"(teacher: {t_rise:+.4f})", f"{metric} rise", student, {k: t_rise for k in student}, True))
-            after = sweep.values(c, rise("after", metric, g))
-            one.append(judge(f"... and after the center fine-tune ({_name(c)})", f"{metric} rise",
-                             after, {k: t_rise for k in after}, True))
-    out.append(("1. Guidance > 0 at sampling oversaturates a distilled student more than it does the teacher", one))
-    # 2. training with guidance
-    two = []
-    for g in (1.5, 3.0):
-        s = sweep.vary(train_guidance=g)
-        if s is None:
-            continue
-        for metric, what in (("new_saturated", "the new concept"), ("saturated", "the old classes")):
-            fn = lambda ft, m=metric: ft.grid("after", m, SAMPLE_GUIDANCE)
-            two.append(judge(f"trained at guidance {g:g} vs 0, sampled at {SAMPLE_GUIDANCE:g}: {what} more saturated",
-                             metric, sweep.values(s, fn), sweep.values(c, fn), True))
-    out.append(("2. Training with guidance compounds it", two))
-    # 3. low rank / low learning rate preserve
-    three = []
-    for factor, low, high in (("rank", 4, 32), ("lr", 1e-5, 1e-3)):
-        a, b = sweep.vary(**{factor: low}), sweep.vary(**{factor: high})
-        if a is None or b is None:
-            continue
-        for fn, metric in ((forgetting, "forgetting (old FD after - before)"),
-                           (saturation_change, "|saturated after - before|")):
-            three.append(judge(f"{factor} {low:g} preserves the old classes better than {factor} {high:g}", metric,
-                               sweep.values(a, fn), sweep.values(b, fn), False))
-        learned = lambda ft: ft.grid("after", "new_adherence")
-        three.append(judge(f"... the price: {factor} {low:g} learns the new concept less than {factor} {high:g}",
-                           "new_adherence", sweep.values(a, learned), sweep.values(b, learned), False))
-    out.append(("3. Low rank and low learning rate preserve the old classes and the output statistics", three))
-    # 4. step count
-    four = []
-    high = sweep.vary(lr=1e-3)
-    for metric, relative in (("domain_fd", False), ("domain_fd", True), ("saturated", False)):
-        what = f"|{metric}(N + 4) - {metric}(N)|" + (f" / {metric}(N)" if relative else "")
-        for setting, name in ((c, "the center fine-tune"), (high, "the lr 1e-3 fine-tune")):
-            if setting is None:
-                continue
-            four.append(judge(f"{what} larger after {name} than before", metric,
-                              sweep.values(setting, step_gap("after", metric, relative=relative)),
-                              sweep.values(setting, step_gap("before", metric, relative=relative)), True))
-    out.append(("4. The student's step count matters more after fine-tuning", four))
-    # 5. coupled vs decoupled_hybrid
-    five = []
-    if {"coupled", "decoupled_hybrid"} <= set(sweep.arms):
-        for setting in [c] + [s for s in (sweep.vary(lr=1e-3), sweep.vary(train_guidance=3.0)) if s]:
-            for fn, metric in ((forgetting, "forgetting (old FD after - before)"),
-                               (saturation_change, "|saturated after - before|"),
-                               (lambda ft: ft.grid("after", "new_adherence"), "new_adherence")):
-                per_arm = [{s: v for (_, s), v in sweep.values(setting, fn, [arm]).items()}
-                           for arm in ("decoupled_hybrid", "coupled")]
-                five.append(judge(f"#4 and #1 students differ ({_name(setting)})", metric, *per_arm, None))
-    out.append(("5. Fine-tuning a decoupled_hybrid and a coupled student differ", five))
-    return [(title, [v for v in vs if v is not None]) for title, vs in out]
 
 
 # -- the teacher's reaction to sampling guidance -----------------------------------------------------------
@@ -316,7 +86,7 @@ def settings_table(sweep: Sweep) -> Table:
             if not fts:
                 continue
             g = lambda phase, m, guidance=0.0: _est(ft.grid(phase, m, guidance) for ft in fts)
-            t.rows.append([ARM_NAMES.get(arm, arm), _name(s) + (" (center)" if s == sweep.center else ""),
+            t.rows.append([ARM_NAMES.get(arm, arm), setting_name(s) + (" (center)" if s == sweep.center else ""),
                            ",".join(str(f.seed) for f in sorted(fts, key=lambda f: f.seed)),
                            g("after", "new_adherence"), g("after", "new_fd"), g("before", "domain_fd"),
                            g("after", "domain_fd"), g("after", "class_adherence"), g("after", "saturated"),
@@ -327,8 +97,13 @@ def settings_table(sweep: Sweep) -> Table:
     return t
 
 
+def _sample_guidances(sweep: Sweep) -> list[float]:
+    """The sampling guidances of the fine-tunes' grids (every fine-tune of a sweep samples the same ones)."""
+    return sorted({float(r["sample_guidance"]) for ft in next(iter(sweep.by.values())).values() for r in ft.grids})
+
+
 def guidance_table(sweep: Sweep, teacher: dict | None) -> Table:
-    gs = sorted({float(r["sample_guidance"]) for ft in next(iter(sweep.by.values())).values() for r in ft.grids})
+    gs = _sample_guidances(sweep)
     t = Table("Old classes' saturated share by sampling guidance (offset form; the student's step count)",
               ["model", *[f"g = {g:g}" for g in gs]])
     if teacher:
@@ -338,7 +113,7 @@ def guidance_table(sweep: Sweep, teacher: dict | None) -> Table:
         t.rows.append([f"{ARM_NAMES.get(arm, arm)} student", *[_est(v.values()) for v in before]])
         for s in [sweep.center] + [x for x in (sweep.vary(train_guidance=1.5), sweep.vary(train_guidance=3.0)) if x]:
             vals = [sweep.values(s, lambda ft, g=g: ft.grid("after", "saturated", g), [arm]) for g in gs]
-            t.rows.append([f"... after {_name(s)}", *[_est(v.values()) for v in vals]])
+            t.rows.append([f"... after {setting_name(s)}", *[_est(v.values()) for v in vals]])
     return t
 
 
@@ -348,19 +123,26 @@ def verdict_table(title: str, verdicts: list[Verdict]) -> Table:
     return t
 
 
-def curves_figure(sweep: Sweep, path: Path, keys=("new_adherence", "domain_fd", "saturated")):
-    """Metrics over fine-tune steps, mean over seeds and both students, one line per setting."""
+def _mean_curves(sweep: Sweep, keys: tuple[str, ...]):
+    """Per setting: (setting, {key: curve averaged over seeds and both students, cut to the shortest},
+    the line style that names it: the center solid, the others dashed)."""
     from matplotlib import colormaps
 
-    fig = Figure(figsize=(4.6 * len(keys), 3.6))
-    axes = fig.subplots(1, len(keys), squeeze=False)[0]
     for i, s in enumerate(sweep.settings):
         fts = [ft for a in sweep.arms for ft in sweep.by.get((a, s), {}).values()]
         n = min(len(ft.curve["step"]) for ft in fts)
+        mean = {k: np.mean([ft.curve[k][:n] for ft in fts], axis=0) for k in keys}
+        yield s, mean, {"color": colormaps["tab10"](i % 10), "ls": "-" if s == sweep.center else "--",
+                           "label": f"{setting_name(s)} (n={len(fts)})"}
+
+
+def curves_figure(sweep: Sweep, path: Path, keys=("new_adherence", "domain_fd", "saturated")):
+    """Metrics over fine-tune steps, mean over seeds and both students, one line per setting."""
+    fig = Figure(figsize=(4.6 * len(keys), 3.6))
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    for _, mean, style in _mean_curves(sweep, ("step", *keys)):
         for ax, key in zip(axes, keys):
-            ax.plot(fts[0].curve["step"][:n], np.mean([ft.curve[key][:n] for ft in fts], axis=0), marker=".",
-                    color=colormaps["tab10"](i % 10), ls="-" if s == sweep.center else "--",
-                    label=f"{_name(s)} (n={len(fts)})")
+            ax.plot(mean["step"], mean[key], marker=".", **style)
     titles = {"new_adherence": "new concept: adherence", "domain_fd": "old classes: classifier FD",
               "saturated": "old classes: saturated share"}
     for ax, key in zip(axes, keys):
@@ -370,36 +152,30 @@ def curves_figure(sweep: Sweep, path: Path, keys=("new_adherence", "domain_fd", 
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=2, bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _save(fig, path)
 
 
 def tradeoff_figure(sweep: Sweep, path: Path):
     """What each setting forgets on the way to learning the concept: the old classes' classifier FD against
     the new concept's adherence at every evaluation (means over seeds and both students), from step 0 on.
     A setting on a lower path forgets less for the same learning; one that stops early only looks safer."""
-    from matplotlib import colormaps
-
     fig = Figure(figsize=(6, 4.2))
     ax = fig.subplots()
-    for i, s in enumerate(sweep.settings):
-        fts = [ft for a in sweep.arms for ft in sweep.by.get((a, s), {}).values()]
-        n = min(len(ft.curve["step"]) for ft in fts)
-        x = np.mean([ft.curve["new_adherence"][:n] for ft in fts], axis=0)
-        y = np.mean([ft.curve["domain_fd"][:n] for ft in fts], axis=0)
-        ax.plot(x, y, marker=".", color=colormaps["tab10"](i % 10), ls="-" if s == sweep.center else "--",
-                label=f"{_name(s)} (n={len(fts)})")
-        ax.annotate(f"{int(fts[0].curve['step'][n - 1])}", (x[-1], y[-1]), fontsize=7)
+    for _, mean, style in _mean_curves(sweep, ("step", "new_adherence", "domain_fd")):
+        x, y = mean["new_adherence"], mean["domain_fd"]
+        ax.plot(x, y, marker=".", **style)
+        ax.annotate(f"{int(mean['step'][-1])}", (x[-1], y[-1]), fontsize=7)
     ax.set_xlabel("new concept: adherence")
     ax.set_ylabel("old classes: classifier FD")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _save(fig, path)
 
 
 def guidance_figure(sweep: Sweep, teacher: dict | None, path: Path):
     """The old classes' saturated share against sampling guidance: teacher, students before, after."""
-    gs = sorted({float(r["sample_guidance"]) for ft in next(iter(sweep.by.values())).values() for r in ft.grids})
+    gs = _sample_guidances(sweep)
     fig = Figure(figsize=(5.5, 3.8))
     ax = fig.subplots()
     if teacher:
@@ -407,7 +183,7 @@ def guidance_figure(sweep: Sweep, teacher: dict | None, path: Path):
     lines = [("before", sweep.center, "student (before)")] + [
         ("after", s, f"after train_guidance {s[2]:g}") for s in
         [sweep.center] + [x for x in (sweep.vary(train_guidance=1.5), sweep.vary(train_guidance=3.0)) if x]]
-    for j, (phase, s, label) in enumerate(lines):
+    for phase, s, label in lines:
         means = [np.mean(list(sweep.values(s, lambda ft, g=g: ft.grid(phase, "saturated", g)).values())) for g in gs]
         ax.plot(gs, means, marker="o", ls="--" if phase == "before" else "-", label=label)
     ax.set_xlabel("sampling guidance g (offset form: alpha = 1 + g)")
@@ -415,7 +191,7 @@ def guidance_figure(sweep: Sweep, teacher: dict | None, path: Path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _save(fig, path)
 
 
 def report_command(scale: str, center: tuple) -> str:
@@ -465,7 +241,7 @@ def write_finetune_report(runs_dir: str | Path, scale: str, center: dict, report
         page = [f"# Fine-tuning distilled students with LoRA: {scale}", "",
                 f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{report_command(scale, sweep.center)}` from the "
                 f"{len(fts)} finished fine-tunes under `{Path(runs_dir) / scale / 'finetune'}` (a seed run twice: the newest) "
-                f"(students: {', '.join(ARM_NAMES.get(a, a) for a in sweep.arms)}; center setting: {_name(sweep.center)}; "
+                f"(students: {', '.join(ARM_NAMES.get(a, a) for a in sweep.arms)}; center setting: {setting_name(sweep.center)}; "
                 f"concept: {fts[0].spec['concept']}; LoRA targets: {', '.join(sweep.center[4])}; batch "
                 f"{fts[0].spec.get('batch_size', '?')}, the student's own times). Design: one factor at a time from the "
                 "center (analysis/sweeps/finetune.sh, DESIGN=center): it measures each factor with the others fixed, "
@@ -482,7 +258,7 @@ def write_finetune_report(runs_dir: str | Path, scale: str, center: dict, report
                  "Forgetting against learning: each setting's path from step 0 (the number: its last step); a lower "
                  "path forgets less for the same adherence to the new concept.", "",
                  "![forgetting against learning](tradeoff.png)", "",
-                 f"Grids of one fine-tune ({ARM_NAMES.get(ft0.arm, ft0.arm)} student, seed {ft0.seed}, {_name(ft0.setting)}, "
+                 f"Grids of one fine-tune ({ARM_NAMES.get(ft0.arm, ft0.arm)} student, seed {ft0.seed}, {setting_name(ft0.setting)}, "
                  f"guidance 0, {ft0.student_steps} steps; a row per old class, the new label last), before and after:", "",
                  "![before](grid_before.png) ![after](grid_after.png)", "",
                  "## Tables", "", render_tables(tables[len(judged):], "markdown"), "",
