@@ -127,7 +127,7 @@ plan: setup
 	  $(if $(FSDP_TEACHER),--fsdp-teacher $(FSDP_TEACHER)) $(RUN_ARGS)
 
 gpu-check: setup
-	$(PY) -m ddmd_lab.gpu_check
+	$(PY) -m ddmd_lab.commands.gpu_check
 
 # text conditions once, memory-mapped under <cache_dir>/embeddings: data.precompute=true runs load no text encoder
 embed: setup

@@ -9,8 +9,8 @@ allowed alone (does Z-Image's masked attention leave flash attention?).
 import json, sys, time
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from ddmd_lab.gpu_check import TINY, random_teacher, condition_maker
-from ddmd_lab.architectures import family_specs
+from ddmd_lab.commands.gpu_check import TINY, random_teacher, condition_maker
+from ddmd_lab.planning.architectures import family_specs
 
 tiny = "--tiny" in sys.argv
 dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from ddmd_lab.commands.cli import main
 
 sys.exit(main())

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from .arms import Arm, resolve_arm
-from .errors import UserError
+from ddmd_lab.core.arms import Arm, resolve_arm
+from ddmd_lab.errors import UserError
 
 
 @dataclass

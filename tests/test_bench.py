@@ -1,5 +1,5 @@
-from ddmd_lab.arms import REGISTRY
-from ddmd_lab.bench import step_floor
+from ddmd_lab.core.arms import REGISTRY
+from ddmd_lab.commands.bench import step_floor
 
 # unit costs: a no-grad forward at B, 2B, 3B costs 1, 2, 3; a forward+backward 10
 COST = {"fwd1": 1.0, "fwd2": 2.0, "fwd3": 3.0, "fwd_bwd": 10.0}

@@ -1,6 +1,6 @@
 import pytest
 
-from ddmd_lab.cli import main
+from ddmd_lab.commands.cli import main
 from ddmd_lab.config import read_config
 
 

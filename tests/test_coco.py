@@ -9,7 +9,7 @@ from PIL import Image
 
 from ddmd_lab.errors import UserError
 from ddmd_lab.eval.clip_score import ClipScorer
-from ddmd_lab.eval.coco import (coco_subset, evaluate_coco, generated_batch, reference_images,
+from ddmd_lab.eval.protocols.coco import (coco_subset, evaluate_coco, generated_batch, reference_images,
                                 reference_stats, resolve_coco, square_resize, uint8_to_signed)
 
 from .tiny_coco import make_coco, save_tiny_clip
@@ -125,7 +125,7 @@ def inception():
 
 
 def test_evaluate_coco_end_to_end(coco, tiny_clip, inception, tmp_path):
-    from ddmd_lab.eval.coco import Protocol
+    from ddmd_lab.eval.protocols.coco import Protocol
 
     pairs = coco_subset(*coco, n=8, seed=0)
     ref = reference_images(pairs, 64)

@@ -10,11 +10,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ddmd_lab.arms import REGISTRY
+from ddmd_lab.core.arms import REGISTRY
 from ddmd_lab.backbones.toy import ToyFlowMLP
 from ddmd_lab.config import RunConfig, load_config, parse_overrides
-from ddmd_lab.diagnostics import OWN, Binned, bin_samples, measure, overall, per_sample
-from ddmd_lab.update import Draws, UpdateSettings, update_terms
+from ddmd_lab.method.diagnostics import OWN, Binned, bin_samples, measure, overall, per_sample
+from ddmd_lab.method.update import Draws, UpdateSettings, update_terms
 
 
 def test_per_sample_by_hand():
@@ -117,8 +117,8 @@ def test_decoupled_arm_at_one_given_draw_equals_its_shared_pair(normaliser):
 def _fit(tmp_path, every):
     from pytorch_lightning.loggers import CSVLogger
 
-    from ddmd_lab.eval.diagnostics_callback import DiagnosticsCallback
-    from ddmd_lab.module import DistillModule
+    from ddmd_lab.training.callbacks.diagnostics import DiagnosticsCallback
+    from ddmd_lab.training.module import DistillModule
 
     pl.seed_everything(0, verbose=False)
     cfg = RunConfig(arm=REGISTRY["decoupled_hybrid"], steps=12, ttur=2, batch_size=16, wandb="disabled",
@@ -160,7 +160,7 @@ SMALL = ["teacher={steps: 100, data_size: 4096, hidden: 64}", "batch_size=64", "
 
 @pytest.fixture(scope="module")
 def toy_runs(tmp_path_factory):
-    from ddmd_lab.run import run_ablation
+    from ddmd_lab.training.run import run_ablation
 
     root = tmp_path_factory.mktemp("diag")
     dirs = [f"runs_dir={root / 'runs'}", f"cache_dir={root / 'cache'}"]
@@ -168,7 +168,7 @@ def toy_runs(tmp_path_factory):
 
 
 def test_make_diagnose_writes_json_and_says_when_it_replaces_it(toy_runs, capsys):
-    from ddmd_lab.cli import main
+    from ddmd_lab.commands.cli import main
 
     run = toy_runs["decoupled_hybrid"]
     assert main(["diagnose", "--run", str(run), "--samples", "200"]) == 0
@@ -189,7 +189,7 @@ def test_make_diagnose_writes_json_and_says_when_it_replaces_it(toy_runs, capsys
 
 
 def test_make_diagnose_refuses_a_run_without_checkpoint(toy_runs, tmp_path, capsys):
-    from ddmd_lab.cli import main
+    from ddmd_lab.commands.cli import main
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text((toy_runs["coupled"] / "config.yaml").read_text())
@@ -202,7 +202,7 @@ def test_make_diagnose_refuses_a_run_without_checkpoint(toy_runs, tmp_path, caps
 
 
 def test_plots_and_table_from_json_and_from_the_training_csv(toy_runs, tmp_path):
-    from ddmd_lab.diagnose import diagnose_run
+    from ddmd_lab.commands.diagnose import diagnose_run
     from ddmd_lab.report.diagnostics_plots import diagnostics_section, load_diagnostics
 
     diagnose_run(toy_runs["decoupled_hybrid"], 64)
@@ -218,8 +218,8 @@ def test_plots_and_table_from_json_and_from_the_training_csv(toy_runs, tmp_path)
 
 
 def test_logged_values_batch_means_and_bins_without_dots():
-    from ddmd_lab.diagnostics import QUANTITIES
-    from ddmd_lab.eval.diagnostics_callback import log_values
+    from ddmd_lab.method.diagnostics import QUANTITIES
+    from ddmd_lab.training.callbacks.diagnostics import log_values
 
     samples = {q: np.array([1.0, 2.0, 3.0, 6.0]) for q in QUANTITIES}
     samples |= {"tau_ca": np.array([0.55, 0.55, 0.95, 0.95]), "tau_dm": np.array([0.05, 0.35, 0.35, 0.35]),

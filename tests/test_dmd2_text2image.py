@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from ddmd_lab.arms import REGISTRY
+from ddmd_lab.core.arms import REGISTRY
 from ddmd_lab.backbones import feature_tap
 from ddmd_lab.backbones.toy import ToyFlowMLP
-from ddmd_lab.cli import main
+from ddmd_lab.commands.cli import main
 from ddmd_lab.config import RunConfig
 from ddmd_lab.data.real_latents import cached_latents, coco_images, encode_latents
 from ddmd_lab.errors import UserError
-from ddmd_lab.eval.coco import reference_image, uint8_to_signed
-from ddmd_lab.flow import expand_like, shift_time, unshift_time, vp_scale
-from ddmd_lab.module import CRITIC_TAU, DistillModule
+from ddmd_lab.eval.protocols.coco import reference_image, uint8_to_signed
+from ddmd_lab.core.flow import expand_like, shift_time, unshift_time, vp_scale
+from ddmd_lab.training.module import CRITIC_TAU, DistillModule
 from ddmd_lab.scales import text2image
-from ddmd_lab.tau import sample_tau
+from ddmd_lab.core.tau import sample_tau
 
 from .tiny_coco import make_coco
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddmd_lab.cli import main
+from ddmd_lab.commands.cli import main
 from ddmd_lab.config import load_config
 
 PROMPTS = ["a photo of a cat", "a red bus on a street", "a bowl of fruit", "two dogs playing in the snow",

@@ -12,7 +12,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from ddmd_lab.errors import UserError
-from ddmd_lab.eval import dmd2
+from ddmd_lab.eval.protocols import dmd2
 from ddmd_lab.eval.clip_score import ClipScorer
 from ddmd_lab.eval.fid import InceptionFeatures as RealInception
 
@@ -152,7 +152,7 @@ def make_dmd2(root, n=6, seed=0, prompts=None):
 
 
 def test_dmd2_layout_is_detected_and_errors_name_what_is_missing(tmp_path):
-    from ddmd_lab.eval.commands import choose_protocol
+    from ddmd_lab.commands.evaluate import choose_protocol
 
     root = make_dmd2(tmp_path / "ckpt", n=3, prompts=["a", None, "b c"])
     data = dmd2.resolve_dmd2(root)  # the folder above coco10k
@@ -181,7 +181,7 @@ def test_dmd2_layout_is_detected_and_errors_name_what_is_missing(tmp_path):
 def test_hps_preprocess_is_hpsv2s_resize_max_size():
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-    from ddmd_lab.eval.hps import hps_preprocess
+    from ddmd_lab.eval.protocols.hps import hps_preprocess
 
     img = _structured(150, 300, 2)  # wide: the longest side goes to 224, 112 rows, padded to 224 centred
     x = hps_preprocess(Image.fromarray(img))
@@ -210,7 +210,7 @@ def tiny_hps(tmp_path_factory, tiny_clip):
 def test_hps_score_and_benchmark_table(tiny_hps):
     import open_clip
 
-    from ddmd_lab.eval.hps import HpsScorer, benchmark_scores, hps_preprocess
+    from ddmd_lab.eval.protocols.hps import HpsScorer, benchmark_scores, hps_preprocess
 
     config, weights = tiny_hps
     scorer = HpsScorer(config, weights, batch_size=2)
@@ -234,7 +234,7 @@ def test_hps_score_and_benchmark_table(tiny_hps):
 
 
 def test_hps_prompt_files(tmp_path):
-    from ddmd_lab.eval.hps import read_hps_prompts
+    from ddmd_lab.eval.protocols.hps import read_hps_prompts
 
     bench = tmp_path / "benchmark"
     bench.mkdir()
@@ -280,7 +280,7 @@ def test_colour_metrics_on_known_colours():
 
 
 def test_pairwise_diversity():
-    from ddmd_lab.eval.prompt_eval import Plan, keyed_noise, mean_pairwise
+    from ddmd_lab.eval.protocols.prompt_eval import Plan, keyed_noise, mean_pairwise
 
     f = np.array([[0, 0], [3, 4], [1, 0], [1, 0]], float)  # prompt 1: two images 5 apart; prompt 2: identical
     assert mean_pairwise(f, 2, "l2") == pytest.approx(2.5)
@@ -307,7 +307,7 @@ class Leading:
 
 @pytest.fixture(scope="module")
 def sdxl_run(pipeline_folders, tmp_path_factory):
-    from ddmd_lab.cli import main
+    from ddmd_lab.commands.cli import main
 
     root = tmp_path_factory.mktemp("sdxl_eval")
     prompts = root / "prompts.txt"
@@ -322,8 +322,8 @@ def sdxl_run(pipeline_folders, tmp_path_factory):
 
 def test_eval_coco_dmd2_of_a_student_from_the_cli(sdxl_run, tiny_clip, tiny_hps, tmp_path, monkeypatch):
     import ddmd_lab.eval.fid as fid
-    import ddmd_lab.generate as generate
-    from ddmd_lab.cli import main
+    import ddmd_lab.training.generate as generate
+    from ddmd_lab.commands.cli import main
 
     monkeypatch.setattr(fid, "InceptionFeatures", Leading)
     data = make_dmd2(tmp_path / "dmd2", n=6)
@@ -371,7 +371,7 @@ def test_eval_coco_dmd2_of_a_student_from_the_cli(sdxl_run, tiny_clip, tiny_hps,
 
 def test_eval_hps_and_dpg_from_the_cli(sdxl_run, tiny_hps, tmp_path, monkeypatch, capsys):
     import ddmd_lab.eval.fid as fid
-    from ddmd_lab.cli import main
+    from ddmd_lab.commands.cli import main
 
     monkeypatch.setattr(fid, "InceptionFeatures", Leading)
     bench = tmp_path / "benchmark"
@@ -426,7 +426,7 @@ def test_training_evaluator_colour_vs_the_teacher(sdxl_run):
 
 def test_tables_and_report_show_the_evaluations_beside_the_paper(sdxl_run, tmp_path, capsys):
     """After the two CLI tests above: make tables / make report of the sdxl runs."""
-    from ddmd_lab.cli import main
+    from ddmd_lab.commands.cli import main
     from ddmd_lab.report.report import findings
     from ddmd_lab.report.runs import require_runs
     from ddmd_lab.report.tables import paper_tables

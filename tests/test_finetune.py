@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ddmd_lab.cli import main
+from ddmd_lab.commands.cli import main
 from ddmd_lab.errors import UserError
 from ddmd_lab.finetune.config import FinetuneConfig
 from ddmd_lab.finetune.objective import denoising_loss, draw_student_times, guided_x0
-from ddmd_lab.guidance import cfg
-from ddmd_lab.run import run_ablation
+from ddmd_lab.core.guidance import cfg
+from ddmd_lab.training.run import run_ablation
 
 from .tiny_images import image_cfg
 
@@ -211,7 +211,7 @@ def zimage_run(tmp_path_factory, pipeline_folders):
 
 def test_a_lora_students_generator_adapter_is_merged_into_the_frozen_base(zimage_run):
     from ddmd_lab.finetune.student import load_student
-    from ddmd_lab.generate import student_sampler
+    from ddmd_lab.training.generate import student_sampler
 
     run, _ = zimage_run
     sampler = student_sampler(run, device="cpu")  # the student as make sample runs it: the generator adapter's view

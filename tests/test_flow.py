@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ddmd_lab import flow, guidance
+from ddmd_lab.core import flow, guidance
 
 
 def test_renoise_endpoints():

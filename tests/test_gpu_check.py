@@ -5,8 +5,8 @@ import weakref
 
 
 def test_gpu_check_runs_every_measurement_on_tiny_configs(tmp_path, monkeypatch):
-    from ddmd_lab import module as module_py
-    from ddmd_lab.gpu_check import main
+    from ddmd_lab.training import module as module_py
+    from ddmd_lab.commands.gpu_check import main
 
     made = []
 
@@ -37,7 +37,7 @@ def test_gpu_check_runs_every_measurement_on_tiny_configs(tmp_path, monkeypatch)
 def test_gpu_check_compares_the_measured_peak_with_the_plans_training_part():
     """The plan's training part leaves out what gpu-check never loads (text encoders, VAE, its decode)."""
     from ddmd_lab.config import load_config
-    from ddmd_lab.memory_plan import TRAINING, memory_plan
+    from ddmd_lab.planning.memory_plan import TRAINING, memory_plan
 
     plan = memory_plan(load_config("zimage", "decoupled_hybrid"), gpu_gib=140)
     gib = plan["gib"]

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from ddmd_lab.run import run_ablation
+from ddmd_lab.training.run import run_ablation
 
 from .tiny_images import TINY
 from .tiny_images import image_cfg as _cfg
@@ -60,7 +60,7 @@ def test_class_unet_adapter_converts_diffusers_flow_convention():
 
 
 def test_term_spectra_and_observer_measure(dirs):
-    from ddmd_lab.inspect_run import run_spectra
+    from ddmd_lab.commands.inspect import run_spectra
 
     run = run_ablation(_cfg(dirs, "decoupled_hybrid"))
     result = run_spectra(run, samples=20)
@@ -84,7 +84,7 @@ def test_image_run_killed_mid_checkpoint_resumes_exactly_with_its_spectra(dirs):
 
     import numpy as np
 
-    from ddmd_lab.run import resume_ablation
+    from ddmd_lab.training.run import resume_ablation
 
     reference = run_ablation(_cfg(dirs, "coupled", "fid_samples=0"))
     cmd = [sys.executable, "-m", "ddmd_lab", "ablation", "--arm", "coupled", "--scale", "mnist"]

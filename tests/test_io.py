@@ -1,6 +1,6 @@
 from concurrent.futures import ThreadPoolExecutor
 
-from ddmd_lab.io import atomic_write_text, new_run_dir
+from ddmd_lab.util.io import atomic_write_text, new_run_dir
 
 
 def test_runs_started_at_once_get_distinct_folders(tmp_path):
@@ -17,7 +17,7 @@ def test_atomic_write_leaves_no_temp_and_replaces(tmp_path):
 
 
 def test_publish_dir_keeps_the_replaced_folder(tmp_path):
-    from ddmd_lab.io import publish_dir
+    from ddmd_lab.util.io import publish_dir
 
     target = tmp_path / "teacher"
     for version in ("old", "new"):

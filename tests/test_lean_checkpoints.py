@@ -9,9 +9,9 @@ import torch
 
 from ddmd_lab.config import load_config, parse_overrides
 from ddmd_lab.errors import UserError
-from ddmd_lab.module import DistillModule
-from ddmd_lab.run import resume_ablation, run_ablation
-from ddmd_lab.scales import get_scale
+from ddmd_lab.training.module import DistillModule
+from ddmd_lab.training.run import resume_ablation, run_ablation
+from ddmd_lab.scales.base import get_scale
 
 from .test_resume import SMALL
 
@@ -106,7 +106,7 @@ def _lora_cfg(pipeline_folders, root, steps):
 
 
 def test_lora_checkpoint_holds_adapters_only_and_resumes_exactly(pipeline_folders, tmp_path, monkeypatch):
-    from ddmd_lab.checkpointing import AtomicCheckpoint
+    from ddmd_lab.training.checkpointing import AtomicCheckpoint
     from ddmd_lab.scales.text2image import load_model
 
     reference = run_ablation(_lora_cfg(pipeline_folders, tmp_path / "a", 2))

@@ -11,9 +11,9 @@ import copy
 import pytest
 import torch
 
-from ddmd_lab.arms import REGISTRY
+from ddmd_lab.core.arms import REGISTRY
 from ddmd_lab.config import RunConfig
-from ddmd_lab.module import DistillModule
+from ddmd_lab.training.module import DistillModule
 
 from .tiny_models import sdxl_alphas_cumprod, tiny_lumina2_transformer, tiny_sdxl_unet, tiny_zimage_transformer
 
@@ -60,7 +60,7 @@ def _module(family, arm, checkpointing: bool) -> tuple[DistillModule, object]:
     teacher = copy.deepcopy(teacher)
     times = []
     if family is _sdxl:  # VP models cannot start at t = 0
-        from ddmd_lab.flow import t_from_ddpm_timestep
+        from ddmd_lab.core.flow import t_from_ddpm_timestep
 
         times = t_from_ddpm_timestep(torch.tensor([999, 499]), sdxl_alphas_cumprod()).tolist()
     cfg = RunConfig(arm=arm, ttur=1, batch_size=2, student_steps=2, alpha=4.0, wandb="disabled", grad_clip=1e9,
@@ -156,7 +156,7 @@ def test_a_generator_step_switches_adapters_per_view_call_not_per_recomputed_blo
     """A switch walks the whole network in Python (diffusers' enable_adapters / set_adapter: ~0.1-0.4 s on
     SDXL's 9,200 modules), so its count must not grow with the checkpointed blocks: recomputing each block
     with its adapter and switching back after it made two per block in every generator step's backward."""
-    from ddmd_lab.architectures import checkpointed_blocks
+    from ddmd_lab.planning.architectures import checkpointed_blocks
 
     module, make_cond = _module(family, REGISTRY["decoupled_hybrid"], True)
     net = module.base.denoiser()

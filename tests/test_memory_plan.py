@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ddmd_lab.config import RunConfig, load_config
-from ddmd_lab.architectures import Facts, build_meta, count, denoiser_facts, family_specs
-from ddmd_lab.memory_plan import GIB, Settings, components, memory_plan, peak_bytes, write_run_plan
+from ddmd_lab.planning.architectures import Facts, build_meta, count, denoiser_facts, family_specs
+from ddmd_lab.planning.memory_plan import GIB, Settings, components, memory_plan, peak_bytes, write_run_plan
 
 from .tiny_models import tiny_zimage_transformer
 
@@ -52,7 +52,7 @@ def _tiny_zimage_module_after_a_step(rank: int, dtype: torch.dtype, master: torc
     """A DistillModule on a tiny Z-Image teacher (``dtype``) with ``master`` trained weights, after one backward
     and AdamW step of each trained model."""
     from ddmd_lab.backbones.zimage import Captions, ZImageBackbone
-    from ddmd_lab.module import DistillModule
+    from ddmd_lab.training.module import DistillModule
 
     torch.manual_seed(0)
     teacher = ZImageBackbone(tiny_zimage_transformer(), torch.randn(2, 16), (16, 8, 8)).to(dtype)
@@ -73,7 +73,7 @@ def _tiny_zimage_module_after_a_step(rank: int, dtype: torch.dtype, master: torc
                          ids=["full-float32", "lora-float32", "lora-bfloat16", "full-bf16-teacher-fp32-master",
                               "lora-bf16-base-fp32-master"])
 def test_plan_bytes_equal_a_tiny_distill_module_measured_on_cpu(rank, dtype, master):
-    from ddmd_lab.lora import DEFAULT_TARGETS
+    from ddmd_lab.backbones.lora import DEFAULT_TARGETS
 
     module, opts = _tiny_zimage_module_after_a_step(rank, dtype, master)
     params = list({id(p): p for p in module.parameters()}.values())
@@ -143,7 +143,7 @@ def test_full_fine_tuning_does_not_fit_one_gpu_and_sharding_it_block_by_block_do
 
 
 def test_make_plan_prints_the_table_and_writes_the_plan(tmp_path, capsys):
-    from ddmd_lab.cli import main
+    from ddmd_lab.commands.cli import main
 
     args = ["plan", "--scale", "lumina2", "--set", f"runs_dir={tmp_path}", "--gpu-gib", "140"]
     assert main(args) == 0

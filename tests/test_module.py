@@ -5,11 +5,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ddmd_lab.arms import REGISTRY
+from ddmd_lab.core.arms import REGISTRY
 from ddmd_lab.backbones.toy import ToyFlowMLP
 from ddmd_lab.config import RunConfig
-from ddmd_lab.module import DistillModule
-from ddmd_lab.rollout import backward_simulate, sample_student, student_times
+from ddmd_lab.training.module import DistillModule
+from ddmd_lab.core.rollout import backward_simulate, sample_student, student_times
 
 
 def _fit(arm, steps, ttur, student_steps=2, **kw):

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from ddmd_lab.arms import REGISTRY
+from ddmd_lab.core.arms import REGISTRY
 from ddmd_lab.backbones.toy import ToyFlowMLP
-from ddmd_lab.flow import renoise
-from ddmd_lab.guidance import cfg
-from ddmd_lab.objective import ca_vector, critic_loss, dm_vector, dmd_normaliser, meanvar_kl, proxy_loss
-from ddmd_lab.update import Draws, UpdateSettings, draw, generator_update
+from ddmd_lab.core.flow import renoise
+from ddmd_lab.core.guidance import cfg
+from ddmd_lab.core.objective import ca_vector, critic_loss, dm_vector, dmd_normaliser, meanvar_kl, proxy_loss
+from ddmd_lab.method.update import Draws, UpdateSettings, draw, generator_update
 
 
 def _nets(seed=0):

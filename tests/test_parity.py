@@ -5,9 +5,9 @@ diffusers folders (identical latents, prompts, step counts and generator seeds).
 import pytest
 import torch
 
-from ddmd_lab.export import pipeline_call_args, student_scheduler
-from ddmd_lab.pipelines import load_pipeline
-from ddmd_lab.rollout import sample_student, times_for_model
+from ddmd_lab.commands.export import pipeline_call_args, student_scheduler
+from ddmd_lab.backbones.pipelines import load_pipeline
+from ddmd_lab.core.rollout import sample_student, times_for_model
 
 PROMPT = "a photo of a cat"
 RES = 32
@@ -34,7 +34,7 @@ def _noise(model, seed=0):
 def test_teacher_sample_equals_the_pipelines_default_call(pipeline_folders, family, guidance):
     # the pipelines' default CFG options (Lumina2 renormalises) and grid (SDXL: the scheduler's 'leading'
     # timesteps from x_vp = noise); 20 steps keep it quick on the CPU, every other argument is the default
-    from ddmd_lab.generate import alpha_from_guidance
+    from ddmd_lab.training.generate import alpha_from_guidance
 
     pipe, model = _loaded(pipeline_folders, family)
     noise, steps = _noise(model), 20
@@ -94,8 +94,8 @@ def test_student_sample_equals_the_pipeline_with_its_scheduler(pipeline_folders,
 def test_sdxl_starts_at_unit_variance_in_the_unets_scale(pipeline_folders):
     """The first state of a VP trajectory is x_vp = noise (diffusers' init_noise_sigma, DMD2's LCM
     inference), i.e. x_t = noise * sqrt(t0^2 + (1 - t0)^2) in flow time; flow models start at noise."""
-    from ddmd_lab.flow import vp_scale
-    from ddmd_lab.rollout import backward_simulate
+    from ddmd_lab.core.flow import vp_scale
+    from ddmd_lab.core.rollout import backward_simulate
 
     _, model = _loaded(pipeline_folders, "sdxl")
     times = times_for_model(model.backbone, 4, 1.0)

@@ -7,9 +7,9 @@ import shutil
 import pytest
 import torch
 
-from ddmd_lab.cli import main
+from ddmd_lab.commands.cli import main
 from ddmd_lab.errors import UserError
-from ddmd_lab.pipelines import load_pipeline
+from ddmd_lab.backbones.pipelines import load_pipeline
 
 from .tiny_coco import make_coco, save_tiny_clip
 
@@ -62,7 +62,7 @@ def test_two_decoupled_hybrid_steps_and_a_sample_from_a_saved_folder(folders, fa
 
 
 def test_student_defaults_and_warnings(folders):
-    from ddmd_lab.generate import alpha_from_guidance, student_sampler
+    from ddmd_lab.training.generate import alpha_from_guidance, student_sampler
 
     root = folders[2]
     run = _only_run(root, "zimage")
@@ -90,7 +90,7 @@ def test_student_defaults_and_warnings(folders):
 
 def test_sdxl_uses_dmd2_times_and_its_null_is_the_pipelines_negative(folders):
     from ddmd_lab.backbones.sdxl import from_pipeline
-    from ddmd_lab.flow import ddpm_timestep_from_t
+    from ddmd_lab.core.flow import ddpm_timestep_from_t
 
     pipe = load_pipeline(str(folders[0]["sdxl"]), "sdxl")
     model = from_pipeline(pipe, 32)
@@ -174,7 +174,7 @@ def test_export_samples_like_make_sample_in_plain_diffusers(folders, family, tmp
     LCMScheduler)."""
     from diffusers import DiffusionPipeline
 
-    from ddmd_lab.generate import student_sampler
+    from ddmd_lab.training.generate import student_sampler
 
     if family == "zimage-lora":  # a LoRA run of a transformer family, exported through its own LoRA loader
         family = "zimage"

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from ddmd_lab.progress import Progress, plain_line
+from ddmd_lab.util.progress import Progress, plain_line
 
 SMALL = ["teacher={steps: 40, data_size: 2048, hidden: 32}", "batch_size=32", "ttur=2", "eval_every=10",
          "eval_samples=64", "checkpoint_every=10", "log_every=2", "steps=20"]

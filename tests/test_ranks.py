@@ -131,11 +131,11 @@ def test_two_rank_run_killed_after_a_checkpoint_resumes_exactly(two_rank):
 
 
 def test_resume_with_another_number_of_ranks_is_refused():
-    from ddmd_lab.arms import REGISTRY
+    from ddmd_lab.core.arms import REGISTRY
     from ddmd_lab.backbones.toy import ToyFlowMLP
     from ddmd_lab.config import RunConfig
     from ddmd_lab.errors import UserError
-    from ddmd_lab.module import DistillModule, rng_state
+    from ddmd_lab.training.module import DistillModule, rng_state
 
     module = DistillModule(ToyFlowMLP(num_classes=3, hidden=8, depth=1), RunConfig(arm=REGISTRY["coupled"], wandb="disabled"))
     with pytest.raises(UserError, match="2 ranks.*this run has 1"):
@@ -147,12 +147,12 @@ def test_resume_with_another_number_of_ranks_is_refused():
 def test_a_step_reads_the_device_once_per_update_unless_it_is_logged(monkeypatch, tmp_path):
     """Host reads made by ddmd_lab code in each training step (single process, toy model).
 
-    Counted (ddmd_lab.host_reads): Tensor.item / tolist / __bool__ / __float__ / __int__ called
+    Counted (ddmd_lab.util.host_reads): Tensor.item / tolist / __bool__ / __float__ / __int__ called
     from a ddmd_lab file (torch's AdamW reads its own CPU step counter; Lightning reads the
     logged values, on logging steps only).  A 4-step student: backward simulation reads nothing.
     """
-    from ddmd_lab.host_reads import counting_host_reads
-    from ddmd_lab.module import DistillModule
+    from ddmd_lab.util.host_reads import counting_host_reads
+    from ddmd_lab.training.module import DistillModule
 
     step = [None]
     real_step = DistillModule.training_step
@@ -186,10 +186,10 @@ def _toy_fit(tmp_path, **settings):
     from pytorch_lightning.loggers import CSVLogger
     from torch.utils.data import DataLoader, TensorDataset
 
-    from ddmd_lab.arms import REGISTRY
+    from ddmd_lab.core.arms import REGISTRY
     from ddmd_lab.backbones.toy import ToyFlowMLP
     from ddmd_lab.config import RunConfig
-    from ddmd_lab.module import DistillModule
+    from ddmd_lab.training.module import DistillModule
 
     pl.seed_everything(0, verbose=False)
     cfg = RunConfig(arm=REGISTRY["decoupled_hybrid"], steps=8, ttur=2, batch_size=8, wandb="disabled", **settings)
@@ -211,9 +211,9 @@ def test_generator_logs_reach_the_log_when_logged_steps_are_never_generator_step
 
 def _probe_main() -> int:
     """The CLI with the probes of this file's two-rank tests patched in (see the docstring)."""
-    import ddmd_lab.module as module
-    import ddmd_lab.update as update
-    from ddmd_lab.cli import main
+    import ddmd_lab.training.module as module
+    import ddmd_lab.method.update as update
+    from ddmd_lab.commands.cli import main
 
     out = Path(os.environ["PROBE_DIR"])
     nan_rank, nan_step = (int(v) for v in os.environ.get("PROBE_NAN", "-1:-1").split(":"))

@@ -5,9 +5,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from ddmd_lab.arms import REGISTRY
+from ddmd_lab.core.arms import REGISTRY
 from ddmd_lab.config import RunConfig
-from ddmd_lab.module import DistillModule
+from ddmd_lab.training.module import DistillModule
 
 from .tiny_models import sdxl_alphas_cumprod, tiny_lumina2_transformer, tiny_sdxl_unet, tiny_zimage_transformer
 
@@ -51,7 +51,7 @@ def _sdxl(widths=(2, 4)):
 
 @pytest.mark.parametrize("family", [_zimage, _lumina2, _sdxl], ids=["zimage", "lumina2", "sdxl"])
 def test_two_decoupled_hybrid_steps_and_a_sample(family):
-    from ddmd_lab.flow import t_from_ddpm_timestep
+    from ddmd_lab.core.flow import t_from_ddpm_timestep
 
     torch.manual_seed(0)
     teacher, make_cond = family()
@@ -78,7 +78,7 @@ def test_two_decoupled_hybrid_steps_and_a_sample(family):
 def test_lora_on_one_shared_base_holds_one_copy_and_keeps_the_teacher(family):
     import copy
 
-    from ddmd_lab.lora import held_parameters
+    from ddmd_lab.backbones.lora import held_parameters
 
     torch.manual_seed(0)
     teacher, make_cond = family()

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ddmd_lab.cli import main
+from ddmd_lab.commands.cli import main
 from ddmd_lab.config import load_config, parse_overrides
 from ddmd_lab.errors import UserError
-from ddmd_lab.run import check_inputs
+from ddmd_lab.training.run import check_inputs
 from ddmd_lab.scales import text2image
 
 from .tiny_coco import make_coco
@@ -68,8 +68,8 @@ def test_an_empty_or_unreadable_prompts_file(pipeline_folders, tmp_path, no_load
 def test_coco_captions_naming_missing_or_unreadable_images(pipeline_folders, tmp_path, no_loading):
     """A GAN arm's real images (checked by check_inputs, before the VAE encodes any), and both
     eval-coco protocols' reference images (checked before any Inception feature is computed)."""
-    from ddmd_lab.eval.coco import coco_subset, resolve_coco
-    from ddmd_lab.eval.dmd2 import resolve_dmd2
+    from ddmd_lab.eval.protocols.coco import coco_subset, resolve_coco
+    from ddmd_lab.eval.protocols.dmd2 import resolve_dmd2
 
     root = make_coco(tmp_path / "coco", n_images=5)
     captions, images = resolve_coco(root)
@@ -132,7 +132,7 @@ def test_a_lora_target_that_matches_no_module(pipeline_folders, tmp_path, prompt
 
 
 def test_the_lora_target_check_on_the_loaded_network(pipeline_folders, tmp_path, prompts):
-    from ddmd_lab.module import DistillModule
+    from ddmd_lab.training.module import DistillModule
 
     cfg = cfg_of(pipeline_folders, tmp_path, "lumina2", "decoupled_hybrid", prompts, "lora={rank: 2, targets: [nope]}")
     with pytest.raises(UserError, match=r"lora.targets \['nope'\] match no module of Lumina2Transformer2DModel"):

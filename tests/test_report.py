@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from ddmd_lab.run import run_ablation
+from ddmd_lab.training.run import run_ablation
 
 from .tiny_images import image_cfg
 
@@ -112,7 +112,7 @@ def test_dashboard_is_built_offline_and_reads_only_logged_keys(sweep):
 
 
 def test_tables_and_report_from_the_command_line(sweep, tmp_path, capsys):
-    from ddmd_lab.cli import main
+    from ddmd_lab.commands.cli import main
 
     runs_dir, _ = sweep
     assert main(["tables", "--scale", "mnist", "--runs-dir", str(runs_dir), "--format", "latex"]) == 0

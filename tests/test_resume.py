@@ -13,7 +13,7 @@ import torch
 
 from ddmd_lab.config import load_config, parse_overrides
 from ddmd_lab.errors import NonFiniteError, UserError
-from ddmd_lab.run import resume_ablation, run_ablation
+from ddmd_lab.training.run import resume_ablation, run_ablation
 
 SMALL = ["teacher={steps: 100, data_size: 4096, hidden: 64}", "batch_size=64", "ttur=3", "eval_every=25",
          "eval_samples=200", "checkpoint_every=20", "progress_bar=false", "wandb=disabled"]
@@ -120,7 +120,7 @@ def test_resume_refuses_other_arm_and_missing_checkpoints(dirs, tmp_path):
 
 
 def test_nonfinite_updates_are_skipped_and_counted(dirs, monkeypatch):
-    import ddmd_lab.module as module
+    import ddmd_lab.training.module as module
 
     real, calls = module.generator_update, {"n": 0}
 
@@ -138,7 +138,7 @@ def test_nonfinite_updates_are_skipped_and_counted(dirs, monkeypatch):
 
 
 def test_too_many_nonfinite_in_a_row_stops_and_keeps_last_good_checkpoint(dirs, monkeypatch):
-    import ddmd_lab.module as module
+    import ddmd_lab.training.module as module
 
     real, calls = module.generator_update, {"n": 0}
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddmd_lab.cli import main
+from ddmd_lab.commands.cli import main
 from ddmd_lab.config import load_config, parse_overrides, save_config
 from ddmd_lab.errors import UserError
-from ddmd_lab.run import run_ablation
+from ddmd_lab.training.run import run_ablation
 
 SMALL = ["teacher={steps: 60, data_size: 2048, hidden: 32}", "batch_size=32", "ttur=2", "eval_every=4",
          "eval_samples=64", "checkpoint_every=2", "progress_bar=false", "wandb=disabled", "steps=4"]
@@ -91,7 +91,7 @@ def test_resume_refuses_a_poisoned_checkpoint(toy_run, tmp_path, capsys):
 
 def test_lightnings_own_resume_reads_with_weights_only(toy_run, tmp_path, monkeypatch):
     """Past our own read (patched away here), Lightning's restore refuses the payload as well."""
-    import ddmd_lab.run as run_module
+    import ddmd_lab.training.run as run_module
 
     victim, last, marker = _poisoned_copy(toy_run, tmp_path)
     monkeypatch.setattr(run_module, "safe_torch_load", lambda *a, **k: {"ddmd_counters": {"step_count": 2}})
@@ -116,7 +116,7 @@ def test_sample_export_and_spectra_refuse_a_poisoned_run(toy_run, pipeline_folde
     refused(capsys, ["export", "--run", str(t2i)], marker)
     assert not (t2i / "export").exists()
 
-    from ddmd_lab.inspect_run import load_run
+    from ddmd_lab.commands.inspect import load_run
 
     run, _ = toy_run
     victim = tmp_path / "toy_run"

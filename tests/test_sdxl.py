@@ -1,6 +1,6 @@
 import torch
 
-from ddmd_lab import flow
+from ddmd_lab.core import flow
 
 
 from .tiny_models import sdxl_alphas_cumprod as _alphas_cumprod

@@ -179,7 +179,7 @@ def test_fsdp_refuses_lora_and_blockless_backbones_naming_ddp():
     from ddmd_lab.backbones.toy import ToyFlowMLP
     from ddmd_lab.config import RunConfig
     from ddmd_lab.errors import UserError
-    from ddmd_lab.sharding import PerBlockFSDP, PerOptimizerDDP, block_classes, make_strategy
+    from ddmd_lab.parallel.strategies import PerBlockFSDP, PerOptimizerDDP, block_classes, make_strategy
 
     with pytest.raises(UserError, match="does not take LoRA.*use strategy=ddp"):
         RunConfig(strategy="fsdp", lora={"rank": 4})
@@ -200,9 +200,9 @@ def _probe_main() -> int:
     from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.nn.parallel import DistributedDataParallel
 
-    import ddmd_lab.eval.callback as callback
-    import ddmd_lab.module as module
-    from ddmd_lab.cli import main
+    import ddmd_lab.training.callbacks.evaluation as callback
+    import ddmd_lab.training.module as module
+    from ddmd_lab.commands.cli import main
 
     out = Path(os.environ["PROBE_DIR"])
     kill_at = int(os.environ.get("PROBE_KILL_AT", "-1"))
@@ -233,7 +233,7 @@ def _probe_main() -> int:
     DistributedDataParallel.__init__ = ddp_init
     if os.environ.get("PROBE_LOCKSTEP"):  # ddp draws the backward simulation's k as fsdp must: rank 0's
         try:
-            from ddmd_lab.sharding import PerOptimizerDDP
+            from ddmd_lab.parallel.strategies import PerOptimizerDDP
         except ImportError:  # the code before sharding.py: each rank draws its own k
             pass
         else:

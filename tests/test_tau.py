@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from ddmd_lab.flow import shift_time
-from ddmd_lab.tau import TauRule, sample_tau
+from ddmd_lab.core.flow import shift_time
+from ddmd_lab.core.tau import TauRule, sample_tau
 
 
 @pytest.mark.parametrize("shift", [1.0, 3.0])

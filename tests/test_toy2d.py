@@ -14,7 +14,7 @@ from ddmd_lab.config import load_config, parse_overrides
 from ddmd_lab.data.toy2d import ToyMixture
 from ddmd_lab.eval.distances import energy_distance
 from ddmd_lab.report.tables import ablation_table
-from ddmd_lab.run import run_ablation
+from ddmd_lab.training.run import run_ablation
 
 
 def test_posterior_mean_matches_monte_carlo():

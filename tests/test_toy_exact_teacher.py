@@ -8,15 +8,16 @@ import torch
 
 from ddmd_lab.backbones.base import batched_x0
 from ddmd_lab.backbones.toy import ExactToyDenoiser, ToyFlowMLP
-from ddmd_lab.cli import main
+from ddmd_lab.commands.cli import main
 from ddmd_lab.config import load_config, parse_overrides, read_config
 from ddmd_lab.data.toy2d import ToyMixture
 from ddmd_lab.errors import UserError
-from ddmd_lab.flow import renoise
-from ddmd_lab.inspect_run import load_run
-from ddmd_lab.module import DistillModule
-from ddmd_lab.run import run_ablation
-from ddmd_lab.scales import load_networks, toy2d
+from ddmd_lab.core.flow import renoise
+from ddmd_lab.commands.inspect import load_run
+from ddmd_lab.training.module import DistillModule
+from ddmd_lab.training.run import run_ablation
+from ddmd_lab.scales import toy2d
+from ddmd_lab.scales.base import load_networks
 
 from .test_resume import SMALL
 

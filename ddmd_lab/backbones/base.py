@@ -28,7 +28,7 @@ class Backbone(nn.Module):
 
     def denoiser(self) -> nn.Module:
         if not self.denoiser_attr:
-            from ..errors import UserError
+            from ddmd_lab.errors import UserError
 
             raise UserError(f"{type(self).__name__} wraps no diffusers network; LoRA needs one (set lora.rank=0).")
         return getattr(self, self.denoiser_attr)

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..flow import velocity_from_x0
-from ..rollout import Guided, sample_ode, start_state
+from ddmd_lab.core.flow import velocity_from_x0
+from ddmd_lab.core.rollout import Guided, sample_ode, start_state
 
 FLOW_FAMILIES = ("zimage", "lumina2")
 

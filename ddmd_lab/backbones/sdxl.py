@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..flow import alpha_bar_from_t, ddpm_timestep_from_t, expand_like, t_from_ddpm_timestep, vp_scale, x0_from_ddpm_eps
-from .base import Backbone
-from .feature_tap import grid_size, pooled, run_until
+from ddmd_lab.core.flow import alpha_bar_from_t, ddpm_timestep_from_t, expand_like, t_from_ddpm_timestep, vp_scale, x0_from_ddpm_eps
+from ddmd_lab.backbones.base import Backbone
+from ddmd_lab.backbones.feature_tap import grid_size, pooled, run_until
 
 
 @dataclass
@@ -119,7 +119,7 @@ def from_pipeline(pipe, resolution: int, null: SDXLCondition | None = None):
     second), the null condition is its negative for an empty prompt (zeros when the
     checkpoint sets force_zeros_for_empty_prompt, as SDXL base does), or ``null`` (from an embedding
     cache: the text encoders are then never called)."""
-    from .text_to_image import TextToImage, TextWindow, latent_shape
+    from ddmd_lab.backbones.text_to_image import TextToImage, TextWindow, latent_shape
 
     ids = time_ids(resolution)
 

@@ -14,9 +14,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..data.toy2d import ToyMixture
-from ..flow import x0_from_velocity
-from .base import Backbone
+from ddmd_lab.data.toy2d import ToyMixture
+from ddmd_lab.core.flow import x0_from_velocity
+from ddmd_lab.backbones.base import Backbone
 
 
 class ToyBackbone(Backbone):

@@ -19,9 +19,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..flow import expand_like, x0_from_velocity
-from .base import Backbone
-from .feature_tap import grid_size, run_until, token_maps
+from ddmd_lab.core.flow import expand_like, x0_from_velocity
+from ddmd_lab.backbones.base import Backbone
+from ddmd_lab.backbones.feature_tap import grid_size, run_until, token_maps
 
 
 def zimage_prompt_text(tokenizer, prompt: str, system_prompt: str | None = None, thinking: str | None = None) -> str:
@@ -123,7 +123,7 @@ def from_pipeline(pipe, resolution: int, system_prompt: str | None = None, think
     """A loaded ZImagePipeline as a TextToImage teacher.  The null condition is the empty
     prompt through the same template (the pipeline's default negative prompt is ""), or
     ``null`` (one row, from an embedding cache: the text encoder is then never called)."""
-    from .text_to_image import TextToImage, TextWindow, latent_shape
+    from ddmd_lab.backbones.text_to_image import TextToImage, TextWindow, latent_shape
 
     def encode(prompts: list[str]) -> Captions:
         feats = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, max_length, system_prompt, thinking)

@@ -43,9 +43,9 @@ _STORED = {"bfloat16": np.int16, "float32": np.float32, "bool": np.uint8}
 
 def row_tensors(row) -> tuple[str, dict[str, Tensor]]:
     """(kind, tensors) of a one-prompt condition; every tensor's first axis is its row length."""
-    from ..backbones.lumina2 import PaddedText
-    from ..backbones.sdxl import SDXLCondition
-    from ..backbones.zimage import Captions
+    from ddmd_lab.backbones.lumina2 import PaddedText
+    from ddmd_lab.backbones.sdxl import SDXLCondition
+    from ddmd_lab.backbones.zimage import Captions
 
     if isinstance(row, Captions):
         (features,) = row.features
@@ -59,9 +59,9 @@ def row_tensors(row) -> tuple[str, dict[str, Tensor]]:
 
 def row_from(kind: str, t: dict[str, Tensor]):
     """The one-prompt condition of ``row_tensors``' tensors."""
-    from ..backbones.lumina2 import PaddedText
-    from ..backbones.sdxl import SDXLCondition
-    from ..backbones.zimage import Captions
+    from ddmd_lab.backbones.lumina2 import PaddedText
+    from ddmd_lab.backbones.sdxl import SDXLCondition
+    from ddmd_lab.backbones.zimage import Captions
 
     if kind == "Captions":
         return Captions([t["features"]])
@@ -282,6 +282,6 @@ def write_embeddings(folder: Path, encode: Callable[[list[str]], list], prompts:
 
 def _progress(total: int, enabled: bool):
     """A bar on a terminal, plain lines every few percent elsewhere (progress.py)."""
-    from ..progress import Progress
+    from ddmd_lab.util.progress import Progress
 
     return Progress(total, "embedding prompts", "prompt", enabled=enabled)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from ddmd_lab.errors import UserError
 
 FASHION_DEFAULT = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")

@@ -11,7 +11,7 @@ import json
 import warnings
 from pathlib import Path
 
-from ..errors import UserError
+from ddmd_lab.errors import UserError
 
 
 def read_prompts(path: str | None) -> list[str]:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..flow import expand_like, velocity_from_x0
-from ..guidance import cfg
+from ddmd_lab.core.flow import expand_like, velocity_from_x0
+from ddmd_lab.core.guidance import cfg
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..errors import UserError
-from ..io import atomic_torch_save, atomic_write_text, safe_torch_load
-from ..progress import StepProgressBar
-from .fid import fid_from_stats, stats
+from ddmd_lab.errors import UserError
+from ddmd_lab.util.io import atomic_torch_save, atomic_write_text, safe_torch_load
+from ddmd_lab.util.progress import StepProgressBar
+from ddmd_lab.eval.fid import fid_from_stats, stats
 
 
 class SmallClassifier(nn.Module):

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..errors import UserError
-from .fid import to_uint8_hwc
+from ddmd_lab.errors import UserError
+from ddmd_lab.eval.fid import to_uint8_hwc
 
 DEFAULT_CLIP_MODEL = "ViT-g-14"
 # DMD2 / GigaGAN score with ViT-g-14 trained on LAION-2B (tag laion2b_s12b_b42k); the file is the
@@ -99,14 +99,14 @@ class ClipScorer:
     def _pixels(self, u8: np.ndarray) -> Tensor:
         """open_clip's own eval transform (bicubic resize, centre crop, its mean / std), after DMD2's
         square crop + Lanczos to ``resize`` where set."""
-        from .dmd2 import clip_image
+        from ddmd_lab.eval.protocols.dmd2 import clip_image
 
         images = [clip_image(img, self.resize) if self.resize else Image.fromarray(np.asarray(img, dtype=np.uint8))
                   for img in u8]
         return torch.stack([self.preprocess(img) for img in images]).to(self.device)
 
     def _tokens(self, captions: Sequence[str]) -> Tensor:
-        from .dmd2 import prefixed_tokens
+        from ddmd_lab.eval.protocols.dmd2 import prefixed_tokens
 
         if self.prefix:
             return prefixed_tokens(self.tokenizer, captions, self.prefix)

@@ -7,7 +7,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from ..io import atomic_write_bytes
+from ddmd_lab.util.io import atomic_write_bytes
 
 
 def save_grid(images: Tensor, path: Path, nrow: int) -> None:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import UserError
+from ddmd_lab.errors import UserError
 
 CLEANFID_FILE = Path(tempfile.gettempdir()) / "inception-2015-12-05.pt"
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..flow import renoise
-from ..objective import ca_vector, dm_vector
-from .spectra import high_frequency_excess, raps, spectral_centroid
+from ddmd_lab.core.flow import renoise
+from ddmd_lab.core.objective import ca_vector, dm_vector
+from ddmd_lab.eval.spectra import high_frequency_excess, raps, spectral_centroid
 
 DEFAULT_BINS = ((0.02, 0.1), (0.1, 0.3), (0.3, 0.5), (0.5, 0.7), (0.7, 0.9), (0.9, 0.98))
 

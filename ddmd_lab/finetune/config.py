@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..errors import UserError
+from ddmd_lab.errors import UserError
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..errors import UserError
+from ddmd_lab.errors import UserError
 
 IMAGE_DATASETS = ("fashion", "mnist")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -51,7 +51,7 @@ class CaptionFolder:
 def parse_data(data: str, scale: str, run_root: str | None = None):
     """The concept DATA names for a student of ``scale`` (image scales: its own data root for
     its own dataset)."""
-    from ..scales import TEXT_TO_IMAGE
+    from ddmd_lab.scales.base import TEXT_TO_IMAGE
 
     if not data or not str(data).strip():
         raise UserError("no DATA: name what to learn, e.g. DATA=mnist:7 (image scales) or DATA=<folder of images "
@@ -65,7 +65,7 @@ def parse_data(data: str, scale: str, run_root: str | None = None):
 
 
 def image_concept(data: str, scale: str, run_root: str | None = None) -> ImageConcept:
-    from ..scales.images import _image_set
+    from ddmd_lab.scales.images import _image_set
 
     name, sep, which = data.partition(":")
     name = name.strip().lower()

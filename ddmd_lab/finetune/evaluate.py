@@ -20,13 +20,13 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from ..eval.colour import colour_stats, mean_stats
-from ..eval.grid import save_grid
-from ..eval.spectra import high_frequency_excess, raps, spectral_centroid
-from ..eval.stats import output_stats
-from ..guidance import alpha_from_offset
-from ..rollout import Guided, sample_student
-from .student import Student
+from ddmd_lab.eval.colour import colour_stats, mean_stats
+from ddmd_lab.eval.grid import save_grid
+from ddmd_lab.eval.spectra import high_frequency_excess, raps, spectral_centroid
+from ddmd_lab.eval.stats import output_stats
+from ddmd_lab.core.guidance import alpha_from_offset
+from ddmd_lab.core.rollout import Guided, sample_student
+from ddmd_lab.finetune.student import Student
 
 EVAL_SEED = 4321
 TEXT_EVAL_CAP = 64  # real-model decoding is expensive; a grid needs no more
@@ -87,7 +87,7 @@ class ImageEvaluator(Evaluator):
     """fashion / mnist: classes as conditions, the scales' classifiers as judges."""
 
     def __init__(self, student: Student, concept, ft):
-        from ..scales import images as scale
+        from ddmd_lab.scales import images as scale
 
         super().__init__(student, concept, ft)
         cfg = student.cfg
@@ -123,7 +123,7 @@ class ImageEvaluator(Evaluator):
         """The scale's teacher on the old classes' noise and labels, a ``ode_steps``-step CFG ODE at
         ``guidance`` (offset form): the reference a student's reaction to sampling guidance is
         compared with (the teacher never learns the new concept, so only the old classes)."""
-        from ..rollout import teacher_cfg_sample
+        from ddmd_lab.core.rollout import teacher_cfg_sample
 
         alpha, device = alpha_from_offset(guidance), self.student.device
         teacher = teacher.eval().to(device)
@@ -145,7 +145,7 @@ class TextEvaluator(Evaluator):
     batch = 4
 
     def __init__(self, student: Student, concept, ft, real_images: Tensor):
-        from ..scales.text2image import data_settings
+        from ddmd_lab.scales.text2image import data_settings
 
         super().__init__(student, concept, ft)
         model = student.model

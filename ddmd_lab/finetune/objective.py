@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..flow import renoise, velocity_from_x0, velocity_target
-from ..guidance import cfg_offset
+from ddmd_lab.core.flow import renoise, velocity_from_x0, velocity_target
+from ddmd_lab.core.guidance import cfg_offset
 
 
 def draw_student_times(times: Tensor, batch: int, generator: torch.Generator | None = None) -> Tensor:

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import RunConfig, read_config
-from ..errors import UserError
-from ..rollout import times_for_model
-from .config import FinetuneConfig
+from ddmd_lab.config import RunConfig, read_config
+from ddmd_lab.errors import UserError
+from ddmd_lab.core.rollout import times_for_model
+from ddmd_lab.finetune.config import FinetuneConfig
 
 ADAPTER = "finetune"
 FAMILIES = ("fashion", "mnist", "zimage", "lumina2")  # flow-matching students (objective.py)
@@ -101,7 +101,7 @@ class Student:
 
 def load_student(run_dir: Path, ft: FinetuneConfig, device: str | None = None) -> Student:
     """The run's student, frozen, with the new adapter (B = 0: it computes the student exactly)."""
-    from ..generate import default_device, run_checkpoint
+    from ddmd_lab.training.generate import default_device, run_checkpoint
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -126,9 +126,9 @@ def load_student(run_dir: Path, ft: FinetuneConfig, device: str | None = None) -
 
 
 def _image_student(cfg: RunConfig, ckpt: Path):
-    from ..io import safe_torch_load
-    from ..module import DistillModule
-    from ..scales import load_networks
+    from ddmd_lab.util.io import safe_torch_load
+    from ddmd_lab.training.module import DistillModule
+    from ddmd_lab.scales.base import load_networks
 
     checkpoint = safe_torch_load(ckpt, "fine-tune from a checkpoint ddmd_lab wrote (the run's checkpoints/final.ckpt)",
                                  "checkpoint", mmap=True)  # first: a refused checkpoint loads no teacher
@@ -141,8 +141,8 @@ def _image_student(cfg: RunConfig, ckpt: Path):
 
 
 def _text_student(cfg: RunConfig, ckpt: Path):
-    from ..generate import _load_student
-    from ..lora import AdapterView
+    from ddmd_lab.training.generate import _load_student
+    from ddmd_lab.backbones.lora import AdapterView
 
     model, student = _load_student(cfg, ckpt)
     if isinstance(student, AdapterView):
@@ -164,7 +164,7 @@ def default_targets(scale: str) -> tuple[str, ...]:
     ("LoCon", as kohya / LyCORIS LoRAs of SDXL's UNet), because their UNet has attention only at its 4 x 4
     bottleneck: measured on a fashion student learning mnist:7 (rank 8, lr 1e-3, 300 steps), attention alone
     reached adherence 0.12 to the new class, attention + convolutions 0.98 within 150 steps."""
-    from ..lora import DEFAULT_TARGETS
+    from ddmd_lab.backbones.lora import DEFAULT_TARGETS
 
     return DEFAULT_TARGETS + (("conv1", "conv2") if scale in ("fashion", "mnist") else ())
 
@@ -172,7 +172,7 @@ def default_targets(scale: str) -> tuple[str, ...]:
 def _add_adapter(student: Student, ft: FinetuneConfig) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
-    from ..lora import check_targets
+    from ddmd_lab.backbones.lora import check_targets
 
     backbone = student.backbone
     net = backbone.denoiser()

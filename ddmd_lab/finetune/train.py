@@ -30,14 +30,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..checkpointing import teacher_fingerprint
-from ..errors import UserError
-from ..io import atomic_torch_save, atomic_write_text, new_run_dir
-from .config import FinetuneConfig
-from .data import CaptionFolder, ImageConcept, parse_data
-from .evaluate import ImageEvaluator, TextEvaluator, grid_settings, write_grid
-from .objective import denoising_loss, draw_student_times
-from .student import ADAPTER, Student, load_student
+from ddmd_lab.training.checkpointing import teacher_fingerprint
+from ddmd_lab.errors import UserError
+from ddmd_lab.util.io import atomic_torch_save, atomic_write_text, new_run_dir
+from ddmd_lab.finetune.config import FinetuneConfig
+from ddmd_lab.finetune.data import CaptionFolder, ImageConcept, parse_data
+from ddmd_lab.finetune.evaluate import ImageEvaluator, TextEvaluator, grid_settings, write_grid
+from ddmd_lab.finetune.objective import denoising_loss, draw_student_times
+from ddmd_lab.finetune.student import ADAPTER, Student, load_student
 
 
 class ImageData:
@@ -58,9 +58,9 @@ class TextData:
     conditions, both computed once."""
 
     def __init__(self, student: Student, concept: CaptionFolder, encode_batch: int = 4):
-        from ..data.real_latents import encode_latents, read_image
-        from ..eval.coco import uint8_to_signed
-        from ..scales.text2image import teacher_settings
+        from ddmd_lab.data.real_latents import encode_latents, read_image
+        from ddmd_lab.eval.protocols.coco import uint8_to_signed
+        from ddmd_lab.scales.text2image import teacher_settings
 
         import numpy as np
 
@@ -155,8 +155,8 @@ def _fingerprint(student: Student) -> str:
 
 def finetune(run: str, data: str, overrides: dict | None = None, log=print) -> Path:
     """Fine-tune RUN's student on DATA; returns the new run folder."""
-    from ..config import read_config
-    from ..generate import run_checkpoint
+    from ddmd_lab.config import read_config
+    from ddmd_lab.training.generate import run_checkpoint
 
     ft = FinetuneConfig.from_overrides(overrides or {})
     if not run:

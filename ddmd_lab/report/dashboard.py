@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..io import atomic_write_text
+from ddmd_lab.util.io import atomic_write_text
 
 # Lightning's WandbLogger logs every value against this key; the module passes its own step
 # count (critic steps) as the logging step, so it means the same on every curve.

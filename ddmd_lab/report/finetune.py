@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..errors import UserError
-from ..io import atomic_write_text, publish_dir
-from .finetune_sweep import (ARM_NAMES, SAMPLE_GUIDANCE, Finetune, Sweep, Verdict, claims, load_finetunes,
+from ddmd_lab.errors import UserError
+from ddmd_lab.util.io import atomic_write_text, publish_dir
+from ddmd_lab.report.finetune_sweep import (ARM_NAMES, SAMPLE_GUIDANCE, Finetune, Sweep, Verdict, claims, load_finetunes,
                              setting_name)
-from .plots import _save
-from .stats import mean_interval
-from .tables import Table, render_tables
+from ddmd_lab.report.plots import _save
+from ddmd_lab.report.stats import mean_interval
+from ddmd_lab.report.tables import Table, render_tables
 
 
 # -- the teacher's reaction to sampling guidance -----------------------------------------------------------
@@ -33,12 +33,12 @@ def teacher_reference(ft: Finetune, guidances: list[float]) -> dict[float, dict]
     (its many-step CFG ODE), scored as the fine-tune scores the student (finetune/evaluate.py)."""
     import torch
 
-    from ..finetune.config import FinetuneConfig
-    from ..finetune.data import parse_data
-    from ..finetune.evaluate import ImageEvaluator
-    from ..finetune.student import load_student
-    from ..scales import load_networks
-    from ..scales.images import teacher_settings
+    from ddmd_lab.finetune.config import FinetuneConfig
+    from ddmd_lab.finetune.data import parse_data
+    from ddmd_lab.finetune.evaluate import ImageEvaluator
+    from ddmd_lab.finetune.student import load_student
+    from ddmd_lab.scales.base import load_networks
+    from ddmd_lab.scales.images import teacher_settings
 
     settings = {k: v for k, v in ft.spec["finetune"].items() if k in ("eval_samples", "eval_new", "lora", "seed")}
     cfg_ft = FinetuneConfig.from_overrides({**settings, "device": "cpu"})

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..errors import UserError
-from .stats import Estimate, mean_interval, paired_difference, verdict
+from ddmd_lab.errors import UserError
+from ddmd_lab.report.stats import Estimate, mean_interval, paired_difference, verdict
 
 SAMPLE_GUIDANCE = 1.5  # claim 2 samples every side at this guidance, so only the training guidance differs
 ARM_NAMES = {"coupled": "#1 coupled", "decoupled_hybrid": "#4 decoupled_hybrid"}

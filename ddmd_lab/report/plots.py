@@ -8,8 +8,8 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure list; Jupyter shows Figures inline
 
-from ..arms import REGISTRY
-from .runs import RunRecord
+from ddmd_lab.core.arms import REGISTRY
+from ddmd_lab.report.runs import RunRecord
 
 CURVE_KEYS = ("out_std", "out_mean", "saturated", "hf_excess")
 TITLES = {"out_std": "output std", "out_mean": "output mean", "saturated": "share of saturated pixels",

@@ -11,12 +11,12 @@ import shutil
 import time
 from pathlib import Path
 
-from ..io import atomic_write_text, publish_dir
-from . import plots
-from .diagnostics_plots import diagnostics_section
-from .runs import finished_runs, require_runs
-from .seeded import claims, seed_groups
-from .tables import paper_tables, render_tables, scale_reference
+from ddmd_lab.util.io import atomic_write_text, publish_dir
+from ddmd_lab.report import plots
+from ddmd_lab.report.diagnostics_plots import diagnostics_section
+from ddmd_lab.report.runs import finished_runs, require_runs
+from ddmd_lab.report.seeded import claims, seed_groups
+from ddmd_lab.report.tables import paper_tables, render_tables, scale_reference
 
 KEY_ARMS = ("ca_only", "decoupled_hybrid", "coupled", "dm_only")  # spectra shown for these, where run
 
@@ -99,7 +99,7 @@ def convergence_lines(groups, metric: str = "domain_fd") -> list[str]:
 def _sweep_commands(groups) -> list[str]:
     """The commands that reproduce every group of runs, read back from their configs (one
     `make sweep` per set of arms that share steps, seeds and settings)."""
-    from .seeded import _short
+    from ddmd_lab.report.seeded import _short
 
     lines: dict[tuple, list[str]] = {}
     for g in sorted(groups, key=lambda g: (-g.student_steps, g.arm, g.name)):
@@ -249,7 +249,7 @@ def _teacher_ca_spectra(runs):
     """The teacher's CA spectra on real data, where `make spectra SCALE=<scale>` wrote them."""
     import numpy as np
 
-    from ..scales import get_scale
+    from ddmd_lab.scales.base import get_scale
 
     cfg = next(iter(runs.values())).cfg
     scale = get_scale(cfg.scale)

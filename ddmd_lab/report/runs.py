@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import RunConfig, read_config
-from ..errors import UserError
+from ddmd_lab.config import RunConfig, read_config
+from ddmd_lab.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def latest_runs(runs_dir: str | Path, scale: str) -> dict[tuple[str, int], RunRe
     """The newest finished run of each (arm, student steps), from the group of runs that stands for
     that arm (seeded.primary: most seeds, then the sweep's common settings), so a variant of an arm
     (another normaliser, learning rate or length) never shadows the arm itself."""
-    from .seeded import primary, seed_groups
+    from ddmd_lab.report.seeded import primary, seed_groups
 
     latest = {k: g.newest() for k, g in primary(seed_groups(finished_runs(runs_dir, scale))).items()}
     return dict(sorted(latest.items(), key=lambda kv: (-kv[0][1], kv[0][0])))

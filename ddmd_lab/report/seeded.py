@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterable
 
-from .runs import RunRecord
-from .stats import Estimate, group_key, mean_interval, paired_difference, verdict
+from ddmd_lab.report.runs import RunRecord
+from ddmd_lab.report.stats import Estimate, group_key, mean_interval, paired_difference, verdict
 
 # keys that never distinguish groups: where and how a run logs, the seed, and the arm's own text
 IGNORED = ("seed", "runs_dir", "cache_dir", "wandb", "progress_bar", "arm.name", "arm.description", "student_steps")
@@ -36,7 +36,7 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 @lru_cache(maxsize=64)
 def _defaults(scale: str, arm: str) -> tuple:
-    from ..config import load_config
+    from ddmd_lab.config import load_config
 
     try:
         return tuple(flat(load_config(scale, arm).to_dict()).items())

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..arms import REGISTRY
-from .runs import RunRecord, require_runs
+from ddmd_lab.core.arms import REGISTRY
+from ddmd_lab.report.runs import RunRecord, require_runs
 
 PAPER_NUMBERS = Path(__file__).resolve().parents[2] / "analysis" / "paper_numbers.yaml"
 SCHEDULES = ("coupled", "decoupled_full", "decoupled_constrained", "decoupled_hybrid")  # the paper's #1..#4
@@ -97,7 +97,7 @@ def scale_reference(runs: dict[tuple[str, int], RunRecord]) -> dict[str, dict]:
     """The scale's reference rows (teacher many-step, exact samples), measured like a student."""
     if not runs:
         return {}
-    from ..scales import get_scale
+    from ddmd_lab.scales.base import get_scale
 
     cfg = next(iter(runs.values())).cfg
     scale = get_scale(cfg.scale)
@@ -239,7 +239,7 @@ def paper_tables(runs_dir: str | Path, scale: str) -> list[Table]:
     reference = scale_reference(runs)
     paper = paper_numbers()
     f = paper["findings"]
-    from ..scales import TEXT_TO_IMAGE
+    from ddmd_lab.scales.base import TEXT_TO_IMAGE
 
     if scale in TEXT_TO_IMAGE:
         tables = [results_table(runs, reference),
@@ -253,8 +253,8 @@ def paper_tables(runs_dir: str | Path, scale: str) -> list[Table]:
     tables.append(curve_table("Fig. 3 analogue: regularisers of CA, 4-step", REGULARISERS, runs, 4,
                               ("out_mean", "out_std"), note="Paper: " + f["fig3"]))
     tables.append(fig4a(runs))
-    from .runs import finished_runs
-    from .seeded import claims, seed_groups
+    from ddmd_lab.report.runs import finished_runs
+    from ddmd_lab.report.seeded import claims, seed_groups
 
     groups = seed_groups(finished_runs(runs_dir, scale))
     if any(len(g.runs) > 1 for g in groups):  # seeds were swept: their means and paired verdicts
@@ -265,7 +265,7 @@ def paper_tables(runs_dir: str | Path, scale: str) -> list[Table]:
 def seeded_table(groups, metrics: tuple[str, ...] = ("domain_fd", "class_adherence", "out_std", "saturated",
                                                     "hf_excess", "spectral_centroid", "fid")) -> Table:
     """Every group of runs (config without the seed): mean ± 95% Student-t half-width and n per metric."""
-    from .seeded import seeded_rows, sweep_settings
+    from ddmd_lab.report.seeded import seeded_rows, sweep_settings
 
     metrics = tuple(m for m in metrics if any(g.values(m) for g in groups))
     t = Table("Every configuration over its seeds: mean ± 95% interval (n)", ["group", "student steps", "seeds", *metrics],

@@ -18,12 +18,12 @@ from typing import Iterable, Mapping
 
 import torch
 
-from ..data.toy2d import ToyMixture
-from ..flow import renoise
-from .runs import RunRecord, finished_runs
-from .seeded import flat
-from .stats import Estimate, mean_interval, paired_difference, verdict
-from .tables import Table
+from ddmd_lab.data.toy2d import ToyMixture
+from ddmd_lab.core.flow import renoise
+from ddmd_lab.report.runs import RunRecord, finished_runs
+from ddmd_lab.report.seeded import flat
+from ddmd_lab.report.stats import Estimate, mean_interval, paired_difference, verdict
+from ddmd_lab.report.tables import Table
 
 KINDS = ("trained", "exact")
 ARMS = {"coupled": "#1 coupled", "decoupled_full": "#2 decoupled_full",
@@ -42,7 +42,7 @@ Cells = dict[tuple[str, str], dict[int, float]]  # (teacher kind, arm) -> {seed:
 
 
 def teacher_kind(cfg) -> str:
-    from ..scales.toy2d import teacher_settings
+    from ddmd_lab.scales.toy2d import teacher_settings
 
     return teacher_settings(cfg)["kind"]
 
@@ -50,7 +50,7 @@ def teacher_kind(cfg) -> str:
 def comparable(cfg) -> dict:
     """A toy config as the sweep compares it: flat, the teacher's settings spelled out (``teacher: {}``
     and the defaults written out are the same teacher), without what IGNORED names."""
-    from ..scales.toy2d import teacher_settings
+    from ddmd_lab.scales.toy2d import teacher_settings
 
     d = flat({**cfg.to_dict(), "teacher": teacher_settings(cfg)})
     return {k: v for k, v in d.items() if k not in IGNORED}
@@ -60,7 +60,7 @@ def in_sweep(cfg, overrides: Mapping | None = None) -> bool:
     """Whether a run is the scale's own config of its arm (with ``overrides``), but for IGNORED.  Only
     keys both configs have are compared, so a setting added to the harness after a run was made (and
     absent from its config.yaml) does not drop the run."""
-    from ..config import load_config
+    from ddmd_lab.config import load_config
 
     own, default = comparable(cfg), comparable(load_config(cfg.scale, cfg.arm.name, dict(overrides or {})))
     return all(default[k] == v for k, v in own.items() if k in default)
@@ -168,8 +168,8 @@ TAUS = (0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98)  # the run's tau clamp is [0.
 def tables(runs_dir: str | Path = "runs") -> str:
     records = finished_runs(runs_dir, "toy2d")
     by_metric = {m: cells(records, m) for m in (METRIC, *SHOWN)}
-    from ..config import load_config
-    from ..scales import toy2d
+    from ddmd_lab.config import load_config
+    from ddmd_lab.scales import toy2d
 
     cfg = load_config("toy2d", REFERENCE)
     errors = teacher_error_by_tau(toy2d.load_trained(cfg).eval(), toy2d.mixture(cfg), TAUS)

@@ -19,21 +19,21 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..backbones.class_unet import ClassUNet, build_unet
-from ..config import RunConfig, scale_settings
-from ..data.images import ImageSet, load_image_set
-from ..data.steps import step_loader
-from ..eval.classifier import ClassifierMetrics, load_classifier, train_classifier
-from ..eval.colour import colour_stats, mean_stats, relative
-from ..eval.fid import InceptionFeatures, cached_reference_stats, fid_from_stats, stats
-from ..eval.grid import save_grid
-from ..eval.spectra import high_frequency_excess, raps, spectral_centroid
-from ..eval.stats import output_stats
-from ..eval.term_spectra import observer_excess, term_spectra
-from ..io import atomic_save_npz, atomic_write_text, publish_dir
-from ..progress import StepProgressBar
-from ..rollout import teacher_cfg_sample
-from ..teacher_module import TeacherModule
+from ddmd_lab.backbones.class_unet import ClassUNet, build_unet
+from ddmd_lab.config import RunConfig, scale_settings
+from ddmd_lab.data.images import ImageSet, load_image_set
+from ddmd_lab.data.steps import step_loader
+from ddmd_lab.eval.classifier import ClassifierMetrics, load_classifier, train_classifier
+from ddmd_lab.eval.colour import colour_stats, mean_stats, relative
+from ddmd_lab.eval.fid import InceptionFeatures, cached_reference_stats, fid_from_stats, stats
+from ddmd_lab.eval.grid import save_grid
+from ddmd_lab.eval.spectra import high_frequency_excess, raps, spectral_centroid
+from ddmd_lab.eval.stats import output_stats
+from ddmd_lab.eval.term_spectra import observer_excess, term_spectra
+from ddmd_lab.util.io import atomic_save_npz, atomic_write_text, publish_dir
+from ddmd_lab.util.progress import StepProgressBar
+from ddmd_lab.core.rollout import teacher_cfg_sample
+from ddmd_lab.training.teacher_module import TeacherModule
 
 TEACHER_DEFAULTS = {"size": "small", "patch": 2, "steps": 2500, "batch_size": 128, "lr": 1e-3, "p_uncond": 0.1, "seed": 0,
                     "eval_samples": 500, "ode_steps": 20, "alphas": [1.0, 1.5, 2.0, 3.0]}

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch
 
-from ..backbones.text_to_image import TextToImage
-from ..config import RunConfig, scale_settings
-from ..data.embeddings import Embeddings, cache_folder, open_embeddings, text_files_fingerprint, write_embeddings
-from ..data.prompts import read_prompts, warn_truncated
-from ..data.real_latents import cached_latents, coco_images
-from ..data.steps import step_loader
-from ..errors import UserError
-from ..pipelines import DTYPES, load_pipeline, resolve_source
+from ddmd_lab.backbones.text_to_image import TextToImage
+from ddmd_lab.config import RunConfig, scale_settings
+from ddmd_lab.data.embeddings import Embeddings, cache_folder, open_embeddings, text_files_fingerprint, write_embeddings
+from ddmd_lab.data.prompts import read_prompts, warn_truncated
+from ddmd_lab.data.real_latents import cached_latents, coco_images
+from ddmd_lab.data.steps import step_loader
+from ddmd_lab.errors import UserError
+from ddmd_lab.backbones.pipelines import DTYPES, load_pipeline, resolve_source
 
 TEACHER_DEFAULTS = {"family": None, "source": None, "dtype": "float32", "resolution": 1024,
                     # frozen text encoders need no float32 master weights: e.g. bfloat16 halves Qwen3's memory
@@ -102,8 +102,8 @@ def _no_text_encoders(prompts: list[str]):
 def check_checkpoint(cfg: RunConfig):
     """teacher.source's folder, refused before any weight loads when it holds another family's pipeline
     or teacher.resolution does not fit its VAE and patching (read from its config files)."""
-    from ..backbones.text_to_image import check_resolution
-    from ..pipelines import pipeline_folder, resolution_step
+    from ddmd_lab.backbones.text_to_image import check_resolution
+    from ddmd_lab.backbones.pipelines import pipeline_folder, resolution_step
 
     t = teacher_settings(cfg)
     folder = pipeline_folder(t["source"], t["family"])
@@ -115,12 +115,12 @@ def check_inputs(cfg: RunConfig) -> None:
     """What a run reads besides the weights, checked before any model loads (a real checkpoint takes
     minutes): the checkpoint folder (check_checkpoint), the LoRA targets (on its denoiser built on the
     meta device), and the prompts file, or a GAN arm's captions and their images (headers only)."""
-    from ..lora import check_targets
-    from ..pipelines import meta_denoiser
+    from ddmd_lab.backbones.lora import check_targets
+    from ddmd_lab.backbones.pipelines import meta_denoiser
 
     folder = check_checkpoint(cfg)
     if int(cfg.lora.get("rank", 0)) > 0:
-        from ..lora import DEFAULT_TARGETS
+        from ddmd_lab.backbones.lora import DEFAULT_TARGETS
 
         check_targets(meta_denoiser(folder, teacher_settings(cfg)["family"]), cfg.lora.get("targets", DEFAULT_TARGETS))
     d = data_settings(cfg)
@@ -133,7 +133,7 @@ def check_inputs(cfg: RunConfig) -> None:
 
 
 def _build(cfg: RunConfig, training: bool = False) -> TextToImage:
-    from ..backbones import lumina2, sdxl, zimage
+    from ddmd_lab.backbones import lumina2, sdxl, zimage
 
     t = teacher_settings(cfg)
     check_checkpoint(cfg)  # config files only: a wrong folder or resolution fails before the weights load
@@ -161,7 +161,7 @@ def _build(cfg: RunConfig, training: bool = False) -> TextToImage:
         if text or t["thinking"]:
             raise UserError("SDXL's CLIP encoders take no system prompt, thinking or max_length; remove them from teacher.")
         model = sdxl.from_pipeline(pipe, t["resolution"], null=null)
-    from ..backbones.pipeline_sampling import PipelineCFG
+    from ddmd_lab.backbones.pipeline_sampling import PipelineCFG
 
     model.guidance = PipelineCFG.pipeline_default(t["family"], t["cfg_normalization"], t["cfg_truncation"])
     for m in [model.vae, *model.text_encoders]:
@@ -347,12 +347,12 @@ def condition_loader(cfg: RunConfig, start_step: int = 0):
 
 
 def make_evaluator(cfg: RunConfig, run_dir: Path | None = None):
-    from .text2image_eval import Evaluator
+    from ddmd_lab.scales.text2image_eval import Evaluator
 
     return Evaluator(cfg, run_dir)
 
 
 def reference_rows(cfg: RunConfig) -> dict[str, dict]:
-    from .text2image_eval import reference_rows as rows
+    from ddmd_lab.scales.text2image_eval import reference_rows as rows
 
     return rows(cfg)

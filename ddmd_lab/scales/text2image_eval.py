@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from pytorch_lightning.utilities import move_data_to_device
 
-from ..config import RunConfig
-from ..errors import UserError
-from ..eval.grid import save_grid
-from ..eval.spectra import raps, spectral_centroid
-from ..eval.stats import output_stats
-from .text2image import EVAL_SEED, data_settings, embed, encode_device, encode_rows, load_model, text_encoders_on
+from ddmd_lab.config import RunConfig
+from ddmd_lab.errors import UserError
+from ddmd_lab.eval.grid import save_grid
+from ddmd_lab.eval.spectra import raps, spectral_centroid
+from ddmd_lab.eval.stats import output_stats
+from ddmd_lab.scales.text2image import EVAL_SEED, data_settings, embed, encode_device, encode_rows, load_model, text_encoders_on
 
 
 def eval_prompts(cfg: RunConfig) -> list[str]:
@@ -49,7 +49,7 @@ class Evaluator:
         self.noise = torch.randn(n, *self.model.backbone.sample_shape, generator=gen)
         self.teacher_colour = None
         if d["eval_vs_teacher"]:
-            from ..eval.teacher_reference import TeacherColour
+            from ddmd_lab.eval.protocols.teacher_reference import TeacherColour
 
             self.teacher_colour = TeacherColour(cfg, self.model, self.prompts, self.rows, self.noise, self.batch, EVAL_SEED)
 
@@ -70,7 +70,7 @@ class Evaluator:
         latents, images = self.samples(module)
         metrics = {**output_stats(images), "latent_std": latents.flatten(1).std(1).mean().item(),
                    "spectral_centroid": spectral_centroid(raps(images))}
-        from ..eval.colour import colour_stats, mean_stats, relative
+        from ddmd_lab.eval.colour import colour_stats, mean_stats, relative
 
         colour = mean_stats(colour_stats(images))
         metrics.update(colour)
@@ -85,7 +85,7 @@ class Evaluator:
 def reference_rows(cfg: RunConfig) -> dict[str, dict]:
     """The teacher's colour row on the evaluator's prompts and noise, where a run's first evaluation
     cached it (nothing is sampled here); its COCO-10k / HPSv2.1 numbers come from make eval-coco / eval-hps."""
-    from ..eval.teacher_reference import read_reference, reference_path
+    from ddmd_lab.eval.protocols.teacher_reference import read_reference, reference_path
 
     try:
         ref = read_reference(reference_path(cfg, eval_prompts(cfg), EVAL_SEED))

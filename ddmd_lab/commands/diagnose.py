@@ -1,0 +1,88 @@
+"""``make diagnose RUN=<run>``: diagnostics.py's per-tau-bin statistics of a finished run's final generator
+and fake model, on many fresh samples, into ``<run>/diagnostics.json`` (the only file it writes).
+
+Each batch is what a generator step sees: conditions from the scale's loader, the student's input by
+backward simulation, the arm's own draws and one common draw (diagnostics.measure).  No training, no
+gradients; the networks in eval mode, in the run's precision on a GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from ddmd_lab.errors import UserError
+
+JSON_NAME = "diagnostics.json"
+
+
+def run_checkpoint(run_dir: Path) -> Path:
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a run folder (no config.yaml); pass RUN=runs/<scale>/<arm>/<run-id>.")
+    for name in ("final.ckpt", "last.ckpt"):
+        if (run_dir / "checkpoints" / name).is_file():
+            return run_dir / "checkpoints" / name
+    raise UserError(f"{run_dir} has no checkpoint (checkpoints/final.ckpt or last.ckpt), so there is no generator to "
+                    f"diagnose; finish the run first (make ablation RESUME={run_dir}, or a new run), then make diagnose.")
+
+
+@torch.no_grad()
+def diagnose_run(run_dir: str | Path, samples: int = 2048, seed: int = 0, device: str | None = None) -> tuple[Path, bool]:
+    """Write ``<run>/diagnostics.json``; returns (its path, whether it replaced an earlier one)."""
+    from pytorch_lightning.utilities import move_data_to_device
+
+    from ddmd_lab.data.steps import condition_of
+    from ddmd_lab.method.diagnostics import EDGES, add_bins, bin_samples, measure, overall
+    from ddmd_lab.training.generate import default_device
+    from ddmd_lab.commands.inspect import load_run
+    from ddmd_lab.util.io import atomic_write_text, safe_torch_load
+    from ddmd_lab.scales.base import get_scale
+
+    run_dir = Path(run_dir)
+    ckpt = run_checkpoint(run_dir)
+    if samples < 1:
+        raise UserError(f"SAMPLES={samples}: diagnose at least one sample (default 2048).")
+    counters = safe_torch_load(ckpt, "diagnose a run ddmd_lab wrote", "checkpoint", mmap=True).get("ddmd_counters", {})
+    module = load_run(run_dir, ckpt.name)
+    cfg = module.cfg
+    device = torch.device(default_device(device))
+    module.to(device)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.precision.startswith("bf16")
+                else contextlib.nullcontext())
+    bins, done = None, 0
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), autocast:
+        torch.manual_seed(seed)
+        gen = torch.Generator(device=device).manual_seed(seed + 1)  # the common draws
+        for batch in get_scale(cfg.scale).condition_loader(cfg, 0):
+            cond = move_data_to_device(condition_of(batch), device)
+            x_t, t = module._student_input(cond, len(cond))
+            x = module.generator.x0(x_t, t, cond)
+            found = measure(module.arm, x, cond, t, module.teacher, module.fake, module.settings, generator=gen)
+            bins = add_bins(bins, bin_samples(found))
+            done += len(x)
+            if done >= samples:
+                break
+    record = {
+        "run": str(run_dir), "checkpoint": str(ckpt.relative_to(run_dir)), "scale": cfg.scale, "arm": cfg.arm.name,
+        "normaliser": cfg.arm.normaliser, "student_steps": cfg.student_steps, "alpha": cfg.alpha, "seed": cfg.seed,
+        "step": counters.get("step_count"), "generator_steps": counters.get("generator_step_count"),
+        "samples": done, "diagnose_seed": seed, "edges": list(EDGES),
+        "overall": {q: (v if math.isfinite(v) else None) for q, v in overall(bins).items()},
+        "bins": {by: b.to_dict() for by, b in bins.items()},
+    }
+    path = run_dir / JSON_NAME
+    replaced = path.exists()
+    atomic_write_text(path, json.dumps(record, indent=1))
+    return path, replaced
+
+
+def summary_lines(path: Path) -> list[str]:
+    """A few lines for the terminal: the batch means."""
+    record = json.loads(Path(path).read_text())
+    out = [f"{record['arm']} ({record['normaliser']} normaliser), {record['samples']} samples, "
+           f"{record['checkpoint']} after {record['generator_steps']} generator steps:"]
+    out += [f"  {q:>20}: {v:.4g}" for q, v in record["overall"].items() if v is not None]
+    return out

@@ -1,0 +1,402 @@
+"""DistillModule: one arm's distillation run as a LightningModule.
+
+Frozen teacher, trainable generator and fake model (both copies of the
+teacher, or of ``init`` where the teacher has no weights to copy: toy2d's exact
+denoiser), manual optimisation with TTUR.  The cadence is counted here, not
+read from trainer.global_step, because Lightning counts every optimiser's
+step there (a critic and a generator step make global_step advance by two).
+
+Under data parallelism every rank holds the same model (initialised from
+cfg.seed) but draws its own training randomness (see seed_rank), every rank
+skips a non-finite update or none does (_update), and each rank's RNG state
+is checkpointed.  Values are read from the device only on the steps that are
+logged, plus one agreed finiteness flag per update.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import random
+
+import numpy as np
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from ddmd_lab.training.checkpointing import TEACHER_FINGERPRINT, check_teacher, teacher_fingerprint
+from ddmd_lab.config import RunConfig
+from ddmd_lab.data.steps import condition_of, real_data_of
+from ddmd_lab.errors import NonFiniteError, UserError
+from ddmd_lab.method.gan import DiscriminatorHead, discriminator_loss, generator_gan_loss
+from ddmd_lab.core.flow import renoise
+from ddmd_lab.core.objective import critic_loss, meanvar_kl, proxy_loss
+from ddmd_lab.core.rollout import backward_simulate, sample_student, times_for_model
+from ddmd_lab.core.tau import TauRule, sample_tau
+from ddmd_lab.parallel.strategies import rank_zeros_draw, reduce_and_clip
+from ddmd_lab.method.update import UpdateSettings, generator_update
+from ddmd_lab.training.callbacks.diagnostics import diagnose_step, due as diagnostics_due
+
+CRITIC_TAU = TauRule("uniform", 0.0, 1.0)  # tau' ~ U(0,1) for the fake model's denoising loss
+
+
+class DistillModule(pl.LightningModule):
+    def __init__(self, teacher, cfg: RunConfig, init=None):
+        """``init``: the network the generator and the fake model start from (a copy each), when it is
+        not the frozen teacher (scales.load_networks); None: copies of the teacher."""
+        super().__init__()
+        self.cfg, self.arm = cfg, cfg.arm
+        if init is not None and cfg.lora.get("rank", 0):
+            raise UserError("LoRA adapts the frozen teacher's own network, so the trained networks cannot start "
+                            "from a separate initialisation (toy2d's teacher.kind=exact); set lora.rank=0.")
+        if cfg.lora.get("rank", 0):
+            # one base held once (registered as self.base); teacher / generator / fake are views
+            from ddmd_lab.backbones.lora import DEFAULT_TARGETS, LoraPlan, shared_base_views
+
+            plan = LoraPlan(int(cfg.lora["rank"]), float(cfg.lora.get("alpha", cfg.lora["rank"])),
+                            tuple(cfg.lora.get("targets", DEFAULT_TARGETS)))
+            self.base = teacher.eval()
+            views = shared_base_views(teacher, plan, ("generator", "fake") if self.arm.train_fake else ("generator",))
+            self.teacher, self.generator, self.fake = views["teacher"], views["generator"], views.get("fake")
+        else:
+            init = teacher if init is None else init
+            self.teacher = teacher.eval().requires_grad_(False)
+            self.generator = copy.deepcopy(init).train().requires_grad_(True)
+            self.fake = copy.deepcopy(init).train().requires_grad_(True) if self.arm.train_fake else None
+        self._cast_trained(getattr(torch, cfg.master_dtype))
+        if cfg.gradient_checkpointing:  # trades a second forward for activation memory on the trained nets
+            nets = {id(m.denoiser()): m.denoiser() for m in (self.generator, self.fake) if m is not None}
+            # LoRA: one network, several adapters; a block is recomputed with the adapter of its forward
+            func = {"gradient_checkpointing_func": self.generator.switch.checkpoint} if cfg.lora.get("rank", 0) else {}
+            for net in nets.values():
+                net.enable_gradient_checkpointing(**func)
+        self.disc = None
+        if self.arm.gan_weight or self.arm.gan_disc_weight:
+            self.disc = DiscriminatorHead.for_backbone(self.fake)
+        self.automatic_optimization = False
+        times = times_for_model(teacher, cfg.student_steps, cfg.shift, cfg.student_times)
+        self.register_buffer("times", times, persistent=False)
+        self.settings = UpdateSettings(cfg.alpha, cfg.shift, tuple(cfg.tau_clamp), cfg.normaliser_eps)
+        # Counters that define the run; saved in checkpoints.
+        self.step_count = 0
+        self.generator_step_count = 0
+        self.critic_step_count = 0
+        self.skipped_steps = 0
+        self.nonfinite_in_row = 0
+        self._generator_logs: dict = {}  # the last generator step's logs (0-dim tensors), logged at the next logged step
+        # diagnostics (eval/diagnostics_callback.py): measured in due generator steps where its callback switches
+        # them on; the step's binned result waits here for the callback
+        self.diagnostics_on, self.diagnosis = False, None
+        # Checkpoints leave the frozen teacher out (it is the scale's, loaded before the module);
+        # its fingerprint, taken before Lightning moves or casts anything, says which teacher it was.
+        frozen = self._frozen_state()
+        self._frozen_keys = frozenset(frozen)
+        self.teacher_fingerprint = teacher_fingerprint(frozen, type(teacher).__name__)
+
+    # ---- pieces -----------------------------------------------------------
+    def _cast_trained(self, dtype: torch.dtype) -> None:
+        """What is trained in ``dtype`` (cfg.master_dtype): full copies cast whole, LoRA adapters
+        parameter by parameter (peft gives them the base's dtype and computes each adapter in its own),
+        so a bfloat16 teacher keeps float32 master weights and optimiser states for what moves."""
+        for m in (self.generator, self.fake):
+            if m is None:
+                continue
+            if self.cfg.lora.get("rank", 0):
+                for p in m.parameters():
+                    p.data = p.data.to(dtype)
+            else:
+                m.to(dtype)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # the teacher never leaves eval mode
+        return self
+
+    def sample(self, noise: Tensor, cond) -> Tensor:
+        """The student's few-step sample (no gradients)."""
+        return sample_student(self.generator, noise, cond, self.times, self.cfg.student_sampler)
+
+    def _student_input(self, cond, batch: int) -> tuple[Tensor, Tensor]:
+        """Draw a step index k and the student's input at t_k (backward simulation).  Under FSDP every
+        rank runs k generator calls, each a collective: rank 0's k then holds for all (sharding.py)."""
+        k = int(torch.randint(len(self.times), ()).item())
+        k = rank_zeros_draw(self._trainer.strategy if self._trainer is not None else None, k, self.device)
+        noise = torch.randn(batch, *self.generator.sample_shape, device=self.device)
+        x_t = backward_simulate(self.generator, noise, cond, self.times, k, self.cfg.student_sampler)
+        return x_t, self.times[k].expand(batch)
+
+    def _critic_params(self) -> list:
+        return list(self.fake.parameters()) + (list(self.disc.parameters()) if self.disc is not None else [])
+
+    def _renoised(self, x0: Tensor, t_like: Tensor) -> tuple[Tensor, Tensor]:
+        """x0 re-noised at tau' ~ U(0,1), shifted by the run's time shift (the DM term queries the fake
+        model at shifted times too) and clamped: what the fake model and the discriminator read."""
+        tau = sample_tau(CRITIC_TAU, t_like, self.settings.shift, tuple(self.cfg.tau_clamp)).to(x0.device)
+        return renoise(x0, torch.randn_like(x0), tau), tau
+
+    def configure_optimizers(self):
+        c = self.cfg
+        opt_g = torch.optim.AdamW(self.generator.parameters(), lr=c.lr_generator, betas=tuple(c.betas), weight_decay=c.weight_decay)
+        if self.fake is None:
+            return [opt_g]
+        opt_f = torch.optim.AdamW(self._critic_params(), lr=c.lr_fake, betas=tuple(c.betas), weight_decay=c.weight_decay)
+        return [opt_g, opt_f]
+
+    # ---- one step -----------------------------------------------------------
+    def _logged_step(self) -> bool:
+        """Whether Lightning logs this step (log_every_n_steps = cfg.log_every, counted in
+        steps done; step_count is this step's index until the step ends)."""
+        return (self.step_count + 1) % self.cfg.log_every == 0
+
+    def training_step(self, batch, batch_idx):
+        cond = condition_of(batch)
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        # 0-dim tensors, read (by Lightning) only on logged steps: reading them every step
+        # would make the host wait for the device some twenty times a step
+        logs: dict[str, Tensor | float] = {}
+        self._step_had_nonfinite = False
+        sample = None
+        if self.step_count % self.cfg.ttur == 0:
+            # the generator's logs are kept until the next logged step: generator steps (every ttur-th) and
+            # logged steps (every log_every-th) need not coincide (with 5 and 10 they never would)
+            self._generator_logs = {}
+            with _frozen(self._critic_params() if self.fake is not None else []):
+                sample = self._generator_step(cond, opts[0], self._generator_logs)
+        if self.fake is not None:
+            self._critic_step(cond, sample, opts[1], logs, real_data_of(batch))
+        logged = self._logged_step()
+        self.step_count += 1
+        self._count_nonfinite_run()
+        if logged:
+            logs = {**self._generator_logs, **logs}
+            logs.update(step=float(self.step_count), generator_steps=float(self.generator_step_count),
+                        skipped_steps=float(self.skipped_steps))
+            self.log_dict(logs, on_step=True, prog_bar=False)
+
+    def _generator_step(self, cond, opt, logs) -> tuple[Tensor, Tensor]:
+        x_t, t = self._student_input(cond, len(cond))
+        x = self.generator.x0(x_t, t, cond)
+        keep = {} if diagnostics_due(self) else None
+        update, ulogs = generator_update(self.arm, x, cond, t, self.teacher, self.fake, self.settings, out=keep)
+        if keep:
+            self.diagnosis = diagnose_step(self, keep["terms"], cond, t)
+        loss = proxy_loss(x, update)
+        if self.arm.gan_weight:
+            x_tau, tau = self._renoised(x, t)
+            gan = generator_gan_loss(self.disc(self.fake.features(x_tau, tau, cond)))
+            logs["loss_gan_generator"] = gan.detach()
+            loss = loss + self.arm.gan_weight * gan
+        if self.arm.meanvar_weight:
+            reg = meanvar_kl(x, self.cfg.meanvar_mu, self.cfg.meanvar_var, self.cfg.meanvar_scope)
+            logs["loss_meanvar"] = reg.detach()
+            loss = loss + self.arm.meanvar_weight * reg
+        finite = torch.isfinite(update).all() & torch.isfinite(x.detach()).all()
+        # device-side reductions only (no host read): they go out with the next logged step
+        nonfinite = (~torch.isfinite(update)).sum() + (~torch.isfinite(x.detach())).sum()
+        logs.update({f"gen/{k}": v for k, v in ulogs.items()})
+        logs.update({"loss_generator": loss.detach(), "nonfinite": nonfinite.float(),
+                     "gen/out_mean": x.detach().mean(), "gen/out_std": x.detach().std()})
+        if self._update(loss, opt, list(self.generator.parameters()), logs, "generator", finite):
+            self.generator_step_count += 1
+        return x.detach(), t
+
+    def _critic_step(self, cond, sample, opt, logs, real: Tensor | None = None) -> None:
+        if sample is None:  # a critic-only step: the fake model needs a fresh sample
+            with torch.no_grad():
+                x_t, t = self._student_input(cond, len(cond))
+                sample = (self.generator.x0(x_t, t, cond), t)
+        x0 = sample[0]
+        x_tau, tau = self._renoised(x0, sample[1])
+        loss = critic_loss(self.fake.x0(x_tau, tau, cond), x0, tau, self.cfg.critic_target)
+        logs["loss_critic"] = loss.detach()
+        if self.arm.gan_disc_weight:
+            if real is None:
+                raise UserError(f"arm {self.arm.name!r} needs real data in each batch; this scale's loader gives none.")
+            real_tau, real_t = self._renoised(real.to(x0.device).float(), sample[1])
+            # generated and real batches through the fake's features in one call (per-sample network)
+            feats = self.fake.features(torch.cat([x_tau.detach(), real_tau]), torch.cat([tau, real_t]),
+                                       self.fake.cat_conditions([cond, cond]))
+            fake_logits, real_logits = self.disc(feats).chunk(2)
+            d_loss = discriminator_loss(real_logits, fake_logits)
+            logs["loss_discriminator"] = d_loss.detach()
+            if self._logged_step():
+                logs.update(disc_real_acc=(real_logits.detach() > 0).float().mean(),
+                            disc_fake_acc=(fake_logits.detach() < 0).float().mean())
+            loss = loss + self.arm.gan_disc_weight * d_loss
+        if self._update(loss, opt, self._critic_params(), logs, "fake"):
+            self.critic_step_count += 1
+
+    def _update(self, loss: Tensor, opt, params: list, logs: dict, name: str, finite: Tensor | None = None) -> bool:
+        """Backward, clip, step -- on every rank, or on none (the update is skipped and counted).
+
+        Every rank runs backward whatever its loss: the gradients are then averaged over the
+        ranks (sharding.reduce_and_clip: only this optimiser's, all-reduced or reduce-scattered),
+        a collective the other ranks would wait in forever.  Then all ranks agree
+        on one flag: the loss, ``finite`` (the generator's update direction and output) and
+        the clipped gradient norm are finite on every rank.  A NaN on one rank makes all
+        ranks skip, so weights and counters stay identical.  Reading that flag is the one
+        host sync of an update.
+        """
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        grad_norm = reduce_and_clip(strategy, params, self.cfg.grad_clip)  # the global norm
+        logs[f"grad_norm_{name}"] = grad_norm.detach()
+        ok = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
+        stepped = self._on_every_rank(ok if finite is None else ok & finite)
+        if stepped:
+            opt.step()
+        opt.zero_grad(set_to_none=True)  # gradients are not held between steps (a full model's worth each)
+        if stepped:
+            return True
+        self.skipped_steps += 1
+        self._step_had_nonfinite = True
+        return False
+
+    def _on_every_rank(self, ok: Tensor) -> bool:
+        """Whether ``ok`` (a 0-dim bool tensor) holds on every rank: an all-reduce, one host sync."""
+        bad = (~ok).to(torch.int32)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        return not bool(bad)
+
+    def _count_nonfinite_run(self) -> None:
+        """Stop after max_nonfinite_in_row training steps in a row had a skipped update."""
+        self.nonfinite_in_row = self.nonfinite_in_row + 1 if self._step_had_nonfinite else 0
+        if self.nonfinite_in_row >= self.cfg.max_nonfinite_in_row:
+            raise NonFiniteError(
+                f"{self.nonfinite_in_row} steps in a row had non-finite losses or updates at step {self.step_count}; "
+                "lower the learning rates or alpha, or raise normaliser_eps, then resume from the last checkpoint.")
+
+    # ---- checkpoints ----------------------------------------------------------
+    COUNTERS = ("step_count", "generator_step_count", "critic_step_count", "skipped_steps", "nonfinite_in_row")
+
+    def _frozen_state(self) -> dict[str, Tensor]:
+        """The frozen teacher's entries of state_dict (full fine-tuning: ``teacher.*``; LoRA: the
+        shared base ``base.*`` without the adapters), which checkpoints do not hold."""
+        trained = {id(p) for m in (self.generator, self.fake) if m is not None for p in m.parameters()}
+        prefix = "base." if self.cfg.lora.get("rank", 0) else "teacher."
+        return {k: v for k, v in self.state_dict(keep_vars=True).items() if k.startswith(prefix) and id(v) not in trained}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """A checkpoint's state: a lean one (without the frozen teacher) is completed with this
+        module's own teacher; one written with the teacher (older runs) loads as it is."""
+        absent = self._frozen_keys - state_dict.keys()
+        if absent and absent != self._frozen_keys:
+            raise UserError(f"this checkpoint holds {len(self._frozen_keys) - len(absent)} of the frozen teacher's "
+                            f"{len(self._frozen_keys)} tensors, so it was not written by this run's DistillModule; "
+                            "load a checkpoint of this run (checkpoints/last.ckpt or final.ckpt).")
+        if not absent:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        # loaded without them: the teacher keeps its tensors (nothing copied, nor gathered under FSDP)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = sorted(set(result.missing_keys) - absent)
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}: missing keys {missing}, "
+                               f"unexpected keys {result.unexpected_keys}")
+        return result
+
+    def load_weights(self, checkpoint: dict) -> None:
+        """A checkpoint's trained weights outside a Trainer (sampling, export, spectra)."""
+        check_teacher(checkpoint, self.teacher_fingerprint, self.cfg)
+        self.load_state_dict(checkpoint["state_dict"])
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        for k in self._frozen_keys:  # what training changes only: no frozen teacher / LoRA base
+            checkpoint["state_dict"].pop(k, None)
+        checkpoint[TEACHER_FINGERPRINT] = self.teacher_fingerprint
+        checkpoint["ddmd_counters"] = {k: getattr(self, k) for k in self.COUNTERS}
+        checkpoint["ddmd_config"] = self.cfg.to_dict()
+        # every rank's state, in rank order (every rank calls trainer.save_checkpoint)
+        checkpoint["ddmd_rng"] = every_rank(rng_state())
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_teacher(checkpoint, self.teacher_fingerprint, self.cfg)  # then Lightning calls load_state_dict
+        for k, v in checkpoint.get("ddmd_counters", {}).items():
+            setattr(self, k, v)
+        states = checkpoint.get("ddmd_rng")
+        ranks = self._trainer.world_size if self._trainer is not None else 1
+        if isinstance(states, dict):
+            # written before each rank's state was kept: rank 0's only.  Rank 0 goes on
+            # exactly; other ranks draw from their own seed (seed_rank), not what they drew.
+            states = [states] + [None] * (ranks - 1)
+        if states is not None and len(states) != ranks:
+            raise UserError(
+                f"this checkpoint holds the random state of {len(states)} ranks, but this run has {ranks}; a run "
+                f"continues exactly only on as many ranks as it started with: resume with devices / num_nodes "
+                f"giving {len(states)} ranks (the run's config.yaml), or start a new run.")
+        # Applied just before the next step, not now: Lightning draws from the
+        # global RNG between restoring and the first step (e.g. the DataLoader's
+        # base seed), which an uninterrupted run does not do at that point.
+        self._pending_rng = states[self.global_rank] if states is not None else None
+
+    def on_train_start(self) -> None:
+        if self.global_rank > 0:
+            seed_rank(self.cfg.seed, self.global_rank)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if getattr(self, "_pending_rng", None) is not None:
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+
+
+@contextlib.contextmanager
+def _frozen(params: list):
+    """The idle model's weights take no gradient during the other's update (the GAN term reaches the
+    generator through the fake model and its head): nothing is computed, and nothing reduced, for
+    tensors whose optimiser does not step now.  (LoRA views switch their adapters back on per call.)"""
+    was = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, was):
+            p.requires_grad_(flag)
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Give data-parallel rank ``rank`` > 0 training draws of its own.
+
+    Every rank seeds with cfg.seed before building the model, so all ranks hold the same
+    initial weights; at train start ranks 1.. re-seed the global RNGs (torch, CUDA, numpy,
+    random) from (seed, rank), and every draw of training -- the student's step k and noise,
+    tau and the re-noising noise, the critic's tau' -- comes from them.  Rank 0 keeps
+    cfg.seed's stream: a single-process run draws what it always drew, as does rank 0 of
+    a data-parallel run.  (Data batches have their own per-rank seeds: data/steps.py.)
+    """
+    derived = int(np.random.SeedSequence([seed % 2**64, rank]).generate_state(1, np.uint64)[0])
+    torch.manual_seed(derived)  # CPU and every CUDA device
+    random.seed(derived)
+    np.random.seed(derived % 2**32)
+
+
+def every_rank(obj) -> list:
+    """``obj`` of every rank, in rank order (a collective under torch.distributed)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def rng_state() -> dict:
+    # numpy's state is stored as a tensor + plain values so that checkpoints
+    # load with torch.load(weights_only=True).
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
