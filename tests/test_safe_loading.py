@@ -116,7 +116,7 @@ def test_sample_export_and_spectra_refuse_a_poisoned_run(toy_run, pipeline_folde
     refused(capsys, ["export", "--run", str(t2i)], marker)
     assert not (t2i / "export").exists()
 
-    from ddmd_lab.commands.inspect import load_run
+    from ddmd_lab.training.restore import load_run
 
     run, _ = toy_run
     victim = tmp_path / "toy_run"

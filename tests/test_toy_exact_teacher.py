@@ -13,11 +13,11 @@ from ddmd_lab.config import load_config, parse_overrides, read_config
 from ddmd_lab.data.toy2d import ToyMixture
 from ddmd_lab.errors import UserError
 from ddmd_lab.core.flow import renoise
-from ddmd_lab.commands.inspect import load_run
+from ddmd_lab.training.restore import load_run
 from ddmd_lab.training.module import DistillModule
 from ddmd_lab.training.run import run_ablation
 from ddmd_lab.scales import toy2d
-from ddmd_lab.scales.base import load_networks
+from ddmd_lab.training.networks import load_networks
 
 from .test_resume import SMALL
 

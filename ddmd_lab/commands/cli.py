@@ -37,7 +37,9 @@ def cmd_teacher(args) -> None:
     if scale.teacher_cached(cfg) and not args.retrain:
         print(f"teacher cached at {folder} (use --retrain to train again)")
     else:
-        folder = scale.train_teacher(cfg)
+        from ddmd_lab.training.networks import train_teacher  # deferred: Lightning
+
+        folder = train_teacher(cfg)
         print(f"teacher trained and saved to {folder}")
     report = folder / "teacher.json"
     if not report.is_file():  # the process that trained it stopped before its report
@@ -49,11 +51,9 @@ def cmd_classifier(args) -> None:
     from ddmd_lab.scales.base import get_scale
 
     cfg = _config(args, DEFAULT_ARM)
-    scale = get_scale(cfg.scale)
-    if not hasattr(scale, "classifier_dir"):
-        raise UserError(f"scale {cfg.scale!r} has no classifier; use an image scale (fashion or mnist).")
-    scale.classifier(cfg)
-    print((scale.classifier_dir(cfg) / "classifier.json").read_text())
+    from ddmd_lab.training.networks import train_classifier  # deferred: Lightning
+
+    print((train_classifier(cfg) / "classifier.json").read_text())
 
 
 def cmd_ablation(args) -> None:

@@ -14,35 +14,25 @@ from pathlib import Path
 
 import torch
 
+from ddmd_lab.data.steps import condition_of
 from ddmd_lab.errors import UserError
+from ddmd_lab.method.diagnostics import EDGES, add_bins, bin_samples, measure, overall
+from ddmd_lab.scales.base import get_scale
+from ddmd_lab.training.restore import default_device, load_run, run_checkpoint, run_config
+from ddmd_lab.util.devices import to_device
+from ddmd_lab.util.io import atomic_write_text, safe_torch_load
 
 JSON_NAME = "diagnostics.json"
-
-
-def run_checkpoint(run_dir: Path) -> Path:
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not a run folder (no config.yaml); pass RUN=runs/<scale>/<arm>/<run-id>.")
-    for name in ("final.ckpt", "last.ckpt"):
-        if (run_dir / "checkpoints" / name).is_file():
-            return run_dir / "checkpoints" / name
-    raise UserError(f"{run_dir} has no checkpoint (checkpoints/final.ckpt or last.ckpt), so there is no generator to "
-                    f"diagnose; finish the run first (make ablation RESUME={run_dir}, or a new run), then make diagnose.")
 
 
 @torch.no_grad()
 def diagnose_run(run_dir: str | Path, samples: int = 2048, seed: int = 0, device: str | None = None) -> tuple[Path, bool]:
     """Write ``<run>/diagnostics.json``; returns (its path, whether it replaced an earlier one)."""
-    from pytorch_lightning.utilities import move_data_to_device
-
-    from ddmd_lab.data.steps import condition_of
-    from ddmd_lab.method.diagnostics import EDGES, add_bins, bin_samples, measure, overall
-    from ddmd_lab.training.generate import default_device
-    from ddmd_lab.commands.inspect import load_run
-    from ddmd_lab.util.io import atomic_write_text, safe_torch_load
-    from ddmd_lab.scales.base import get_scale
-
     run_dir = Path(run_dir)
-    ckpt = run_checkpoint(run_dir)
+    run_config(run_dir)  # a folder that is not a run stops here
+    ckpt = run_checkpoint(run_dir, f"{run_dir} has no checkpoint (checkpoints/final.ckpt or last.ckpt), so there is no "
+                          f"generator to diagnose; finish the run first (make ablation RESUME={run_dir}, or a new run), "
+                          "then make diagnose.")
     if samples < 1:
         raise UserError(f"SAMPLES={samples}: diagnose at least one sample (default 2048).")
     counters = safe_torch_load(ckpt, "diagnose a run ddmd_lab wrote", "checkpoint", mmap=True).get("ddmd_counters", {})
@@ -57,7 +47,7 @@ def diagnose_run(run_dir: str | Path, samples: int = 2048, seed: int = 0, device
         torch.manual_seed(seed)
         gen = torch.Generator(device=device).manual_seed(seed + 1)  # the common draws
         for batch in get_scale(cfg.scale).condition_loader(cfg, 0):
-            cond = move_data_to_device(condition_of(batch), device)
+            cond = to_device(condition_of(batch), device)
             x_t, t = module._student_input(cond, len(cond))
             x = module.generator.x0(x_t, t, cond)
             found = measure(module.arm, x, cond, t, module.teacher, module.fake, module.settings, generator=gen)

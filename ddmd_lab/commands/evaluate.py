@@ -23,7 +23,7 @@ DPG_MESSAGE = ("DPG-Bench is not available here: it scores each of its 1,065 den
 
 
 def _device(args) -> str:
-    from ddmd_lab.training.generate import default_device
+    from ddmd_lab.training.restore import default_device
 
     return default_device(args.device)
 

@@ -52,7 +52,7 @@ def pipeline_call_args(family: str, times: torch.Tensor, shift: float, alphas_cu
 
 
 def export_student(run_dir: Path, out: Path | None = None) -> Path:
-    from ddmd_lab.training.generate import _load_student, _require_text_scale, run_checkpoint
+    from ddmd_lab.training.restore import load_student, require_text_scale, run_checkpoint
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -61,9 +61,9 @@ def export_student(run_dir: Path, out: Path | None = None) -> Path:
     if out.exists():
         raise UserError(f"{out} already exists; an export never overwrites a folder -- pass another OUT.")
     cfg = read_config(run_dir / "config.yaml")
-    _require_text_scale(cfg)
+    require_text_scale(cfg)
     family = cfg.teacher["family"]
-    model, student = _load_student(cfg, run_checkpoint(run_dir))
+    model, student = load_student(cfg, run_checkpoint(run_dir))
     pipe, backbone = model.pipeline, model.backbone
     from ddmd_lab.core.rollout import times_for_model
 

@@ -4,26 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ddmd_lab.config import read_config
 from ddmd_lab.errors import UserError
 from ddmd_lab.eval.spectra import raps
 from ddmd_lab.eval.term_spectra import term_spectra
-from ddmd_lab.util.io import atomic_save_npz, safe_torch_load
-from ddmd_lab.training.module import DistillModule
-from ddmd_lab.scales.base import get_scale, load_networks
-
-
-def load_run(run_dir: Path, checkpoint: str = "final.ckpt") -> DistillModule:
-    cfg = read_config(run_dir / "config.yaml")
-    path = run_dir / "checkpoints" / checkpoint
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; the run has not finished (resume it with RESUME={run_dir}).")
-    checkpoint = safe_torch_load(path, "use a checkpoint ddmd_lab wrote (the run's own checkpoints/final.ckpt)",
-                                 "checkpoint", mmap=True)  # first: a refused checkpoint loads no teacher
-    teacher, init = load_networks(cfg)
-    module = DistillModule(teacher, cfg, init)
-    module.load_weights(checkpoint)
-    return module.eval()
+from ddmd_lab.scales.base import get_scale
+from ddmd_lab.training.networks import prepare
+from ddmd_lab.training.restore import load_run
+from ddmd_lab.util.io import atomic_save_npz
 
 
 def run_spectra(run_dir: Path, samples: int = 500) -> dict:
@@ -38,6 +25,7 @@ def run_spectra(run_dir: Path, samples: int = 500) -> dict:
 def teacher_spectra(cfg, samples: int = 500) -> dict:
     """CA spectra of the teacher alone, on real test images (no fake model: no DM)."""
     scale = get_scale(cfg.scale)
+    prepare(cfg)
     teacher = scale.load_teacher(cfg).eval()
     real = scale.real_eval_images(cfg)[:samples]
     labels = scale.image_set(cfg, "test").labels[:samples]

@@ -8,15 +8,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from ddmd_lab.errors import UserError
 from ddmd_lab.util.io import atomic_torch_save, atomic_write_text, safe_torch_load
-from ddmd_lab.util.progress import StepProgressBar
 from ddmd_lab.eval.fid import fid_from_stats, stats
 
 
@@ -36,22 +32,6 @@ class SmallClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-class ClassifierModule(pl.LightningModule):
-    def __init__(self, net: SmallClassifier, lr: float = 2e-3):
-        super().__init__()
-        self.net, self.lr = net, lr
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        x = x + 0.05 * torch.randn_like(x)  # slightly robust to generator noise
-        loss = F.cross_entropy(self.net(x), y)
-        self.log("classifier_loss", loss, prog_bar=True)
-        return loss
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.net.parameters(), lr=self.lr)
-
-
 @torch.no_grad()
 def accuracy(net: SmallClassifier, images: Tensor, labels: Tensor, batch: int = 512) -> float:
     net.eval()
@@ -65,15 +45,11 @@ def features(net: SmallClassifier, images: Tensor, batch: int = 512) -> np.ndarr
     return torch.cat([net.features(images[i:i + batch]) for i in range(0, len(images), batch)]).double().numpy()
 
 
-def train_classifier(train_images: Tensor, train_labels: Tensor, test_images: Tensor, test_labels: Tensor,
+def train_classifier(fit, train_images: Tensor, train_labels: Tensor, test_images: Tensor, test_labels: Tensor,
                      folder: Path, num_classes: int, epochs: int = 2, seed: int = 0, progress: bool = True) -> Path:
-    pl.seed_everything(seed, verbose=False)
-    net = SmallClassifier(num_classes, channels=train_images.shape[1])
-    loader = DataLoader(TensorDataset(train_images, train_labels), batch_size=256, shuffle=True)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=progress,
-                         callbacks=[StepProgressBar("classifier")] if progress else [])
-    trainer.fit(ClassifierModule(net), loader)
+    """Fit (``fit``: training.fitting.fit_classifier) and cache the classifier with its test accuracy."""
+    net = fit(lambda: SmallClassifier(num_classes, channels=train_images.shape[1]), (train_images, train_labels),
+              epochs, seed, progress)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(net.state_dict(), folder / "classifier.pt")
     acc = accuracy(net, test_images, test_labels)

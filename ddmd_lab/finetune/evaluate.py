@@ -162,9 +162,9 @@ class TextEvaluator(Evaluator):
         self.new_spectrum = raps(real_images)
 
     def cond_slice(self, cond, i: int, j: int):
-        from pytorch_lightning.utilities import move_data_to_device
+        from ddmd_lab.util.devices import to_device
 
-        return move_data_to_device(self.student.backbone.cat_conditions(cond[i:j]), self.student.device)
+        return to_device(self.student.backbone.cat_conditions(cond[i:j]), self.student.device)
 
     def to_images(self, latents: Tensor) -> Tensor:
         return torch.cat([self.student.model.decode(latents[i:i + self.batch]).cpu()

@@ -101,7 +101,7 @@ class Student:
 
 def load_student(run_dir: Path, ft: FinetuneConfig, device: str | None = None) -> Student:
     """The run's student, frozen, with the new adapter (B = 0: it computes the student exactly)."""
-    from ddmd_lab.training.generate import default_device, run_checkpoint
+    from ddmd_lab.training.restore import default_device, run_checkpoint
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -128,7 +128,7 @@ def load_student(run_dir: Path, ft: FinetuneConfig, device: str | None = None) -
 def _image_student(cfg: RunConfig, ckpt: Path):
     from ddmd_lab.util.io import safe_torch_load
     from ddmd_lab.training.module import DistillModule
-    from ddmd_lab.scales.base import load_networks
+    from ddmd_lab.training.networks import load_networks
 
     checkpoint = safe_torch_load(ckpt, "fine-tune from a checkpoint ddmd_lab wrote (the run's checkpoints/final.ckpt)",
                                  "checkpoint", mmap=True)  # first: a refused checkpoint loads no teacher
@@ -141,10 +141,10 @@ def _image_student(cfg: RunConfig, ckpt: Path):
 
 
 def _text_student(cfg: RunConfig, ckpt: Path):
-    from ddmd_lab.training.generate import _load_student
+    from ddmd_lab.training.restore import load_student
     from ddmd_lab.backbones.lora import AdapterView
 
-    model, student = _load_student(cfg, ckpt)
+    model, student = load_student(cfg, ckpt)
     if isinstance(student, AdapterView):
         _merged(model.backbone)
     return model.backbone.eval(), model

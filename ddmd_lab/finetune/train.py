@@ -85,10 +85,10 @@ class TextData:
         return len(self.latents)
 
     def batch(self, idx: torch.Tensor, device):
-        from pytorch_lightning.utilities import move_data_to_device
+        from ddmd_lab.util.devices import to_device
 
         cond = self.backbone.cat_conditions([self.rows[int(i)] for i in idx])
-        return self.latents[idx].to(device), move_data_to_device(cond, device)
+        return self.latents[idx].to(device), to_device(cond, device)
 
 
 class FinetuneLoop:
@@ -156,7 +156,7 @@ def _fingerprint(student: Student) -> str:
 def finetune(run: str, data: str, overrides: dict | None = None, log=print) -> Path:
     """Fine-tune RUN's student on DATA; returns the new run folder."""
     from ddmd_lab.config import read_config
-    from ddmd_lab.training.generate import run_checkpoint
+    from ddmd_lab.training.restore import run_checkpoint
 
     ft = FinetuneConfig.from_overrides(overrides or {})
     if not run:

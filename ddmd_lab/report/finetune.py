@@ -37,7 +37,7 @@ def teacher_reference(ft: Finetune, guidances: list[float]) -> dict[float, dict]
     from ddmd_lab.finetune.data import parse_data
     from ddmd_lab.finetune.evaluate import ImageEvaluator
     from ddmd_lab.finetune.student import load_student
-    from ddmd_lab.scales.base import load_networks
+    from ddmd_lab.training.networks import load_networks
     from ddmd_lab.scales.images import teacher_settings
 
     settings = {k: v for k, v in ft.spec["finetune"].items() if k in ("eval_samples", "eval_new", "lora", "seed")}

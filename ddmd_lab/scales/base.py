@@ -1,8 +1,15 @@
-"""Scales: what a run distils (teacher, conditions, evaluation) at one size.
+"""The Scale contract: what a run distils (teacher, conditions, evaluation) at one size.
 
-A scale module provides ``load_teacher(cfg)``, ``condition_loader(cfg)`` and
-``make_evaluator(cfg)``, and, where the trained networks do not start as copies of
-the frozen teacher, ``load_init(cfg)``; nothing else in a run knows which scale it is.
+A scale module provides
+  ``load_teacher(cfg)``        the frozen teacher (from its cache or checkpoint folder),
+  ``condition_loader(cfg)``    one batch of conditions (and real data) per training step,
+  ``make_evaluator(cfg)``      the metrics of a student on fixed noise and conditions (EVAL_SEED),
+and, where they apply,
+  ``load_init(cfg)``           what the generator and the fake start from when not the teacher's copies,
+  ``prepare(cfg, fit)``        train and cache what the scale's runs need (a teacher, a classifier); the
+                               training layer hands in ``fit`` (training.fitting.Fitters), so no scale
+                               knows Lightning.
+Nothing else in a run knows which scale it is.
 """
 from __future__ import annotations
 
@@ -10,9 +17,10 @@ import importlib
 
 from ddmd_lab.errors import UserError
 
+EVAL_SEED = 1234  # every scale's evaluation noise, labels and prompts: the same for every run
+
 SCALES = {"toy2d": "ddmd_lab.scales.toy2d", "fashion": "ddmd_lab.scales.images", "mnist": "ddmd_lab.scales.images",
           "zimage": "ddmd_lab.scales.text2image", "lumina2": "ddmd_lab.scales.text2image", "sdxl": "ddmd_lab.scales.text2image"}
-
 
 TEXT_TO_IMAGE = tuple(name for name, module in SCALES.items() if module == "ddmd_lab.scales.text2image")
 
@@ -21,11 +29,3 @@ def get_scale(name: str):
     if name not in SCALES:
         raise UserError(f"unknown scale {name!r}; known scales: {', '.join(sorted(SCALES))}.")
     return importlib.import_module(SCALES[name])
-
-
-def load_networks(cfg):
-    """(the frozen teacher, what the generator and the fake model start from), for DistillModule;
-    the second is None where they start as copies of the teacher (every scale but toy2d's exact teacher)."""
-    scale = get_scale(cfg.scale)
-    load_init = getattr(scale, "load_init", None)
-    return scale.load_teacher(cfg), load_init(cfg) if load_init is not None else None

@@ -15,14 +15,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from ddmd_lab.backbones.class_unet import ClassUNet, build_unet
 from ddmd_lab.config import RunConfig, scale_settings
 from ddmd_lab.data.images import ImageSet, load_image_set
 from ddmd_lab.data.steps import step_loader
+from ddmd_lab.errors import UserError
+from ddmd_lab.scales.base import EVAL_SEED
 from ddmd_lab.eval.classifier import ClassifierMetrics, load_classifier, train_classifier
 from ddmd_lab.eval.colour import colour_stats, mean_stats, relative
 from ddmd_lab.eval.fid import InceptionFeatures, cached_reference_stats, fid_from_stats, stats
@@ -31,9 +31,7 @@ from ddmd_lab.eval.spectra import high_frequency_excess, raps, spectral_centroid
 from ddmd_lab.eval.stats import output_stats
 from ddmd_lab.eval.term_spectra import observer_excess, term_spectra
 from ddmd_lab.util.io import atomic_save_npz, atomic_write_text, publish_dir
-from ddmd_lab.util.progress import StepProgressBar
 from ddmd_lab.core.rollout import teacher_cfg_sample
-from ddmd_lab.training.teacher_module import TeacherModule
 
 TEACHER_DEFAULTS = {"size": "small", "patch": 2, "steps": 2500, "batch_size": 128, "lr": 1e-3, "p_uncond": 0.1, "seed": 0,
                     "eval_samples": 500, "ode_steps": 20, "alphas": [1.0, 1.5, 2.0, 3.0]}
@@ -43,7 +41,6 @@ DATA_DEFAULTS = {
     "fid_reference_images": 2000,  # test images behind the cached Inception statistics (Inception: ~7.5 images/s measured on 2 CPU cores)
     "classifier_epochs": 2,
 }
-EVAL_SEED = 1234
 
 
 def teacher_settings(cfg: RunConfig) -> dict:
@@ -73,14 +70,22 @@ def classifier_dir(cfg: RunConfig) -> Path:
     return Path(cfg.cache_dir) / "classifiers" / f"{cfg.scale}-{data_settings(cfg)['classifier_epochs']}ep"
 
 
-def classifier(cfg: RunConfig):
-    """The scale's classifier, trained once and cached."""
-    folder = classifier_dir(cfg)
+def classifier_cached(cfg: RunConfig) -> bool:
+    return (classifier_dir(cfg) / "classifier.pt").is_file()
+
+
+def train_scale_classifier(cfg: RunConfig, fit) -> Path:
     train, test = image_set(cfg, "train"), image_set(cfg, "test")
-    if not (folder / "classifier.pt").is_file():
-        train_classifier(train.images, train.labels, test.images, test.labels, folder, train.num_classes,
-                         epochs=data_settings(cfg)["classifier_epochs"], progress=cfg.progress_bar)
-    return load_classifier(folder, train.num_classes)
+    return train_classifier(fit.classifier, train.images, train.labels, test.images, test.labels, classifier_dir(cfg),
+                            train.num_classes, epochs=data_settings(cfg)["classifier_epochs"], progress=cfg.progress_bar)
+
+
+def classifier(cfg: RunConfig):
+    """The scale's cached classifier (``prepare`` trains it)."""
+    if not classifier_cached(cfg):
+        raise UserError(f"no classifier at {classifier_dir(cfg)}; train it with `make classifier SCALE={cfg.scale}` "
+                        "(a run trains it on first use).")
+    return load_classifier(classifier_dir(cfg), image_set(cfg, "train").num_classes)
 
 
 def real_eval_images(cfg: RunConfig) -> torch.Tensor:
@@ -95,23 +100,28 @@ def inception_reference(cfg: RunConfig, features: InceptionFeatures):
     return cached_reference_stats(path, lambda: features.of_images(real))
 
 
-def train_teacher(cfg: RunConfig) -> Path:
+def train_teacher(cfg: RunConfig, fit) -> Path:
+    """Train the UNet teacher (``fit``: training.fitting.Fitters) and cache it with its CFG sweep."""
     t, data = teacher_settings(cfg), image_set(cfg, "train")
     folder = teacher_dir(cfg)
-    pl.seed_everything(t["seed"], verbose=False)
-    backbone = ClassUNet(build_unet(t["size"], data.num_classes, data.images.shape[1], data.images.shape[-1], t["patch"]),
-                         data.num_classes, t["patch"])
-    module = TeacherModule(backbone, lr=t["lr"], p_uncond=t["p_uncond"], total_steps=t["steps"])
-    loader = DataLoader(TensorDataset(data.images, data.labels), batch_size=t["batch_size"], shuffle=True, drop_last=True)
-    trainer = pl.Trainer(max_steps=t["steps"], accelerator=cfg.accelerator, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=cfg.progress_bar,
-                         callbacks=[StepProgressBar(f"{cfg.scale} teacher")] if cfg.progress_bar else [])
-    trainer.fit(module, loader)
+    backbone = fit.teacher(lambda: ClassUNet(build_unet(t["size"], data.num_classes, data.images.shape[1],
+                                                        data.images.shape[-1], t["patch"]), data.num_classes, t["patch"]),
+                           (data.images, data.labels), t, f"{cfg.scale} teacher", cfg.accelerator, cfg.progress_bar)
     staging = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
     backbone.save(staging)
     publish_dir(staging, folder)  # whole or not at all; a retrained teacher keeps the old one beside it
+    if not classifier_cached(cfg):  # the teacher's report measures adherence with it
+        train_scale_classifier(cfg, fit)
     write_teacher_report(cfg)
     return folder
+
+
+def prepare(cfg: RunConfig, fit) -> None:
+    """Train and cache what this config's runs need and the cache lacks: the teacher, then the classifier."""
+    if not teacher_cached(cfg):
+        train_teacher(cfg, fit)
+    if not classifier_cached(cfg):
+        train_scale_classifier(cfg, fit)
 
 
 def teacher_cached(cfg: RunConfig) -> bool:
@@ -154,7 +164,8 @@ def _grid_order(samples: torch.Tensor, labels: torch.Tensor, k: int, per_class: 
 
 def load_teacher(cfg: RunConfig) -> ClassUNet:
     if not teacher_cached(cfg):
-        train_teacher(cfg)
+        raise UserError(f"no trained {cfg.scale} teacher at {teacher_dir(cfg)}; train it with `make teacher "
+                        f"SCALE={cfg.scale}` (a run trains it on first use).")
     return ClassUNet.load(teacher_dir(cfg))
 
 

@@ -53,7 +53,6 @@ DATA_DEFAULTS = {
     # noise at the run's alpha (*_vs_teacher): sampled once at the first evaluation, cached under cache_dir/teacher_eval
     "eval_vs_teacher": True,
 }
-EVAL_SEED = 1234
 VAE_BATCH = 4  # real images per VAE encode (the encoder in float32 at 1024 px: a few GiB of activations each)
 
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pytorch_lightning.utilities import move_data_to_device
+from ddmd_lab.util.devices import to_device
 
 from ddmd_lab.config import RunConfig
 from ddmd_lab.errors import UserError
 from ddmd_lab.eval.grid import save_grid
 from ddmd_lab.eval.spectra import raps, spectral_centroid
 from ddmd_lab.eval.stats import output_stats
-from ddmd_lab.scales.text2image import EVAL_SEED, data_settings, embed, encode_device, encode_rows, load_model, text_encoders_on
+from ddmd_lab.scales.base import EVAL_SEED
+from ddmd_lab.scales.text2image import data_settings, embed, encode_device, encode_rows, load_model, text_encoders_on
 
 
 def eval_prompts(cfg: RunConfig) -> list[str]:
@@ -60,7 +61,7 @@ class Evaluator:
         latents, images = [], []
         for i in range(0, len(self.rows), self.batch):
             cond = backbone.cat_conditions(self.rows[i:i + self.batch])
-            cond = move_data_to_device(cond, device)
+            cond = to_device(cond, device)
             z = module.sample(self.noise[i:i + self.batch].to(device), cond)
             latents.append(z.float().cpu())
             images.append(self.model.decode(z).cpu())

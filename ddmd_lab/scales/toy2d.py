@@ -14,26 +14,22 @@ import json
 import os
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from ddmd_lab.backbones.toy import ExactToyDenoiser, ToyFlowMLP
 from ddmd_lab.config import RunConfig
 from ddmd_lab.data.steps import step_loader
 from ddmd_lab.data.toy2d import ToyMixture
 from ddmd_lab.errors import UserError
+from ddmd_lab.scales.base import EVAL_SEED
 from ddmd_lab.eval.distances import classwise_energy_distance
 from ddmd_lab.util.io import atomic_write_text, publish_dir, safe_torch_load
-from ddmd_lab.util.progress import StepProgressBar
 from ddmd_lab.core.rollout import teacher_cfg_sample
-from ddmd_lab.training.teacher_module import TeacherModule
 
 TEACHER_DEFAULTS = {"kind": "trained", "hidden": 256, "depth": 3, "steps": 3000, "batch_size": 1024, "lr": 2e-3,
                     "p_uncond": 0.1, "seed": 0, "data_size": 200_000}
 TEACHER_KINDS = {"trained": "the MLP flow model trained here", "exact": "the mixture's closed-form denoiser"}
 DATA_DEFAULTS = {"num_classes": 4, "comps_per_class": 2, "radius": 1.5, "std": 0.35}
-EVAL_SEED = 1234  # the evaluation noise and labels are the same for every run
 
 
 def mixture(cfg: RunConfig) -> ToyMixture:
@@ -69,27 +65,28 @@ def build_backbone(cfg: RunConfig) -> ToyFlowMLP:
     return ToyFlowMLP(num_classes=mixture(cfg).num_classes, hidden=t["hidden"], depth=t["depth"])
 
 
-def train_teacher(cfg: RunConfig) -> Path:
-    """Train the MLP teacher (flow matching, label dropout) and cache it with its metrics."""
+def train_teacher(cfg: RunConfig, fit) -> Path:
+    """Train the MLP teacher (flow matching, label dropout; ``fit``: training.fitting.Fitters) and cache it
+    with its metrics."""
     t, mix = mlp_settings(cfg), mixture(cfg)
     folder = teacher_dir(cfg)
     gen = torch.Generator().manual_seed(t["seed"])
     labels = torch.randint(mix.num_classes, (t["data_size"],), generator=gen)
     x0 = mix.sample(labels, gen)
-    pl.seed_everything(t["seed"], verbose=False)
-    backbone = build_backbone(cfg)
-    module = TeacherModule(backbone, lr=t["lr"], p_uncond=t["p_uncond"], total_steps=t["steps"])
-    loader = DataLoader(TensorDataset(x0, labels), batch_size=t["batch_size"], shuffle=True, drop_last=True)
-    trainer = pl.Trainer(max_steps=t["steps"], accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=cfg.progress_bar,
-                         callbacks=[StepProgressBar("toy2d teacher")] if cfg.progress_bar else [])
-    trainer.fit(module, loader)
+    backbone = fit.teacher(lambda: build_backbone(cfg), (x0, labels), t, "toy2d teacher", "cpu", cfg.progress_bar)
     staging = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
     staging.mkdir(parents=True)
     torch.save(backbone.state_dict(), staging / "teacher.pt")
     metrics = teacher_metrics(cfg, backbone)
     (staging / "teacher.json").write_text(json.dumps({"settings": t, "metrics": metrics}, indent=2))
     return publish_dir(staging, folder)  # whole or not at all; a retrained teacher keeps the old one beside it
+
+
+def prepare(cfg: RunConfig, fit) -> None:
+    """Train and cache what this config's runs need and the cache lacks: the MLP (the exact teacher's runs
+    start their generator from it too)."""
+    if not teacher_cached(cfg):
+        train_teacher(cfg, fit)
 
 
 def teacher_cached(cfg: RunConfig) -> bool:
@@ -116,10 +113,11 @@ def load_init(cfg: RunConfig) -> ToyFlowMLP | None:
 
 
 def load_trained(cfg: RunConfig) -> ToyFlowMLP:
-    """The cached MLP teacher for this config, trained first if it is not there."""
+    """The cached MLP teacher for this config (``prepare`` trains it)."""
     path = teacher_dir(cfg) / "teacher.pt"
     if not path.is_file():
-        train_teacher(cfg)
+        raise UserError(f"no trained toy2d teacher at {path.parent}; train it with `make teacher SCALE=toy2d` "
+                        "(a run trains it on first use).")
     backbone = build_backbone(cfg)
     fix = f"delete {path.parent} or run `make teacher SCALE=toy2d SET=...` again with --retrain"
     weights = safe_torch_load(path, fix, "teacher weights file")

@@ -11,20 +11,26 @@ Configs and the math always hold the standard alpha (guidance.py).
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pytorch_lightning.utilities import move_data_to_device
+from PIL import Image
 from torch import Tensor
 
 from ddmd_lab.backbones.text_to_image import TextToImage
-from ddmd_lab.config import RunConfig, read_config
-from ddmd_lab.errors import UserError
+from ddmd_lab.config import RunConfig
 from ddmd_lab.core.guidance import alpha_from_offset
-from ddmd_lab.util.io import safe_torch_load
 from ddmd_lab.core.rollout import Guided, sample_student, times_for_model
+from ddmd_lab.data.prompts import warn_truncated
+from ddmd_lab.eval.fid import to_uint8_hwc
+from ddmd_lab.eval.grid import save_grid
+from ddmd_lab.scales.text2image import load_model
+from ddmd_lab.training.restore import default_device, load_student, require_text_scale, run_checkpoint, run_config
+from ddmd_lab.util.devices import to_device
+from ddmd_lab.util.io import atomic_write_text
 
 OFFSET_FAMILIES = {"zimage"}
 
@@ -34,14 +40,6 @@ def alpha_from_guidance(family: str, guidance: float) -> float:
     if family in OFFSET_FAMILIES:
         return alpha_from_offset(guidance) if guidance > 0 else 1.0
     return guidance if guidance > 1 else 1.0
-
-
-def run_checkpoint(run_dir: Path) -> Path:
-    for name in ("final.ckpt", "last.ckpt"):
-        if (run_dir / "checkpoints" / name).is_file():
-            return run_dir / "checkpoints" / name
-    raise UserError(f"{run_dir} has no checkpoints/final.ckpt or last.ckpt; pass a run folder that saved a checkpoint "
-                    "(runs/<scale>/<arm>/<run-id>).")
 
 
 @dataclass
@@ -70,7 +68,7 @@ class Sampler:
         device = next(self.model.backbone.parameters()).device
         if noise is None:
             noise = torch.randn(len(prompts), *self.model.backbone.sample_shape, generator=generator)
-        cond = move_data_to_device(self.model.encode(prompts), device)
+        cond = to_device(self.model.encode(prompts), device)
         noise = noise.to(device)
         with self._autocast(device):
             if self.student is None:
@@ -89,13 +87,10 @@ class Sampler:
 def student_sampler(run_dir: Path, steps: int | None = None, guidance: float | None = None,
                     device: str | None = None) -> Sampler:
     """A run's student with its own defaults (its step count, no CFG); other choices warn."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not a run folder (no config.yaml); pass RUN=runs/<scale>/<arm>/<run-id>.")
-    cfg = read_config(run_dir / "config.yaml")
-    _require_text_scale(cfg)
+    cfg = run_config(run_dir)
+    require_text_scale(cfg)
     family = cfg.teacher["family"]
-    model, student = _load_student(cfg, run_checkpoint(run_dir))
+    model, student = load_student(cfg, run_checkpoint(Path(run_dir)))
     _place(model, device)
     n = steps or cfg.student_steps
     if n != cfg.student_steps:
@@ -110,30 +105,6 @@ def student_sampler(run_dir: Path, steps: int | None = None, guidance: float | N
     return Sampler(cfg, model, student, times, alpha, 0)
 
 
-def _load_student(cfg: RunConfig, ckpt: Path):
-    """(the pipeline, the student) from a run's checkpoint, holding one copy of the weights:
-    full fine-tuning loads the generator's weights into the loaded network itself; LoRA
-    rebuilds the adapters on the loaded teacher (checkpoints hold no frozen base) and loads them."""
-    from ddmd_lab.training.module import DistillModule
-    from ddmd_lab.scales.text2image import load_model
-
-    # read first: a refused checkpoint stops before the pipeline loads
-    checkpoint = safe_torch_load(ckpt, "sample from a checkpoint ddmd_lab wrote (the run's own checkpoints/final.ckpt)",
-                                 "checkpoint", mmap=True)
-    model = load_model(cfg, fresh=True)
-    if int(cfg.lora.get("rank", 0)) > 0:
-        module = DistillModule(model.backbone, cfg)
-        module.load_weights(checkpoint)  # refuses a checkpoint of another teacher
-        return model, module.generator
-    weights = {k[len("generator."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("generator.")}
-    model.backbone.load_state_dict(weights)
-    return model, model.backbone
-
-
-def default_device(device: str | None = None) -> str:
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _place(model: TextToImage, device: str | None) -> None:
     device = default_device(device)
     for m in [model.backbone, model.vae, *model.text_encoders]:
@@ -143,36 +114,16 @@ def _place(model: TextToImage, device: str | None) -> None:
 def teacher_sampler(cfg: RunConfig, steps: int | None = None, guidance: float | None = None,
                     device: str | None = None) -> Sampler:
     """The scale's teacher with its pipeline's defaults (many steps, CFG)."""
-    from ddmd_lab.scales.text2image import load_model
-
-    _require_text_scale(cfg)
+    require_text_scale(cfg)
     model = load_model(cfg, fresh=True)
     _place(model, device)
     alpha = alpha_from_guidance(cfg.teacher["family"], guidance) if guidance is not None else model.teacher_alpha
     return Sampler(cfg, model, None, None, alpha, steps or model.teacher_steps)
 
 
-def _require_text_scale(cfg: RunConfig) -> None:
-    from ddmd_lab.scales.base import TEXT_TO_IMAGE
-
-    if cfg.scale not in TEXT_TO_IMAGE:
-        raise UserError(f"sampling from prompts needs a text-to-image scale ({', '.join(TEXT_TO_IMAGE)}), not {cfg.scale!r}; "
-                        "image-scale runs keep their sample grids in <run>/samples/.")
-
-
 def write_samples(sampler: Sampler, prompts: list[str], out_dir: Path, per_prompt: int = 1, seed: int = 0,
                   batch: int = 4) -> Path:
     """PNG per image, a grid and prompts.json in a new folder (never an existing one)."""
-    import json
-
-    from PIL import Image
-
-    from ddmd_lab.eval.fid import to_uint8_hwc
-    from ddmd_lab.eval.grid import save_grid
-    from ddmd_lab.util.io import atomic_write_text
-
-    from ddmd_lab.data.prompts import warn_truncated
-
     out_dir = Path(out_dir)
     wanted = [p for p in prompts for _ in range(per_prompt)]
     warn_truncated(sampler.model, list(prompts))

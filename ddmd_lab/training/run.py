@@ -20,8 +20,9 @@ from ddmd_lab.training.callbacks.diagnostics import DiagnosticsCallback
 from ddmd_lab.util.io import atomic_write_text, new_run_dir, safe_torch_load
 from ddmd_lab.planning.memory_plan import write_run_plan
 from ddmd_lab.training.module import DistillModule
-from ddmd_lab.util.progress import StepProgressBar
-from ddmd_lab.scales.base import TEXT_TO_IMAGE, get_scale, load_networks
+from ddmd_lab.training.callbacks.progress import StepProgressBar
+from ddmd_lab.scales.base import TEXT_TO_IMAGE, get_scale
+from ddmd_lab.training.networks import load_networks
 
 
 def make_loggers(cfg: RunConfig, run_dir: Path) -> list:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pytorch_lightning.utilities import move_data_to_device
+from ddmd_lab.util.devices import to_device
 
 from ddmd_lab.util.io import atomic_write_text
 from ddmd_lab.eval.colour import colour_stats, mean_stats
@@ -58,7 +58,7 @@ class TeacherColour:
         model.vae.to(device)
         parts = []
         for i in range(0, len(self.rows), self.batch):
-            cond = move_data_to_device(model.backbone.cat_conditions(self.rows[i:i + self.batch]), device)
+            cond = to_device(model.backbone.cat_conditions(self.rows[i:i + self.batch]), device)
             z = pipeline_teacher_sample(model.family, module.teacher, model.pipeline.scheduler, guidance,
                                         self.noise[i:i + self.batch].to(device), cond, self.cfg.alpha, model.teacher_steps)
             parts.append(colour_stats(model.decode(z).cpu()))
