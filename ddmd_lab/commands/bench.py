@@ -15,6 +15,7 @@ from dataclasses import replace
 import pytorch_lightning as pl
 import torch
 
+from ddmd_lab.commands.common import add_run_options, config_from_args
 from ddmd_lab.core.arms import REGISTRY
 from ddmd_lab.data.steps import condition_of, real_data_of
 from ddmd_lab.training.module import DistillModule
@@ -123,10 +124,8 @@ def bench_arm(teacher, cfg, loader, warmup: int, callbacks=()) -> tuple[float, f
 
 
 def main(args) -> None:
-    from ddmd_lab.commands.cli import _config
-
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)  # keep the table readable
-    base = _config(args, "decoupled_hybrid")
+    base = config_from_args(args, "decoupled_hybrid")
     steps = args.steps or 20 * base.ttur
     base = replace(base, steps=steps, wandb="disabled", progress_bar=False)
     scale = get_scale(base.scale)
@@ -204,3 +203,15 @@ def peak_memory_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def cmd_bench(args) -> None:
+    main(args)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="step time against the network-evaluation floor, per arm")
+    add_run_options(p)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--arms", default="", help="only these registry arms (comma-separated)")
+    p.set_defaults(func=cmd_bench)

@@ -7,12 +7,14 @@ missing, and dropped before the student loads), then the student's images and ev
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 from pathlib import Path
 
 import torch
 
+from ddmd_lab.commands.common import add_sampling_options, config_from_args, sampler_from_args
 from ddmd_lab.errors import UserError
 from ddmd_lab.eval.protocols.prompt_eval import Plan, SamplerSource
 
@@ -38,9 +40,7 @@ def _run_config(args):
             raise UserError(f"{args.run} is not a run folder (no config.yaml); pass RUN=runs/<scale>/<arm>/<run-id>.")
         return read_config(path)
     if getattr(args, "scale", None):
-        from ddmd_lab.commands.cli import _config
-
-        return _config(args, "decoupled_hybrid")
+        return config_from_args(args, "decoupled_hybrid")
     return None
 
 
@@ -72,12 +72,6 @@ def _source_info(args, cfg) -> dict:
         return {"source": {"images": str(Path(args.images).resolve())}}
     return {"source": {"run": str(Path(args.run).resolve()) if args.run else None, "scale": cfg.scale if cfg else None,
                        "sample_steps": args.sample_steps, "guidance": args.guidance}}
-
-
-def _student_or_teacher(args):
-    from ddmd_lab.commands.cli import _sampler
-
-    return _sampler(args)
 
 
 def _out_dir(args, cfg) -> Path:
@@ -160,7 +154,7 @@ def eval_coco(args) -> dict:
 
         source = FolderSource(Path(args.images), len(prompts))
     else:
-        source = SamplerSource(_student_or_teacher(args), args.seed or 0)
+        source = SamplerSource(sampler_from_args(args), args.seed or 0)
         cfg = source.sampler.cfg
         _warn_truncated(source, prompts, "COCO prompts")
     out = _out_dir(args, cfg)
@@ -205,7 +199,7 @@ def eval_hps(args) -> dict:
     prompts = flatten_styles(by_style, args.per_style)[0]
     plan = Plan.make(len(prompts), args.teacher_images if args.run else 0, args.diversity, args.diversity_seeds)
     teacher = _teacher(args, cfg, plan, prompts, to_uint8_hwc, "rounded-full", args.batch)
-    source = SamplerSource(_student_or_teacher(args), args.seed or 0)
+    source = SamplerSource(sampler_from_args(args), args.seed or 0)
     cfg = source.sampler.cfg
     _warn_truncated(source, prompts, "HPS prompts")
     out = _out_dir(args, cfg)
@@ -220,3 +214,51 @@ def eval_hps(args) -> dict:
 
 def eval_dpg(args) -> None:
     raise UserError(DPG_MESSAGE)
+
+
+def add_comparison_options(p: argparse.ArgumentParser, teacher_default: int) -> None:
+    p.add_argument("--hps-model", default="ViT-H-14", help="open_clip model of HPSv2.1 (or a model-config JSON)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--teacher-images", type=int, default=teacher_default,
+                   help="prompts (evenly spread) whose image is also drawn by the run's teacher from the same noise "
+                   "(many-step CFG at the run's alpha, cached under cache_dir/teacher_images): colour vs teacher; 0 = none")
+    p.add_argument("--teacher-steps", type=int, default=None, help="the teacher's steps (default: its pipeline's)")
+    p.add_argument("--diversity", type=int, default=16, help="prompts drawn with several seeds for diversity (0 = none)")
+    p.add_argument("--diversity-seeds", type=int, default=4, help="seeds per diversity prompt")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval-coco", help="COCO-10k as the paper's Table 2: FID, patch-FID, CLIP score (DMD2's protocol), "
+                       "HPSv2.1, colour vs the teacher, diversity")
+    add_sampling_options(p)
+    p.add_argument("--coco", help="DMD2's coco10k folder (subset/, all_prompts.pkl) or COCO-2014 (annotations/, val2014/)")
+    p.add_argument("--protocol", choices=("dmd2", "val2014-seeded"), default=None,
+                   help="default: dmd2 where DMD2's files are, val2014-seeded for COCO's own layout")
+    p.add_argument("--prompts", default=None, help="dmd2: another prompt file than <coco>/all_prompts.pkl (.pkl or .txt)")
+    p.add_argument("--images", default=None, help="score these images (one per prompt, sorted by name) instead of sampling")
+    p.add_argument("--out", default=None, help="results folder (default: the run, or beside --images)")
+    p.add_argument("--n", type=int, default=10_000, help="prompts (dmd2: the first n; val2014-seeded: the subset size)")
+    p.add_argument("--subset-seed", type=int, default=0)
+    p.add_argument("--resolution", type=int, default=512, help="evaluation resolution (DMD2: 512)")
+    p.add_argument("--clip-model", default="ViT-g-14", help="open_clip model name or model-config JSON")
+    p.add_argument("--clip-weights", default=None, help="local open_clip checkpoint (default: $CLIP_WEIGHTS)")
+    p.add_argument("--no-clip", action="store_true", help="FID only")
+    p.add_argument("--hps-weights", default=None, help="HPS_v2.1_compressed.pt (default: $HPS_WEIGHTS; none: no HPSv2.1)")
+    add_comparison_options(p, 500)
+    p.set_defaults(func=eval_coco)
+
+    p = sub.add_parser("eval-hps", help="HPSv2.1 on the HPSv2 benchmark prompts, per style and mean (the paper's Table 1), "
+                       "colour vs the teacher, diversity")
+    add_sampling_options(p)
+    p.add_argument("--prompts", help="HPDv2's benchmark/ folder (anime.json, concept-art.json, paintings.json, photo.json) "
+                   "or one JSON file of style -> prompts")
+    p.add_argument("--per-style", type=int, default=None, help="only the first N prompts of each style (default: all 800)")
+    p.add_argument("--hps-weights", default=None, help="HPS_v2.1_compressed.pt (default: $HPS_WEIGHTS)")
+    p.add_argument("--clip-model", default="ViT-g-14")
+    p.add_argument("--clip-weights", default=None, help="also CLIP score and CLIP diversity with this open_clip file")
+    p.add_argument("--out", default=None, help="results folder (default: the run)")
+    add_comparison_options(p, 400)
+    p.set_defaults(func=eval_hps)
+
+    p = sub.add_parser("eval-dpg", help="DPG-Bench (the paper's Table 1): not available offline, says why")
+    p.set_defaults(func=eval_dpg)

@@ -135,3 +135,17 @@ guidance is built in (distilled with alpha = {cfg.alpha:g}), so the call above s
 |---|---|
 {rows or '| (none recorded) | |'}
 """
+
+
+def cmd_export(args) -> None:
+    if not args.run:
+        raise UserError("no run to export: RUN=runs/<scale>/<arm>/<run-id> [OUT=<new folder>].")
+    out = export_student(args.run, args.out)
+    print(f"diffusers pipeline written: {out} (how to call it: {out / 'README.md'})")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="a run's student as a diffusers pipeline folder with its scheduler and a model card")
+    p.add_argument("--run", help="a text-to-image run folder")
+    p.add_argument("--out", default=None, help="a new folder (default: <run>/export)")
+    p.set_defaults(func=cmd_export)

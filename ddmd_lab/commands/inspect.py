@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ddmd_lab.commands.common import DEFAULT_ARM, add_run_options, config_from_args
 from ddmd_lab.errors import UserError
 from ddmd_lab.eval.spectra import raps
 from ddmd_lab.eval.term_spectra import term_spectra
@@ -33,3 +34,37 @@ def teacher_spectra(cfg, samples: int = 500) -> dict:
     folder = scale.teacher_dir(cfg)
     atomic_save_npz(folder / f"ca_spectra_alpha_{cfg.alpha:g}.npz", **spec, real=raps(real))
     return {"ca_centroid": spec["ca_centroid"], "bins": spec["bins"].tolist(), "saved_in": str(folder)}
+
+
+def cmd_spectra(args) -> None:
+    import json
+
+    if args.run:
+        print(json.dumps(run_spectra(args.run), indent=2))
+    else:
+        print(json.dumps(teacher_spectra(config_from_args(args, DEFAULT_ARM)), indent=2))
+
+
+def cmd_diagnose(args) -> None:
+    from ddmd_lab.commands.diagnose import diagnose_run, summary_lines
+
+    if not args.run:
+        raise UserError("no run to diagnose: make diagnose RUN=runs/<scale>/<arm>/<run-id> [SAMPLES=2048].")
+    path, replaced = diagnose_run(args.run, args.samples, args.seed, args.device)
+    print("\n".join(summary_lines(path)))
+    print(f"diagnostics written: {path}" + (" (replaced the previous diagnostics.json)" if replaced else ""))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("spectra", help="CA/DM spectra per tau (+ observer measure) of a run, or CA spectra of a teacher")
+    p.add_argument("--run", help="a finished image run folder; without it, the scale's teacher on real images")
+    add_run_options(p)
+    p.set_defaults(func=cmd_spectra)
+
+    p = sub.add_parser("diagnose", help="CA vs DM per tau bin (cosines, |CA|/|DM|, normalisers, tau histograms, "
+                       "shares of the update) of a finished run's final generator and fake: <run>/diagnostics.json")
+    p.add_argument("--run", help="a run folder with a checkpoint")
+    p.add_argument("--samples", type=int, default=2048, help="generator samples to measure (default 2048)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
+    p.set_defaults(func=cmd_diagnose)
