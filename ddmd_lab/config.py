@@ -13,14 +13,14 @@ from typing import Any
 
 import yaml
 
-from ddmd_lab.core.arms import Arm, resolve_arm
+from ddmd_lab.core.arms import REGISTRY, Arm
 from ddmd_lab.errors import UserError
 
 
 @dataclass
 class RunConfig:
     scale: str = "toy2d"
-    arm: Arm = field(default_factory=lambda: resolve_arm("decoupled_hybrid")[0])
+    arm: Arm = field(default_factory=lambda: REGISTRY["decoupled_hybrid"])
     seed: int = 0
     # -- length and cadence: one "step" = one critic update; the generator is
     # updated on every ttur-th step (DMD2's TTUR), so a run of S steps makes
@@ -216,3 +216,45 @@ def save_config(cfg: RunConfig, path: Path) -> None:
 
 def read_config(path: Path) -> RunConfig:
     return RunConfig.from_dict(yaml.safe_load(Path(path).read_text()), where=str(path))
+
+
+# -- arm variants: experiments/arms/<name>.yaml (a registry arm changed by its keys, plus run overrides)
+
+def arms_dir() -> Path:
+    return experiments_dir() / "arms"
+
+
+def known_arm_names(directory: Path | None = None) -> list[str]:
+    directory = directory or arms_dir()
+    variants = sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
+    return sorted(REGISTRY) + [v for v in variants if v not in REGISTRY]
+
+
+def resolve_arm(name: str, directory: Path | None = None) -> tuple[Arm, dict]:
+    """Return the arm and the run-config overrides it carries.
+
+    A registry name gives the arm itself; a file experiments/arms/<name>.yaml
+    gives ``base`` (a registry arm) changed by its ``arm`` keys, plus the
+    ``overrides`` it applies to the run config (e.g. student_steps: 1).
+    """
+    directory = directory or arms_dir()
+    if name in REGISTRY:
+        return REGISTRY[name], {}
+    path = directory / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"unknown arm {name!r}; known arms: {', '.join(known_arm_names(directory))}.")
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML ({exc.__class__.__name__}); fix the file.") from None
+    extra = set(spec) - {"base", "arm", "overrides", "description"}
+    if extra or "base" not in spec:
+        raise UserError(f"{path}: an arm variant needs 'base' and may have 'arm', 'overrides', 'description'; found {sorted(spec)}.")
+    base, _ = resolve_arm(spec["base"], directory)
+    changes = dict(spec.get("arm") or {})
+    changes.setdefault("description", spec.get("description", base.description))
+    try:
+        arm = base.with_overrides(name=name, **changes)
+    except TypeError as exc:
+        raise UserError(f"{path}: {exc}; arm keys are {[f.name for f in fields(Arm)]}.") from None
+    return arm, dict(spec.get("overrides") or {})

@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from ddmd_lab.core.arms import REGISTRY, Arm, known_arm_names, resolve_arm
+from ddmd_lab.config import known_arm_names, resolve_arm
+from ddmd_lab.core.arms import REGISTRY, Arm
 from ddmd_lab.config import RunConfig, load_config, parse_overrides, read_config, save_config
 from ddmd_lab.errors import UserError
 

@@ -9,6 +9,7 @@ import torch
 from ddmd_lab.config import RunConfig, load_config
 from ddmd_lab.planning.architectures import Facts, build_meta, count, denoiser_facts, family_specs
 from ddmd_lab.planning.memory_plan import GIB, Settings, components, memory_plan, peak_bytes, write_run_plan
+from ddmd_lab.training.run import plan_run
 
 from .tiny_models import tiny_zimage_transformer
 
@@ -164,7 +165,7 @@ def test_a_run_writes_the_plan_of_the_checkpoint_it_loaded(family, pipeline_fold
     teacher = load_teacher(cfg)
     run = tmp_path / "run"
     run.mkdir()
-    write_run_plan(cfg, run)
+    plan_run(cfg, run)
     plan = json.loads((run / "memory_plan.json").read_text())
     assert plan["architecture"] == "the run's checkpoint"
     assert plan["params"]["denoiser"] == count(teacher.denoiser())
@@ -173,10 +174,10 @@ def test_a_run_writes_the_plan_of_the_checkpoint_it_loaded(family, pipeline_fold
     assert held == 2 and plan["bytes"]["teacher"] == held * count(teacher.denoiser()) and plan["bytes"]["activations"] > 0
     assert plan["params"]["lora_adapter"] > 0 and "error" not in plan
     (run / "memory_plan.json").write_text("{}")
-    write_run_plan(cfg, run)  # once per run folder (ranks started later find it)
+    write_run_plan(cfg, run, load_model(cfg, training=True))  # once per run folder (ranks started later find it)
     assert (run / "memory_plan.json").read_text() == "{}"
     other = tmp_path / "toy"
     other.mkdir()
-    write_run_plan(load_config("toy2d", "decoupled_hybrid"), other)  # text-to-image scales only
+    plan_run(load_config("toy2d", "decoupled_hybrid"), other)  # text-to-image scales only
     assert not (other / "memory_plan.json").exists()
     assert GIB == 2 ** 30

@@ -135,7 +135,8 @@ def test_resume_with_another_number_of_ranks_is_refused():
     from ddmd_lab.backbones.toy import ToyFlowMLP
     from ddmd_lab.config import RunConfig
     from ddmd_lab.errors import UserError
-    from ddmd_lab.training.module import DistillModule, rng_state
+    from ddmd_lab.parallel.ranks import rng_state
+    from ddmd_lab.training.module import DistillModule
 
     module = DistillModule(ToyFlowMLP(num_classes=3, hidden=8, depth=1), RunConfig(arm=REGISTRY["coupled"], wandb="disabled"))
     with pytest.raises(UserError, match="2 ranks.*this run has 1"):

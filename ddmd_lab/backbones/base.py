@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ddmd_lab.errors import UserError
+
 
 class Backbone(nn.Module):
     """A denoiser: predicts x0 from (x_t, t, condition).
@@ -28,8 +30,6 @@ class Backbone(nn.Module):
 
     def denoiser(self) -> nn.Module:
         if not self.denoiser_attr:
-            from ddmd_lab.errors import UserError
-
             raise UserError(f"{type(self).__name__} wraps no diffusers network; LoRA needs one (set lora.rank=0).")
         return getattr(self, self.denoiser_attr)
 

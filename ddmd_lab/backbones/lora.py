@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ddmd_lab.errors import UserError
+from collections import Counter
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # diffusers' attention projections (UNets and DiTs)
 
@@ -129,7 +130,7 @@ class LoraPlan:
 def shared_base_views(backbone: nn.Module, plan: LoraPlan, adapters: tuple[str, ...]) -> dict[str, AdapterView]:
     """Add one LoRA adapter per name to the backbone's diffusers network (frozen base) and
     return a view per adapter plus ``teacher`` (adapters off)."""
-    from peft import LoraConfig
+    from peft import LoraConfig  # deferred: peft pulls in transformers; only LoRA paths need it
 
     net = backbone.denoiser()
     check_targets(net, plan.targets)
@@ -152,8 +153,6 @@ def check_targets(net: nn.Module, targets) -> None:
     names = [n for n, _ in net.named_modules() if n]
     unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if unmatched:
-        from collections import Counter
-
         counts = Counter(n.rsplit(".", 1)[-1] for n, m in net.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
         leaves = [name for name, _ in counts.most_common() if not name.isdigit()]
         raise UserError(f"lora.targets {unmatched} match no module of {type(net).__name__} (its linear / conv layers "

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ddmd_lab.core.flow import expand_like, x0_from_velocity
 from ddmd_lab.backbones.base import Backbone
+from ddmd_lab.backbones.text_to_image import TextToImage, TextWindow, latent_shape
 from ddmd_lab.backbones.feature_tap import grid_size, run_until, token_maps
 
 
@@ -107,8 +108,6 @@ def from_pipeline(pipe, resolution: int, system_prompt: str | None = None, max_l
     """A loaded Lumina2Pipeline as a TextToImage teacher; prompts go through the pipeline's own
     encode_prompt (its system prompt unless one is given), the null condition is its negative
     prompt's encoding, or ``null`` (from an embedding cache: the text encoder is then never called)."""
-    from ddmd_lab.backbones.text_to_image import TextToImage, TextWindow, latent_shape
-
     def encode_pair(prompts: list[str], cfg: bool):
         device = next(pipe.text_encoder.parameters()).device
         return pipe.encode_prompt(prompts, do_classifier_free_guidance=cfg, device=device,

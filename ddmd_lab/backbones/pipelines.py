@@ -46,7 +46,7 @@ def resolve_source(source: str) -> Path:
             raise UserError(f"{path} is not a diffusers pipeline folder (no model_index.json); point teacher.source "
                             "at the folder that holds it, e.g. one made by `huggingface-cli download <id> --local-dir <folder>`.")
         return path
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # deferred: only a hub id needs it
 
     try:
         return Path(snapshot_download(source, local_files_only=hub_offline()))
@@ -106,7 +106,7 @@ def resolution_step(folder: Path, family: str) -> tuple[int, int]:
 def meta_denoiser(folder: Path, family: str):
     """The checkpoint's denoiser built from its config on the meta device (its module names and
     shapes; no memory, no weights read): seconds even at full size."""
-    import diffusers
+    import diffusers  # deferred: diffusers takes seconds to import; only the real-model paths need it
 
     library, class_name = json.loads((Path(folder) / "model_index.json").read_text())[DENOISERS[family]][:2]
     cls = getattr(diffusers, class_name)
@@ -125,7 +125,7 @@ def load_pipeline(source: str, family: str, dtype: str = "float32", text_encoder
         raise UserError(f"teacher.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
     folder = pipeline_folder(source, family)
     expected = PIPELINE_CLASSES[family]
-    import diffusers
+    import diffusers  # deferred: diffusers takes seconds to import; only the real-model paths need it
 
     try:
         meta = {} if text_encoders else _meta_text_encoders(folder, DTYPES[dtype])
@@ -139,7 +139,7 @@ def load_pipeline(source: str, family: str, dtype: str = "float32", text_encoder
 
 def _meta_text_encoders(folder: Path, dtype: torch.dtype) -> dict:
     """The pipeline's text encoders as weightless modules on the meta device (their configs kept)."""
-    import transformers
+    import transformers  # deferred: transformers takes seconds to import; only the real-model paths need it
 
     index = json.loads((folder / "model_index.json").read_text())
     encoders = {}

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ddmd_lab.core.flow import alpha_bar_from_t, ddpm_timestep_from_t, expand_like, t_from_ddpm_timestep, vp_scale, x0_from_ddpm_eps
 from ddmd_lab.backbones.base import Backbone
+from ddmd_lab.backbones.text_to_image import TextToImage, TextWindow, latent_shape
 from ddmd_lab.backbones.feature_tap import grid_size, pooled, run_until
 
 
@@ -119,8 +120,6 @@ def from_pipeline(pipe, resolution: int, null: SDXLCondition | None = None):
     second), the null condition is its negative for an empty prompt (zeros when the
     checkpoint sets force_zeros_for_empty_prompt, as SDXL base does), or ``null`` (from an embedding
     cache: the text encoders are then never called)."""
-    from ddmd_lab.backbones.text_to_image import TextToImage, TextWindow, latent_shape
-
     ids = time_ids(resolution)
 
     def encode_all(prompts: list[str], cfg: bool):

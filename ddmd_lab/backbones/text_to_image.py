@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ddmd_lab.errors import UserError
 from ddmd_lab.backbones.base import Backbone
+from ddmd_lab.backbones.pipeline_sampling import PipelineCFG, pipeline_teacher_sample
 
 
 @dataclass
@@ -49,8 +50,6 @@ class TextToImage:
     def teacher_sample(self, noise: Tensor, cond: Any, alpha: float, steps: int) -> Tensor:
         """The teacher's latents as the family's pipeline samples them by default (its scheduler's
         grid and CFG options), with ``steps`` network evaluations per condition."""
-        from ddmd_lab.backbones.pipeline_sampling import PipelineCFG, pipeline_teacher_sample
-
         guidance = self.guidance or PipelineCFG.pipeline_default(self.family)
         return pipeline_teacher_sample(self.family, self.backbone, self.pipeline.scheduler, guidance, noise, cond,
                                        alpha, steps)

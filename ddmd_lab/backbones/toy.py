@@ -14,7 +14,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ddmd_lab.data.toy2d import ToyMixture
 from ddmd_lab.core.flow import x0_from_velocity
 from ddmd_lab.backbones.base import Backbone
 
@@ -73,7 +72,7 @@ class ExactToyDenoiser(ToyBackbone):
     unconditional for the null label (toy2d's ``teacher.kind=exact``).  It has no weights, so
     the networks a run trains start from elsewhere (DistillModule's ``init``)."""
 
-    def __init__(self, mixture: ToyMixture):
+    def __init__(self, mixture):  # data.toy2d.ToyMixture (data/ sits above backbones/: duck-typed here)
         super().__init__()
         self.mixture, self.num_classes = mixture, mixture.num_classes
         self.sample_shape = (2,)

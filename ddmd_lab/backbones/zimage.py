@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ddmd_lab.core.flow import expand_like, x0_from_velocity
 from ddmd_lab.backbones.base import Backbone
+from ddmd_lab.backbones.text_to_image import TextToImage, TextWindow, latent_shape
 from ddmd_lab.backbones.feature_tap import grid_size, run_until, token_maps
 
 
@@ -123,8 +124,6 @@ def from_pipeline(pipe, resolution: int, system_prompt: str | None = None, think
     """A loaded ZImagePipeline as a TextToImage teacher.  The null condition is the empty
     prompt through the same template (the pipeline's default negative prompt is ""), or
     ``null`` (one row, from an embedding cache: the text encoder is then never called)."""
-    from ddmd_lab.backbones.text_to_image import TextToImage, TextWindow, latent_shape
-
     def encode(prompts: list[str]) -> Captions:
         feats = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts, max_length, system_prompt, thinking)
         return Captions([f.float().cpu() for f in feats])

@@ -2,14 +2,11 @@
 
 An arm says which terms of the objective are on, where each looks (its tau
 rule), whether the two share one draw, and how updates are normalised.  A new
-arm is a new registry entry or a YAML file in experiments/arms/, never new code.
+arm is a new registry entry or a YAML file in experiments/arms/ (read by config.py), never new code.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
-
-import yaml
 
 from ddmd_lab.errors import UserError
 from ddmd_lab.core.tau import TauRule
@@ -111,43 +108,3 @@ REGISTRY: dict[str, Arm] = {
             tau_ca=ABOVE_T, tau_dm=FULL, gan_weight=5e-3, gan_disc_weight=1e-2),
     ]
 }
-
-
-def arms_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "experiments" / "arms"
-
-
-def known_arm_names(directory: Path | None = None) -> list[str]:
-    directory = directory or arms_dir()
-    variants = sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
-    return sorted(REGISTRY) + [v for v in variants if v not in REGISTRY]
-
-
-def resolve_arm(name: str, directory: Path | None = None) -> tuple[Arm, dict]:
-    """Return the arm and the run-config overrides it carries.
-
-    A registry name gives the arm itself; a file experiments/arms/<name>.yaml
-    gives ``base`` (a registry arm) changed by its ``arm`` keys, plus the
-    ``overrides`` it applies to the run config (e.g. student_steps: 1).
-    """
-    directory = directory or arms_dir()
-    if name in REGISTRY:
-        return REGISTRY[name], {}
-    path = directory / f"{name}.yaml"
-    if not path.is_file():
-        raise UserError(f"unknown arm {name!r}; known arms: {', '.join(known_arm_names(directory))}.")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML ({exc.__class__.__name__}); fix the file.") from None
-    extra = set(spec) - {"base", "arm", "overrides", "description"}
-    if extra or "base" not in spec:
-        raise UserError(f"{path}: an arm variant needs 'base' and may have 'arm', 'overrides', 'description'; found {sorted(spec)}.")
-    base, _ = resolve_arm(spec["base"], directory)
-    changes = dict(spec.get("arm") or {})
-    changes.setdefault("description", spec.get("description", base.description))
-    try:
-        arm = base.with_overrides(name=name, **changes)
-    except TypeError as exc:
-        raise UserError(f"{path}: {exc}; arm keys are {[f.name for f in fields(Arm)]}.") from None
-    return arm, dict(spec.get("overrides") or {})

@@ -21,6 +21,8 @@ from pathlib import Path
 from torch import Tensor
 
 from ddmd_lab.errors import UserError
+from ddmd_lab.scales.base import TEXT_TO_IMAGE
+from ddmd_lab.scales.images import cached_image_set
 
 IMAGE_DATASETS = ("fashion", "mnist")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -51,8 +53,6 @@ class CaptionFolder:
 def parse_data(data: str, scale: str, run_root: str | None = None):
     """The concept DATA names for a student of ``scale`` (image scales: its own data root for
     its own dataset)."""
-    from ddmd_lab.scales.base import TEXT_TO_IMAGE
-
     if not data or not str(data).strip():
         raise UserError("no DATA: name what to learn, e.g. DATA=mnist:7 (image scales) or DATA=<folder of images "
                         "with captions> (zimage).")
@@ -65,8 +65,6 @@ def parse_data(data: str, scale: str, run_root: str | None = None):
 
 
 def image_concept(data: str, scale: str, run_root: str | None = None) -> ImageConcept:
-    from ddmd_lab.scales.images import _image_set
-
     name, sep, which = data.partition(":")
     name = name.strip().lower()
     if not sep or name not in IMAGE_DATASETS or not which.strip():
@@ -74,7 +72,7 @@ def image_concept(data: str, scale: str, run_root: str | None = None) -> ImageCo
                         f"<dataset>:<class> with dataset one of {', '.join(IMAGE_DATASETS)}, e.g. DATA=mnist:7 or "
                         "DATA=fashion:Sneaker.")
     root = run_root if name == scale else None
-    train, test = _image_set(name, root, "train"), _image_set(name, root, "test")
+    train, test = cached_image_set(name, root, "train"), cached_image_set(name, root, "test")
     which = which.strip()
     names = [c.lower() for c in train.class_names]
     if which.isdigit() and int(which) < train.num_classes:

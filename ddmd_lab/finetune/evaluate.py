@@ -27,8 +27,13 @@ from ddmd_lab.eval.stats import output_stats
 from ddmd_lab.core.guidance import alpha_from_offset
 from ddmd_lab.core.rollout import Guided, sample_student
 from ddmd_lab.finetune.student import Student
+from ddmd_lab.scales import images as scale
+from ddmd_lab.core.rollout import teacher_cfg_sample
+from ddmd_lab.scales.text2image import data_settings
+from ddmd_lab.util.devices import to_device
+from ddmd_lab.training.networks import train_classifier
 
-EVAL_SEED = 4321
+FINETUNE_NOISE_SEED = 4321  # its own noise, apart from the distillation evaluation's (scales.base.EVAL_SEED)
 TEXT_EVAL_CAP = 64  # real-model decoding is expensive; a grid needs no more
 
 
@@ -53,7 +58,7 @@ class Evaluator:
         s, device = self.student, self.student.device
         model = s.backbone if guidance == 0 else Guided(s.backbone, alpha_from_offset(guidance))
         times = s.times(steps).to(device)
-        gen = torch.Generator().manual_seed(EVAL_SEED + 2)  # a renoise student's fresh noise, the same every time
+        gen = torch.Generator().manual_seed(FINETUNE_NOISE_SEED + 2)  # a renoise student's fresh noise, the same every time
         out = []
         with self._autocast(device):
             for i in range(0, len(noise), self.batch):
@@ -87,24 +92,24 @@ class ImageEvaluator(Evaluator):
     """fashion / mnist: classes as conditions, the scales' classifiers as judges."""
 
     def __init__(self, student: Student, concept, ft):
-        from ddmd_lab.scales import images as scale
-
         super().__init__(student, concept, ft)
         cfg = student.cfg
         self.k = student.new_label  # the old classes are 0..k-1
         shape = scale.image_set(cfg, "train").images.shape[1:]
-        gen = torch.Generator().manual_seed(EVAL_SEED)
+        gen = torch.Generator().manual_seed(FINETUNE_NOISE_SEED)
         self.old_noise = torch.randn(ft.eval_samples, *shape, generator=gen)
         self.new_noise = torch.randn(ft.eval_new, *shape, generator=gen)
         self.old_cond = torch.arange(ft.eval_samples) % self.k
         self.new_cond = torch.full((ft.eval_new,), self.k, dtype=torch.long)
         real = scale.real_eval_images(cfg)
+        train_classifier(cfg)  # cached after the run; trained here only where it was deleted
         self.old_judge = scale.ClassifierMetrics(scale.classifier(cfg), real)
         self.real_spectrum = raps(real)
         # the concept's dataset's classifier, trained (once, cached) with the run's evaluation settings; its data root
         # is the run's only for the run's own dataset
         source = cfg if concept.source == cfg.scale else replace(
             cfg, scale=concept.source, data={k: v for k, v in cfg.data.items() if k != "root"})
+        train_classifier(source)
         self.new_judge = scale.ClassifierMetrics(scale.classifier(source), concept.test)
         self.new_spectrum = raps(concept.test)
 
@@ -123,8 +128,6 @@ class ImageEvaluator(Evaluator):
         """The scale's teacher on the old classes' noise and labels, a ``ode_steps``-step CFG ODE at
         ``guidance`` (offset form): the reference a student's reaction to sampling guidance is
         compared with (the teacher never learns the new concept, so only the old classes)."""
-        from ddmd_lab.core.rollout import teacher_cfg_sample
-
         alpha, device = alpha_from_offset(guidance), self.student.device
         teacher = teacher.eval().to(device)
         samples = torch.cat([teacher_cfg_sample(teacher, self.old_noise[i:i + self.batch].to(device),
@@ -145,8 +148,6 @@ class TextEvaluator(Evaluator):
     batch = 4
 
     def __init__(self, student: Student, concept, ft, real_images: Tensor):
-        from ddmd_lab.scales.text2image import data_settings
-
         super().__init__(student, concept, ft)
         model = student.model
         old = list(data_settings(student.cfg)["eval_prompts"])
@@ -155,15 +156,13 @@ class TextEvaluator(Evaluator):
         with torch.no_grad():
             self.old_cond = model.backbone.condition_rows(model.encode(self.old_prompts))
             self.new_cond = model.backbone.condition_rows(model.encode(self.new_prompts))
-        gen = torch.Generator().manual_seed(EVAL_SEED)
+        gen = torch.Generator().manual_seed(FINETUNE_NOISE_SEED)
         shape = model.backbone.sample_shape
         self.old_noise = torch.randn(len(self.old_prompts), *shape, generator=gen)
         self.new_noise = torch.randn(len(self.new_prompts), *shape, generator=gen)
         self.new_spectrum = raps(real_images)
 
     def cond_slice(self, cond, i: int, j: int):
-        from ddmd_lab.util.devices import to_device
-
         return to_device(self.student.backbone.cat_conditions(cond[i:j]), self.student.device)
 
     def to_images(self, latents: Tensor) -> Tensor:

@@ -22,6 +22,12 @@ from ddmd_lab.config import RunConfig, read_config
 from ddmd_lab.errors import UserError
 from ddmd_lab.core.rollout import times_for_model
 from ddmd_lab.finetune.config import FinetuneConfig
+from ddmd_lab.training.restore import default_device, run_checkpoint
+from ddmd_lab.util.io import safe_torch_load
+from ddmd_lab.training.module import DistillModule
+from ddmd_lab.training.networks import load_networks
+from ddmd_lab.training import restore
+from ddmd_lab.backbones.lora import DEFAULT_TARGETS, AdapterView, check_targets
 
 ADAPTER = "finetune"
 FAMILIES = ("fashion", "mnist", "zimage", "lumina2")  # flow-matching students (objective.py)
@@ -85,7 +91,7 @@ class Student:
     @contextlib.contextmanager
     def adapter_off(self):
         """The student as the run left it (the adapter's layers bypassed; the new label row stays)."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.tuners.tuners_utils import BaseTunerLayer  # deferred: peft pulls in transformers; only LoRA paths need it
 
         layers = [m for m in self.backbone.denoiser().modules() if isinstance(m, BaseTunerLayer)]
         for layer in layers:
@@ -101,8 +107,6 @@ class Student:
 
 def load_student(run_dir: Path, ft: FinetuneConfig, device: str | None = None) -> Student:
     """The run's student, frozen, with the new adapter (B = 0: it computes the student exactly)."""
-    from ddmd_lab.training.restore import default_device, run_checkpoint
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"RUN={run_dir} is not a run folder (no config.yaml); pass a distillation run, "
@@ -126,10 +130,6 @@ def load_student(run_dir: Path, ft: FinetuneConfig, device: str | None = None) -
 
 
 def _image_student(cfg: RunConfig, ckpt: Path):
-    from ddmd_lab.util.io import safe_torch_load
-    from ddmd_lab.training.module import DistillModule
-    from ddmd_lab.training.networks import load_networks
-
     checkpoint = safe_torch_load(ckpt, "fine-tune from a checkpoint ddmd_lab wrote (the run's checkpoints/final.ckpt)",
                                  "checkpoint", mmap=True)  # first: a refused checkpoint loads no teacher
     teacher, init = load_networks(cfg)
@@ -141,10 +141,7 @@ def _image_student(cfg: RunConfig, ckpt: Path):
 
 
 def _text_student(cfg: RunConfig, ckpt: Path):
-    from ddmd_lab.training.restore import load_student
-    from ddmd_lab.backbones.lora import AdapterView
-
-    model, student = load_student(cfg, ckpt)
+    model, student = restore.load_student(cfg, ckpt)
     if isinstance(student, AdapterView):
         _merged(model.backbone)
     return model.backbone.eval(), model
@@ -164,15 +161,11 @@ def default_targets(scale: str) -> tuple[str, ...]:
     ("LoCon", as kohya / LyCORIS LoRAs of SDXL's UNet), because their UNet has attention only at its 4 x 4
     bottleneck: measured on a fashion student learning mnist:7 (rank 8, lr 1e-3, 300 steps), attention alone
     reached adherence 0.12 to the new class, attention + convolutions 0.98 within 150 steps."""
-    from ddmd_lab.backbones.lora import DEFAULT_TARGETS
-
     return DEFAULT_TARGETS + (("conv1", "conv2") if scale in ("fashion", "mnist") else ())
 
 
 def _add_adapter(student: Student, ft: FinetuneConfig) -> None:
-    from peft import LoraConfig, inject_adapter_in_model
-
-    from ddmd_lab.backbones.lora import check_targets
+    from peft import LoraConfig, inject_adapter_in_model  # deferred: peft pulls in transformers; only LoRA paths need it
 
     backbone = student.backbone
     net = backbone.denoiser()

@@ -38,6 +38,13 @@ from ddmd_lab.finetune.data import CaptionFolder, ImageConcept, parse_data
 from ddmd_lab.finetune.evaluate import ImageEvaluator, TextEvaluator, grid_settings, write_grid
 from ddmd_lab.finetune.objective import denoising_loss, draw_student_times
 from ddmd_lab.finetune.student import ADAPTER, Student, load_student
+from ddmd_lab.data.real_latents import encode_latents, read_image
+from ddmd_lab.eval.protocols.coco import uint8_to_signed
+from ddmd_lab.scales.text2image import teacher_settings
+import numpy as np
+from ddmd_lab.util.devices import to_device
+from ddmd_lab.config import read_config
+from ddmd_lab.training.restore import run_checkpoint
 
 
 class ImageData:
@@ -58,12 +65,6 @@ class TextData:
     conditions, both computed once."""
 
     def __init__(self, student: Student, concept: CaptionFolder, encode_batch: int = 4):
-        from ddmd_lab.data.real_latents import encode_latents, read_image
-        from ddmd_lab.eval.protocols.coco import uint8_to_signed
-        from ddmd_lab.scales.text2image import teacher_settings
-
-        import numpy as np
-
         model, resolution = student.model, teacher_settings(student.cfg)["resolution"]
         pixels = [read_image(f, resolution) for f in concept.files]
         bad = [f for f, p in zip(concept.files, pixels) if p is None]
@@ -85,8 +86,6 @@ class TextData:
         return len(self.latents)
 
     def batch(self, idx: torch.Tensor, device):
-        from ddmd_lab.util.devices import to_device
-
         cond = self.backbone.cat_conditions([self.rows[int(i)] for i in idx])
         return self.latents[idx].to(device), to_device(cond, device)
 
@@ -155,9 +154,6 @@ def _fingerprint(student: Student) -> str:
 
 def finetune(run: str, data: str, overrides: dict | None = None, log=print) -> Path:
     """Fine-tune RUN's student on DATA; returns the new run folder."""
-    from ddmd_lab.config import read_config
-    from ddmd_lab.training.restore import run_checkpoint
-
     ft = FinetuneConfig.from_overrides(overrides or {})
     if not run:
         raise UserError("no run to fine-tune: make finetune RUN=runs/<scale>/<arm>/<run-id> DATA=<concept>.")
@@ -232,7 +228,7 @@ def _curve_point(ev, out: Path, step: int) -> dict:
 
 
 def _save_adapter(student: Student, path: Path) -> None:
-    from peft.utils import get_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict  # deferred: peft pulls in transformers; only LoRA paths need it
 
     net = student.backbone.denoiser()
     state = {"lora": {k: v.detach().cpu() for k, v in get_peft_model_state_dict(net, adapter_name=ADAPTER).items()}}

@@ -13,7 +13,7 @@ find_unused_parameters to get through a backward that leaves a model out.  Here 
     with the backward (DDP's buckets overlap); for full fine-tuning at scale, use fsdp.
 ``fsdp`` (PerBlockFSDP): the teacher, the generator and the fake model are each their own FSDP root,
     and inside each every repeated block of the family is its own unit (the class names of
-    architectures.CHECKPOINTED: Z-Image / Lumina2 transformer blocks, SDXL's ResnetBlock2D and
+    backbones/blocks.CHECKPOINTED: Z-Image / Lumina2 transformer blocks, SDXL's ResnetBlock2D and
     BasicTransformerBlock, which are also the CPU image UNet's blocks), so a forward gathers one
     block at a time and each backward reduce-scatters only the models it went through (the idle
     model is frozen during the other's update: DistillModule._frozen).  ``fsdp_teacher: replicate``
@@ -40,10 +40,10 @@ from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from ddmd_lab.errors import UserError
-from ddmd_lab.planning.architectures import CHECKPOINTED
-from ddmd_lab.planning.memory_plan import DDP_BUCKET_BYTES
+from ddmd_lab.backbones.blocks import CHECKPOINTED
+from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, OptimStateKeyType, StateDictType
 
-BUCKET_BYTES = DDP_BUCKET_BYTES  # DDP's default bucket_cap_mb (25); the memory plan counts one such bucket
+BUCKET_BYTES = 25 * 2 ** 20  # DDP's default bucket_cap_mb (25): gradients are all-reduced in flattened buckets this big; the memory plan counts one
 BLOCKS = frozenset(name for classes, _ in CHECKPOINTED.values() for name in classes)
 MODELS = ("teacher", "generator", "fake")
 
@@ -251,8 +251,7 @@ class PerBlockFSDP(FSDPStrategy):
         offloading on a CPU device: torch gathers every state of a parameter into one reused buffer
         and offloads with ``.cpu()``, which copies nothing on a CPU, so each state would alias the
         last (exp_avg saved as exp_avg_sq); without offloading it clones."""
-        from pytorch_lightning.core.optimizer import LightningOptimizer
-        from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, OptimStateKeyType, StateDictType
+        from pytorch_lightning.core.optimizer import LightningOptimizer  # deferred: Lightning takes ~10 s to import
 
         if isinstance(optimizer, LightningOptimizer):
             optimizer = optimizer._optimizer
@@ -270,7 +269,7 @@ class PerBlockFSDP(FSDPStrategy):
     def lightning_module_state_dict(self) -> dict:
         """Lightning's full state dict (rank 0), except a sharded frozen teacher, which checkpoints
         leave out anyway (DistillModule.on_save_checkpoint): it is not gathered to be dropped."""
-        from lightning_fabric.strategies.fsdp import _get_full_state_dict_context
+        from lightning_fabric.strategies.fsdp import _get_full_state_dict_context  # deferred: Lightning takes ~10 s to import
 
         model = self.model
         skip = {"teacher"} if isinstance(getattr(model, "teacher", None), ShardedBackbone) else set()

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from ddmd_lab.backbones.blocks import CHECKPOINTED
 from ddmd_lab.errors import UserError
+from ddmd_lab.config import experiments_dir
+import logging
+import torch
+from torch import nn
+import torch.nn.functional as F
 
-# Blocks diffusers' enable_gradient_checkpointing() recomputes (class names; a name prefix where
-# only some instances are): SDXL checkpoints its resnets and transformer blocks, Z-Image its
-# refiners and main layers, Lumina2 only its main layers (the refiners keep their activations).
-CHECKPOINTED = {"sdxl": (("ResnetBlock2D", "BasicTransformerBlock"), ""),
-                "zimage": (("ZImageTransformerBlock",), ""),
-                "lumina2": (("Lumina2TransformerBlock",), "layers.")}
 DENOISER = {"sdxl": "unet", "zimage": "transformer", "lumina2": "transformer"}
 
 
@@ -59,8 +59,6 @@ class Facts:
 
 
 def architectures_dir() -> Path:
-    from ddmd_lab.config import experiments_dir
-
     return experiments_dir() / "architectures"
 
 
@@ -90,8 +88,6 @@ def model_specs(model) -> dict:
 
 @contextmanager
 def _quiet():
-    import logging
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loggers = [logging.getLogger(n) for n in ("diffusers", "transformers")]
@@ -107,16 +103,14 @@ def _quiet():
 
 def build_meta(spec: dict, dtype: str = "float32"):
     """The spec's class at full size on the meta device (no memory, no weights)."""
-    import torch
-
     kwargs = {k: v for k, v in spec.items() if not k.startswith("_")}
     with _quiet(), torch.device("meta"):
         if spec["_library"] == "diffusers":
-            import diffusers
+            import diffusers  # deferred: diffusers takes seconds to import; only the real-model paths need it
 
             net = getattr(diffusers, spec["_class_name"])(**kwargs)
         else:
-            import transformers
+            import transformers  # deferred: transformers takes seconds to import; only the real-model paths need it
 
             cls = getattr(transformers, spec["_class_name"])
             net = cls(cls.config_class.from_dict(kwargs))
@@ -136,8 +130,6 @@ def matches(name: str, targets) -> bool:
 
 def adapter_params(net, rank: int, targets) -> int:
     """One LoRA adapter's parameters: A (rank x in) and B (out x rank) per targeted layer."""
-    from torch import nn
-
     total = 0
     for name, m in net.named_modules():
         if not matches(name, targets):
@@ -168,9 +160,6 @@ def denoiser_facts(net, family: str, lora_rank: int = 0, targets=()) -> Facts:
 def _flash_like_attention():
     """F.scaled_dot_product_attention that keeps what flash / memory-efficient attention keeps
     for backward on a GPU (q, k, v, output, logsumexp), not the attention matrix."""
-    import torch
-    import torch.nn.functional as F
-
     class FlashLike(torch.autograd.Function):
         @staticmethod
         def forward(ctx, q, k, v):
@@ -196,8 +185,6 @@ def _flash_like_attention():
 
 def _meta_forward(net, family: str, batch: int, side: int, tokens: int, dtype):
     """One forward of the denoiser on meta inputs shaped as the backbones call it."""
-    import torch
-
     def empty(*shape, dt=dtype):
         return torch.empty(*shape, device="meta", dtype=dt)
 
@@ -239,8 +226,6 @@ def _storage(t) -> tuple[int, int]:
 def measure_saved(net, family: str, batch: int, side: int, tokens: int, dtype) -> tuple[int, int, int, int]:
     """(outside, boundaries, largest block, all blocks): bytes autograd saves in one forward,
     split by diffusers' checkpointed blocks (storages counted once; weights excluded)."""
-    import torch
-
     exclude = {_storage(p)[0] for p in net.parameters()} | {_storage(b)[0] for b in net.buffers()}
     saved: dict[int, tuple[int, str | None]] = {}
     boundary: dict[int, int] = {}
@@ -286,8 +271,6 @@ def measure_saved(net, family: str, batch: int, side: int, tokens: int, dtype) -
 
 def vae_decode_elements(vae, side: int) -> int:
     """Elements of the VAE decoder's largest activation for one image (module outputs, meta device)."""
-    import torch
-
     largest = [0]
 
     def hook(module, args, out):
@@ -317,8 +300,6 @@ def architecture_facts(family: str, resolution: int, text_tokens: int, precision
 @lru_cache(maxsize=16)
 def _facts(specs_json: str, family: str, resolution: int, text_tokens: int, precision: str, lora_rank: int,
            targets: tuple) -> Facts:
-    import torch
-
     specs = json.loads(specs_json)
     vae = build_meta(specs["vae"])
     side = resolution // 2 ** (len(vae.config.block_out_channels) - 1)
@@ -326,7 +307,7 @@ def _facts(specs_json: str, family: str, resolution: int, text_tokens: int, prec
     net = build_meta(specs["denoiser"], compute)
     facts = denoiser_facts(net, family, lora_rank, targets)
     if lora_rank:  # the real adapter on the meta net: the frozen base saves less (no weight gradients)
-        from peft import LoraConfig
+        from peft import LoraConfig  # deferred: peft pulls in transformers; only LoRA paths need it
 
         with _quiet():
             net.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=list(targets)), adapter_name="generator")

@@ -33,15 +33,21 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ddmd_lab.planning.architectures import CHECKPOINTED, Activations, Facts, architecture_facts, compute_bytes, family_specs, model_specs
+from ddmd_lab.backbones.blocks import CHECKPOINTED
+from ddmd_lab.parallel.strategies import BUCKET_BYTES as DDP_BUCKET_BYTES
+from ddmd_lab.planning.architectures import Activations, Facts, architecture_facts, compute_bytes, family_specs, model_specs
 from ddmd_lab.errors import UserError
+from ddmd_lab.config import scale_settings
+from ddmd_lab.scales.text2image import TEACHER_DEFAULTS, data_settings
+from ddmd_lab.backbones.lora import DEFAULT_TARGETS
+from ddmd_lab.util.io import atomic_write_text
+import torch
 
 GIB = 2 ** 30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 DEFAULT_GPU_GIB = 80.0  # A100 / H100 80 GB (80 GiB); an H200's 141 GB is ~140 GiB
 DEFAULT_MARGIN = 0.10  # kept free: CUDA context, cuBLAS/NCCL workspaces, allocator fragmentation
 PLAN_FILE = "memory_plan.json"
-DDP_BUCKET_BYTES = 25 * 2 ** 20  # sharding.BUCKET_BYTES: gradients are all-reduced in flattened buckets this big
 
 DEFAULT_TEXT_TOKENS = {"zimage": 512, "lumina2": 256}  # the adapters' max_length (SDXL: CLIP's 77)
 
@@ -185,9 +191,6 @@ def teacher_queries(arm) -> int:
 
 def settings_from_config(cfg, gpu_gib: float | None = None, fsdp_teacher: str | None = None,
                          margin: float = DEFAULT_MARGIN) -> tuple[Settings, dict]:
-    from ddmd_lab.config import scale_settings
-    from ddmd_lab.scales.text2image import TEACHER_DEFAULTS, data_settings
-
     t, d = scale_settings(cfg.teacher, TEACHER_DEFAULTS, "teacher"), data_settings(cfg)  # no checkpoint needed
     for key in ("dtype", "text_dtype"):
         if t[key] is not None and t[key] not in DTYPE_BYTES:
@@ -209,8 +212,6 @@ def memory_plan(cfg, gpu_gib: float | None = None, fsdp_teacher: str | None = No
                 margin: float = DEFAULT_MARGIN, model=None) -> dict:
     """The plan of a text-to-image run's config, as a JSON-ready dict: for the family's full-size
     architecture, or for ``model`` (a loaded TextToImage teacher: what a run holds)."""
-    from ddmd_lab.backbones.lora import DEFAULT_TARGETS
-
     s, t = settings_from_config(cfg, gpu_gib, fsdp_teacher, margin)
     family = model.family if model is not None else t["family"]
     if family not in CHECKPOINTED:
@@ -293,8 +294,6 @@ def format_table(plan: dict) -> str:
 
 def write_plan(plan: dict, path: Path) -> bool:
     """Write the plan (atomically); True when it replaced an earlier plan (a derived file)."""
-    from ddmd_lab.util.io import atomic_write_text
-
     path = Path(path)
     existed = path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -302,21 +301,16 @@ def write_plan(plan: dict, path: Path) -> bool:
     return existed
 
 
-def write_run_plan(cfg, run_dir: Path) -> None:
-    """The run folder's memory_plan.json (text-to-image scales; once per run folder).  Against the
-    GPU's own memory when there is one.  A plan that cannot be made never stops the run."""
-    from ddmd_lab.scales.base import TEXT_TO_IMAGE
-
+def write_run_plan(cfg, run_dir: Path, model) -> None:
+    """The run folder's memory_plan.json for ``model`` (the text-to-image teacher the run loaded; once per
+    run folder).  Against the GPU's own memory when there is one.  A plan that cannot be made never stops
+    the run."""
     path = Path(run_dir) / PLAN_FILE
-    if cfg.scale not in TEXT_TO_IMAGE or path.exists():
+    if path.exists():
         return
     try:
-        import torch
-
         gib = torch.cuda.get_device_properties(0).total_memory / GIB if torch.cuda.is_available() else None
-        from ddmd_lab.scales.text2image import load_model
-
-        plan = memory_plan(cfg, gpu_gib=gib, model=load_model(cfg, training=True))  # the teacher the run just loaded
+        plan = memory_plan(cfg, gpu_gib=gib, model=model)
         if not plan["fits"]:
             warnings.warn(f"memory plan: {plan['peak_gib']} GiB per GPU against {plan['usable_gib']} usable; "
                           f"see {path} (make plan SCALE={cfg.scale}).", stacklevel=2)

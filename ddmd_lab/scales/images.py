@@ -52,12 +52,13 @@ def data_settings(cfg: RunConfig) -> dict:
 
 
 @functools.lru_cache(maxsize=4)
-def _image_set(name: str, root: str | None, split: str) -> ImageSet:
+def cached_image_set(name: str, root: str | None, split: str) -> ImageSet:
+    """A dataset split, read once per process (the fine-tune reads a scale's data by name, too)."""
     return load_image_set(name, root, split)
 
 
 def image_set(cfg: RunConfig, split: str = "train") -> ImageSet:
-    return _image_set(cfg.scale, data_settings(cfg)["root"], split)
+    return cached_image_set(cfg.scale, data_settings(cfg)["root"], split)
 
 
 def teacher_dir(cfg: RunConfig) -> Path:

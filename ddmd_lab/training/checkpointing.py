@@ -22,6 +22,7 @@ import pytorch_lightning as pl
 import torch
 
 from ddmd_lab.errors import UserError
+from tqdm import tqdm  # writes above a progress bar, or plainly without one
 
 # Fault injection for tests: "kill_during_write:N" SIGKILLs the process while
 # it writes its N-th checkpoint (after the temporary file is half written).
@@ -52,7 +53,6 @@ class AtomicCheckpoint(pl.Callback):
             size, seconds = tmp.stat().st_size, time.perf_counter() - start
             _maybe_inject_fault(tmp, self.writes)
             os.replace(tmp, target)
-            from tqdm import tqdm  # writes above a progress bar, or plainly without one
 
             tqdm.write(f"checkpoint {name} (step {trainer.lightning_module.step_count}): {_size(size)} in {seconds:.2f} s")
         return target

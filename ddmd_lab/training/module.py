@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import random
 
-import numpy as np
 
 import pytorch_lightning as pl
 import torch
@@ -33,9 +31,11 @@ from ddmd_lab.core.flow import renoise
 from ddmd_lab.core.objective import critic_loss, meanvar_kl, proxy_loss
 from ddmd_lab.core.rollout import backward_simulate, sample_student, times_for_model
 from ddmd_lab.core.tau import TauRule, sample_tau
+from ddmd_lab.parallel.ranks import every_rank, rng_state, seed_rank, set_rng_state
 from ddmd_lab.parallel.strategies import rank_zeros_draw, reduce_and_clip
 from ddmd_lab.method.update import UpdateSettings, generator_update
 from ddmd_lab.training.callbacks.diagnostics import diagnose_step, due as diagnostics_due
+from ddmd_lab.backbones.lora import DEFAULT_TARGETS, LoraPlan, shared_base_views
 
 CRITIC_TAU = TauRule("uniform", 0.0, 1.0)  # tau' ~ U(0,1) for the fake model's denoising loss
 
@@ -51,7 +51,6 @@ class DistillModule(pl.LightningModule):
                             "from a separate initialisation (toy2d's teacher.kind=exact); set lora.rank=0.")
         if cfg.lora.get("rank", 0):
             # one base held once (registered as self.base); teacher / generator / fake are views
-            from ddmd_lab.backbones.lora import DEFAULT_TARGETS, LoraPlan, shared_base_views
 
             plan = LoraPlan(int(cfg.lora["rank"]), float(cfg.lora.get("alpha", cfg.lora["rank"])),
                             tuple(cfg.lora.get("targets", DEFAULT_TARGETS)))
@@ -354,49 +353,3 @@ def _frozen(params: list):
     finally:
         for p, flag in zip(params, was):
             p.requires_grad_(flag)
-
-
-def seed_rank(seed: int, rank: int) -> None:
-    """Give data-parallel rank ``rank`` > 0 training draws of its own.
-
-    Every rank seeds with cfg.seed before building the model, so all ranks hold the same
-    initial weights; at train start ranks 1.. re-seed the global RNGs (torch, CUDA, numpy,
-    random) from (seed, rank), and every draw of training -- the student's step k and noise,
-    tau and the re-noising noise, the critic's tau' -- comes from them.  Rank 0 keeps
-    cfg.seed's stream: a single-process run draws what it always drew, as does rank 0 of
-    a data-parallel run.  (Data batches have their own per-rank seeds: data/steps.py.)
-    """
-    derived = int(np.random.SeedSequence([seed % 2**64, rank]).generate_state(1, np.uint64)[0])
-    torch.manual_seed(derived)  # CPU and every CUDA device
-    random.seed(derived)
-    np.random.seed(derived % 2**32)
-
-
-def every_rank(obj) -> list:
-    """``obj`` of every rank, in rank order (a collective under torch.distributed)."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def rng_state() -> dict:
-    # numpy's state is stored as a tensor + plain values so that checkpoints
-    # load with torch.load(weights_only=True).
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -22,7 +22,11 @@ from ddmd_lab.planning.memory_plan import write_run_plan
 from ddmd_lab.training.module import DistillModule
 from ddmd_lab.training.callbacks.progress import StepProgressBar
 from ddmd_lab.scales.base import TEXT_TO_IMAGE, get_scale
+from ddmd_lab.scales.text2image import load_model
 from ddmd_lab.training.networks import load_networks
+from ddmd_lab.parallel.strategies import make_strategy as sharding_strategy
+from ddmd_lab.report.plots import run_figures as figures
+from ddmd_lab.report.runs import RunRecord
 
 
 def make_loggers(cfg: RunConfig, run_dir: Path) -> list:
@@ -31,8 +35,8 @@ def make_loggers(cfg: RunConfig, run_dir: Path) -> list:
         # Offline unless the user asked for online: nothing may wait on the network.
         if cfg.wandb == "offline":
             os.environ["WANDB_MODE"] = "offline"
-        import wandb
-        from pytorch_lightning.loggers import WandbLogger
+        import wandb  # deferred: wandb takes seconds to import; only a W&B logger needs it
+        from pytorch_lightning.loggers import WandbLogger  # deferred: Lightning takes ~10 s to import
 
         # W&B's banners off: offline, the run's summary says how to sync (silent); online, its link stays (quiet)
         settings = wandb.Settings(silent=True) if cfg.wandb == "offline" else wandb.Settings(quiet=True)
@@ -71,7 +75,7 @@ def run_ablation(cfg: RunConfig) -> Path:
         run_dir = new_run_dir(Path(cfg.runs_dir), cfg.scale, cfg.arm.name, cfg.seed)
     if not (run_dir / "config.yaml").exists():
         save_config(cfg, run_dir / "config.yaml")
-    write_run_plan(cfg, run_dir)  # memory_plan.json (text-to-image scales)
+    plan_run(cfg, run_dir)
     if handed_over or not _distributed(cfg):
         return _fit(cfg, run_dir, teacher, init)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # for the ranks the launcher starts during fit
@@ -87,9 +91,13 @@ def _distributed(cfg: RunConfig) -> bool:
 
 def make_strategy(cfg: RunConfig):
     """ddp: each optimiser's own gradients averaged after its backward; fsdp: per-block sharding (sharding.py)."""
-    from ddmd_lab.parallel.strategies import make_strategy as sharding_strategy
-
     return sharding_strategy(cfg)
+
+
+def plan_run(cfg: RunConfig, run_dir: Path) -> None:
+    """memory_plan.json of a text-to-image run: the plan of the teacher just loaded (load_model keeps it)."""
+    if cfg.scale in TEXT_TO_IMAGE:
+        write_run_plan(cfg, run_dir, load_model(cfg, training=True))
 
 
 def resume_ablation(target: str, scale: str | None = None, arm: str | None = None) -> Path:
@@ -183,9 +191,6 @@ def _fit(cfg: RunConfig, run_dir: Path, teacher, init=None, ckpt_path: Path | No
 
 def run_figures(run_dir: Path, cfg: RunConfig) -> dict[str, str]:
     """The report's figures of a finished run (the evaluation callback hands over its folder)."""
-    from ddmd_lab.report.plots import run_figures as figures
-    from ddmd_lab.report.runs import RunRecord
-
     return figures(RunRecord(run_dir, cfg))
 
 
@@ -201,10 +206,10 @@ def allow_tf32() -> None:
 def _finish_wandb(loggers) -> None:
     """Close this run's W&B run: Lightning leaves it open, and the next run of a sweep
     in the same process would otherwise log into it."""
-    from pytorch_lightning.loggers import WandbLogger
+    from pytorch_lightning.loggers import WandbLogger  # deferred: Lightning takes ~10 s to import
 
     if any(isinstance(lg, WandbLogger) for lg in loggers):
-        import wandb
+        import wandb  # deferred: wandb takes seconds to import; only a W&B logger needs it
 
         wandb.finish()
 

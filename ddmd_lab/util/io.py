@@ -7,6 +7,11 @@ import time
 from pathlib import Path
 
 from ddmd_lab.errors import UserError
+import io
+import numpy as np
+import torch
+import pickle
+import re
 
 
 def _tmp_beside(path: Path) -> Path:
@@ -31,18 +36,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_save_npz(path: Path, **arrays) -> None:
-    import io
-
-    import numpy as np
-
     buffer = io.BytesIO()
     np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    import torch
-
     path = Path(path)
     tmp = _tmp_beside(path)
     torch.save(obj, tmp)
@@ -53,11 +52,6 @@ def safe_torch_load(path: Path, fix: str, what: str = "file", mmap: bool = False
     """``torch.load`` with ``weights_only=True``: tensors and plain values only, so a file from someone
     else cannot run code on load (a pickle's globals are never called).  A file that needs more, or
     cannot be read, stops with one sentence ending in ``fix``."""
-    import pickle
-    import re
-
-    import torch
-
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from typing import Iterable, Iterator
+from tqdm import tqdm
 
 PLAIN_EVERY = 5  # percent between two plain lines
 
@@ -66,8 +67,6 @@ class Progress:
         self.bar = None
         self._next = self._threshold_after(self.done)
         if enabled and is_terminal(self.stream):
-            from tqdm import tqdm
-
             self.bar = tqdm(total=self.total, initial=self.done, desc=f"{desc}: {unit}", unit=unit, file=self.stream,
                             dynamic_ncols=True, leave=leave, smoothing=0.1,
                             bar_format="{desc} {n_fmt}/{total_fmt} |{bar}| {percentage:3.0f}% "

@@ -25,6 +25,7 @@ import torch
 
 from ddmd_lab.util.io import atomic_write_text
 from ddmd_lab.training.callbacks.wandb_media import log_final, log_step_media
+from ddmd_lab.parallel.strategies import sharded_ids
 
 
 class EvalCallback(pl.Callback):
@@ -111,8 +112,6 @@ def ranks_identical(module) -> bool | None:
     """Whether every rank holds the same trained weights: generator, fake, discriminator head (a
     collective: all ranks call it).  Under FSDP a sharded weight exists once, on one rank, so only
     what is held whole on every rank is compared (the head, say); None where nothing is."""
-    from ddmd_lab.parallel.strategies import sharded_ids
-
     sharded = sharded_ids(module)
     params = [p for m in (module.generator, module.fake, module.disc) if m is not None for p in m.parameters()
               if id(p) not in sharded]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _wandb_loggers(loggers) -> list:
-    from pytorch_lightning.loggers import WandbLogger
+    from pytorch_lightning.loggers import WandbLogger  # deferred: Lightning takes ~10 s to import
 
     return [lg for lg in loggers if isinstance(lg, WandbLogger)]
 
