@@ -7,10 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
+from ddmd_lab.data.image_files import square_resize, uint8_to_signed
 from ddmd_lab.errors import UserError
 from ddmd_lab.eval.clip_score import ClipScorer
 from ddmd_lab.eval.protocols.coco import (coco_subset, evaluate_coco, generated_batch, reference_images,
-                                reference_stats, resolve_coco, square_resize, uint8_to_signed)
+                                          reference_stats, resolve_coco)
 
 from .tiny_coco import make_coco, save_tiny_clip
 

@@ -16,9 +16,10 @@ from ddmd_lab.backbones import feature_tap
 from ddmd_lab.backbones.toy import ToyFlowMLP
 from ddmd_lab.commands.cli import main
 from ddmd_lab.config import RunConfig
+from ddmd_lab.data.image_files import uint8_to_signed
 from ddmd_lab.data.real_latents import cached_latents, coco_images, encode_latents
 from ddmd_lab.errors import UserError
-from ddmd_lab.eval.protocols.coco import reference_image, uint8_to_signed
+from ddmd_lab.eval.protocols.coco import reference_image
 from ddmd_lab.core.flow import expand_like, shift_time, unshift_time, vp_scale
 from ddmd_lab.training.module import CRITIC_TAU, DistillModule
 from ddmd_lab.scales import text2image

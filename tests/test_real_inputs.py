@@ -178,15 +178,15 @@ def test_clip_weights_of_another_model_are_refused_before_sampling(pipeline_fold
     """eval-coco with a CLIP_WEIGHTS file of another open_clip model: one sentence, before the reference
     features, the teacher's images or the student load (tests/test_coco.py covers the scorer itself)."""
     from ddmd_lab.config import save_config
-    from ddmd_lab.eval import commands
+    from ddmd_lab.commands import evaluate
 
     from .tiny_coco import save_tiny_clip
 
     def refuse(*args, **kwargs):
         raise AssertionError("sampling started before the CLIP weights were checked")
 
-    monkeypatch.setattr(commands, "_teacher", refuse)
-    monkeypatch.setattr(commands, "_student_or_teacher", refuse)
+    monkeypatch.setattr(evaluate, "_teacher", refuse)
+    monkeypatch.setattr(evaluate, "sampler_from_args", refuse)
     run = tmp_path / "run"
     run.mkdir()
     save_config(cfg_of(pipeline_folders, tmp_path), run / "config.yaml")

@@ -10,13 +10,25 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 from pathlib import Path
 
 import torch
 
 from ddmd_lab.commands.common import add_sampling_options, config_from_args, sampler_from_args
+from ddmd_lab.config import RunConfig, parse_overrides, read_config
+from ddmd_lab.data.prompts import warn_truncated
 from ddmd_lab.errors import UserError
-from ddmd_lab.eval.protocols.prompt_eval import Plan, SamplerSource
+from ddmd_lab.eval.clip_score import ClipScorer
+from ddmd_lab.eval.fid import InceptionFeatures, to_uint8_hwc
+from ddmd_lab.eval.protocols.coco import CAPTIONS_FILE, Protocol, coco_subset, dmd2_reference_stats, evaluate_coco
+from ddmd_lab.eval.protocols.coco import RESULT_DIR as COCO_RESULT_DIR
+from ddmd_lab.eval.protocols.coco import reference_stats, resolve_coco, subset_hash
+from ddmd_lab.eval.protocols.dmd2 import LAYOUT, find_dmd2_root, resolve_dmd2
+from ddmd_lab.eval.protocols.hps import HPS_WEIGHTS_ENV, HpsScorer, evaluate_hps, flatten_styles, read_hps_prompts
+from ddmd_lab.eval.protocols.hps import RESULT_DIR as HPS_RESULT_DIR
+from ddmd_lab.eval.protocols.prompt_eval import FolderSource, Plan, SamplerSource, teacher_images
+from ddmd_lab.scales.text2image import teacher_identity
 
 DPG_MESSAGE = ("DPG-Bench is not available here: it scores each of its 1,065 dense prompts' images by asking a VQA "
                "model (mPLUG-large, modelscope's damo/mplug_visual-question-answering_coco_large_en) the prompt's "
@@ -25,15 +37,13 @@ DPG_MESSAGE = ("DPG-Bench is not available here: it scores each of its 1,065 den
 
 
 def _device(args) -> str:
-    from ddmd_lab.training.restore import default_device
+    from ddmd_lab.training.restore import default_device  # deferred: Lightning (training.restore loads the module)
 
     return default_device(args.device)
 
 
 def _run_config(args):
     """The run's (or the scale's, for the teacher) config without loading any model."""
-    from ddmd_lab.config import RunConfig, read_config
-
     if args.run:
         path = Path(args.run) / "config.yaml"
         if not path.is_file():
@@ -48,8 +58,7 @@ def _teacher(args, cfg, plan: Plan, prompts, to_uint8, conversion: str, batch: i
     """The teacher's cached images for ``plan`` (a run's own teacher at its distillation alpha), or None."""
     if not args.run or not plan.teacher_keys():
         return None
-    from ddmd_lab.training.generate import teacher_sampler
-    from ddmd_lab.eval.protocols.prompt_eval import teacher_identity, teacher_images
+    from ddmd_lab.training.generate import teacher_sampler  # deferred: diffusers, Lightning
 
     alpha = cfg.alpha  # the CFG the student was distilled towards: "oversaturated" means more than this teacher
     steps = args.teacher_steps
@@ -86,9 +95,6 @@ def _out_dir(args, cfg) -> Path:
 
 def choose_protocol(coco: Path, asked: str | None) -> str:
     """``dmd2`` where DMD2's files are (the default), ``val2014-seeded`` where COCO's own layout is."""
-    from ddmd_lab.eval.protocols.coco import CAPTIONS_FILE
-    from ddmd_lab.eval.protocols.dmd2 import LAYOUT, find_dmd2_root
-
     if asked:
         return asked
     if find_dmd2_root(coco) is not None:
@@ -100,14 +106,6 @@ def choose_protocol(coco: Path, asked: str | None) -> str:
 
 
 def eval_coco(args) -> dict:
-    from ddmd_lab.config import RunConfig
-    from ddmd_lab.eval.clip_score import ClipScorer
-    from ddmd_lab.eval.protocols.coco import (Protocol, coco_subset, dmd2_reference_stats, evaluate_coco, reference_stats, resolve_coco,
-                       RESULT_DIR)
-    from ddmd_lab.eval.protocols.dmd2 import resolve_dmd2
-    from ddmd_lab.eval.fid import InceptionFeatures
-    from ddmd_lab.eval.protocols.hps import HpsScorer, default_hps_weights
-
     if not args.coco:
         raise UserError("no COCO folder: COCO=/data/coco10k (DMD2's subset/ and all_prompts.pkl) or COCO=/data/coco "
                         "(annotations/captions_val2014.json and val2014/).")
@@ -119,8 +117,6 @@ def eval_coco(args) -> dict:
     if cfg is not None:
         cache = Path(cfg.cache_dir) / "coco"
     else:  # IMAGES without a run: SET="cache_dir=..." or the default
-        from ddmd_lab.config import parse_overrides
-
         cache = Path(parse_overrides(args.overrides).get("cache_dir", RunConfig.cache_dir)) / "coco"
     device = _device(args)
     features = InceptionFeatures(device, progress=True)
@@ -140,8 +136,6 @@ def eval_coco(args) -> dict:
         prompts = [p.caption for p in pairs]
         names = [f"{i:05d}_{p.image_id:012d}.png" for i, p in enumerate(pairs)]
         reference = {"fid": reference_stats(pairs, protocol.resolution, cache, features)}
-        from ddmd_lab.eval.protocols.coco import subset_hash
-
         info = {"data": {"coco": str(coco), "subset_seed": args.subset_seed, "subset_hash": subset_hash(pairs),
                          "n_reference": len(pairs)}}
     clip = None if args.no_clip else ClipScorer(args.clip_model, args.clip_weights, device, **protocol.clip_options())
@@ -150,8 +144,6 @@ def eval_coco(args) -> dict:
     plan = Plan.make(len(prompts), args.teacher_images if args.run else 0, args.diversity, seeds)
     teacher = _teacher(args, cfg, plan, prompts, protocol.to_uint8, f"{protocol.name}-r{protocol.resolution}", args.batch)
     if args.images:
-        from ddmd_lab.eval.protocols.prompt_eval import FolderSource
-
         source = FolderSource(Path(args.images), len(prompts))
     else:
         source = SamplerSource(sampler_from_args(args), args.seed or 0)
@@ -163,30 +155,20 @@ def eval_coco(args) -> dict:
                             clip=clip, hps=hps, batch_size=args.batch, seed=args.seed or 0, plan=plan, teacher=teacher,
                             info={**info, **_source_info(args, cfg)}, save_images=not args.images)
     print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}, indent=2))
-    print(f"written: {out / RESULT_DIR / 'results.json'}")
+    print(f"written: {out / COCO_RESULT_DIR / 'results.json'}")
     return results
 
 
 def _warn_truncated(source, prompts, what: str) -> None:
     """Prompts the sampled model's text encoders cut short, said once before sampling (data.prompts.warn_truncated)."""
-    from ddmd_lab.data.prompts import warn_truncated
-
     warn_truncated(source.sampler.model, list(prompts), what)
 
 
 def _hps_env() -> bool:
-    import os
-
-    from ddmd_lab.eval.protocols.hps import HPS_WEIGHTS_ENV
-
     return bool(os.environ.get(HPS_WEIGHTS_ENV))
 
 
 def eval_hps(args) -> dict:
-    from ddmd_lab.eval.clip_score import ClipScorer
-    from ddmd_lab.eval.fid import InceptionFeatures, to_uint8_hwc
-    from ddmd_lab.eval.protocols.hps import RESULT_DIR, HpsScorer, evaluate_hps, flatten_styles, read_hps_prompts
-
     if not args.prompts:
         raise UserError("no benchmark prompts: PROMPTS=<HPDv2's benchmark/ folder (anime.json, concept-art.json, "
                         "paintings.json, photo.json)> or one JSON file of style -> prompts.")
@@ -208,7 +190,7 @@ def eval_hps(args) -> dict:
                            seed=args.seed or 0, limit=args.per_style, plan=plan, teacher=teacher,
                            info={"prompts_source": str(Path(args.prompts).resolve()), **_source_info(args, cfg)})
     print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}, indent=2))
-    print(f"written: {out / RESULT_DIR / 'results.json'}")
+    print(f"written: {out / HPS_RESULT_DIR / 'results.json'}")
     return results
 
 

@@ -34,6 +34,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ddmd_lab.backbones.lumina2 import PaddedText
+from ddmd_lab.backbones.sdxl import SDXLCondition
+from ddmd_lab.backbones.zimage import Captions
+from ddmd_lab.util.progress import Progress
+
 FORMAT = 1  # bump when what a row holds, or how a family encodes, changes
 FLOAT32_KINDS = {"time_ids"}  # exact small integers (image sizes) that bfloat16 would round
 _STORED = {"bfloat16": np.int16, "float32": np.float32, "bool": np.uint8}
@@ -43,10 +48,6 @@ _STORED = {"bfloat16": np.int16, "float32": np.float32, "bool": np.uint8}
 
 def row_tensors(row) -> tuple[str, dict[str, Tensor]]:
     """(kind, tensors) of a one-prompt condition; every tensor's first axis is its row length."""
-    from ddmd_lab.backbones.lumina2 import PaddedText
-    from ddmd_lab.backbones.sdxl import SDXLCondition
-    from ddmd_lab.backbones.zimage import Captions
-
     if isinstance(row, Captions):
         (features,) = row.features
         return "Captions", {"features": features}
@@ -59,10 +60,6 @@ def row_tensors(row) -> tuple[str, dict[str, Tensor]]:
 
 def row_from(kind: str, t: dict[str, Tensor]):
     """The one-prompt condition of ``row_tensors``' tensors."""
-    from ddmd_lab.backbones.lumina2 import PaddedText
-    from ddmd_lab.backbones.sdxl import SDXLCondition
-    from ddmd_lab.backbones.zimage import Captions
-
     if kind == "Captions":
         return Captions([t["features"]])
     if kind == "PaddedText":
@@ -156,7 +153,7 @@ class Embeddings:
             self._data[name] = (np.memmap(self.folder / f"{name}.bin", dtype=stored, mode="r", shape=shape)
                                 if shape[0] else np.zeros(shape, stored))
             self._offsets[name] = np.load(self.folder / f"{name}.offsets.npy")
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # deferred: safetensors, only when a cache is read
 
         self.null = row_from(self.kind, load_file(self.folder / "null.safetensors"))
 
@@ -257,7 +254,7 @@ def write_embeddings(folder: Path, encode: Callable[[list[str]], list], prompts:
             f.close()
             specs[name]["shape"][0] = offsets[name][-1]
             np.save(tmp / f"{name}.offsets.npy", np.asarray(offsets[name], dtype=np.int64))
-        from safetensors.torch import save_file
+        from safetensors.torch import save_file  # deferred: safetensors, only when a cache is written
 
         null_kind, null = row_tensors(null_row)
         save_file({k: v.detach().float().contiguous() if v.is_floating_point() else v.contiguous()
@@ -282,6 +279,4 @@ def write_embeddings(folder: Path, encode: Callable[[list[str]], list], prompts:
 
 def _progress(total: int, enabled: bool):
     """A bar on a terminal, plain lines every few percent elsewhere (progress.py)."""
-    from ddmd_lab.util.progress import Progress
-
     return Progress(total, "embedding prompts", "prompt", enabled=enabled)

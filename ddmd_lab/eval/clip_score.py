@@ -4,8 +4,9 @@ The paper's Table 2 (DMD2's protocol): ViT-g-14 trained on LAION-2B, the mean co
 similarity of each image with its caption, printed x100.  DMD2 also prepends "A photo
 depicts " to every caption (spliced into the tokens) and resizes images to 256 with
 Lanczos before open_clip's own eval transform: ``ClipScorer(..., prefix=dmd2.PREFIX,
-resize=256)`` (eval/dmd2.py says how).  ``model_name`` may also be a path to an
-open_clip model-config JSON, so custom or tiny models work the same way.
+resize=256)`` (``prefixed_tokens`` and ``clip_image`` here; eval/protocols/dmd2.py says why).
+``model_name`` may also be a path to an open_clip model-config JSON, so custom or tiny models work
+the same way.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ddmd_lab.data.image_files import center_crop_long_edge
 from ddmd_lab.errors import UserError
 from ddmd_lab.eval.fid import to_uint8_hwc
 
@@ -28,12 +30,13 @@ DEFAULT_CLIP_MODEL = "ViT-g-14"
 # open_clip_pytorch_model.bin of HF's laion/CLIP-ViT-g-14-laion2B-s12B-b42K, downloaded elsewhere.
 CLIP_WEIGHTS_ENV = "CLIP_WEIGHTS"
 DEFAULT_CLIP_WEIGHTS = Path("~/.cache/ddmd_lab/open_clip/ViT-g-14-laion2b_s12b_b42k/open_clip_pytorch_model.bin")
+CONTEXT = 77  # CLIP's text context: the token length the prefix splice assumes
 
 
-def _register_config(model_name: str | Path) -> str:
+def register_config(model_name: str | Path) -> str:
     """A path to an open_clip model-config JSON is registered under its stem (custom / tiny models);
     a built-in name is returned as is."""
-    import open_clip
+    import open_clip  # deferred: open_clip takes seconds to import; only a scorer's construction needs it
 
     path = Path(model_name)
     if path.suffix != ".json":
@@ -56,6 +59,27 @@ def _register_config(model_name: str | Path) -> str:
     return path.stem
 
 
+def clip_image(u8: np.ndarray, size: int = 256) -> Image.Image:
+    """DMD2's CLIP-score image: square centre crop, Lanczos to ``size`` (open_clip's transform follows)."""
+    return center_crop_long_edge(Image.fromarray(u8)).resize((size, size), Image.LANCZOS)
+
+
+def prefixed_tokens(tokenizer, captions: Sequence[str], prefix: str) -> Tensor:
+    """DMD2's caption tokens with ``prefix`` ("A photo depicts ") spliced in (coco_evaluator.compute_clip_score):
+    ``[start] + prefix tokens 1:4 + caption tokens 1:``, cut to 77, position 76 set to end-of-text
+    where it is not padding.  ``tokenizer`` is open_clip's (DMD2 calls openai's clip.tokenize with
+    truncate=True: the same BPE, the same 77-token truncation that ends in end-of-text)."""
+    tokens = tokenizer(list(captions))
+    if tokens.shape[1] != CONTEXT:
+        raise ValueError(f"DMD2's splice assumes {CONTEXT}-token contexts, the tokenizer gives {tokens.shape[1]}")
+    head = tokenizer([prefix])[:, 1:4].expand(len(tokens), -1)
+    spliced = torch.cat([tokens[:, :1], head, tokens[:, 1:]], dim=1)[:, :CONTEXT].clone()
+    eot = int(tokenizer([""])[0, 1])  # the end-of-text id (49407 for CLIP's BPE)
+    last = spliced[:, CONTEXT - 1]
+    last[last > 0] = eot
+    return spliced
+
+
 def default_clip_weights() -> Path:
     return Path(os.environ.get(CLIP_WEIGHTS_ENV) or DEFAULT_CLIP_WEIGHTS).expanduser()
 
@@ -71,14 +95,14 @@ class ClipScorer:
     def __init__(self, model_name: str | Path = DEFAULT_CLIP_MODEL, weights: str | Path | None = None,
                  device: str | torch.device = "cpu", batch_size: int = 32, prefix: str | None = None,
                  resize: int | None = None):
-        import open_clip
+        import open_clip  # deferred: open_clip takes seconds to import; only a scorer's construction needs it
 
         weights = default_clip_weights() if weights is None else Path(weights).expanduser()
         if not weights.is_file():
             raise UserError(f"CLIP weights {weights} not found: hub downloads are unavailable offline, so put the "
                             f"open_clip checkpoint of {Path(model_name).name} there or pass "
                             f"{CLIP_WEIGHTS_ENV}=/path/open_clip_pytorch_model.bin.")
-        name = _register_config(model_name)
+        name = register_config(model_name)
         try:
             # pretrained=<absolute file path> makes open_clip load the file and never touch the hub
             # (it tries tags first: a relative file named like a tag, e.g. laion2b_s12b_b42k, would download)
@@ -99,15 +123,11 @@ class ClipScorer:
     def _pixels(self, u8: np.ndarray) -> Tensor:
         """open_clip's own eval transform (bicubic resize, centre crop, its mean / std), after DMD2's
         square crop + Lanczos to ``resize`` where set."""
-        from ddmd_lab.eval.protocols.dmd2 import clip_image
-
         images = [clip_image(img, self.resize) if self.resize else Image.fromarray(np.asarray(img, dtype=np.uint8))
                   for img in u8]
         return torch.stack([self.preprocess(img) for img in images]).to(self.device)
 
     def _tokens(self, captions: Sequence[str]) -> Tensor:
-        from ddmd_lab.eval.protocols.dmd2 import prefixed_tokens
-
         if self.prefix:
             return prefixed_tokens(self.tokenizer, captions, self.prefix)
         return self.tokenizer(list(captions))

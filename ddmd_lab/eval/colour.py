@@ -46,7 +46,7 @@ def unit_pixels(images: np.ndarray | Tensor) -> Tensor:
 def colour_stats(images: np.ndarray | Tensor | list, chunk: int = 8) -> dict[str, np.ndarray]:
     """Per-image values (N,) of every metric above (``chunk`` images at a time: 1024-px batches are large);
     ``images`` as ``unit_pixels`` takes them, or a list of uint8 (H, W, C) arrays of any sizes."""
-    import kornia.color as kc
+    import kornia.color as kc  # deferred: kornia takes seconds to import; only colour stats need it
 
     if isinstance(images, list):  # images of different sizes (a folder): one at a time
         parts = [colour_stats(img[None]) for img in images]

@@ -13,8 +13,9 @@ from cleanfid.fid import frechet_distance, get_folder_features
 from cleanfid.resize import build_resizer
 from torch import Tensor
 
-from ddmd_lab.util.io import atomic_save_npz
 from ddmd_lab.eval.inception import inception_feature_fn
+from ddmd_lab.util.io import atomic_save_npz
+from ddmd_lab.util.progress import track
 
 
 def to_uint8_hwc(images: Tensor) -> np.ndarray:
@@ -39,8 +40,6 @@ class InceptionFeatures:
 
     def of_uint8(self, u8: np.ndarray) -> np.ndarray:
         """uint8 pixels (N, H, W, 3), e.g. images read from disk."""
-        from ddmd_lab.util.progress import track
-
         feats, starts = [], range(0, len(u8), self.batch_size)
         # a bar (or plain lines off a terminal) for more than one batch; callers that stream one batch at a time
         # count their own progress

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from cleanfid.inception_torchscript import InceptionV3W
 
 from ddmd_lab.errors import UserError
 
@@ -33,8 +34,6 @@ def inception_feature_fn(device: str | torch.device = "cpu") -> Callable[[torch.
     """fn(batch of float pixels 0..255, (B, 3, 299, 299)) -> (B, 2048) pool features (clean-fid's contract)."""
     device = torch.device(device)
     if CLEANFID_FILE.is_file():
-        from cleanfid.inception_torchscript import InceptionV3W
-
         net = InceptionV3W(str(CLEANFID_FILE.parent), download=False).to(device).eval()
 
         def cleanfid_features(x: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ from ddmd_lab.finetune.evaluate import ImageEvaluator, TextEvaluator, grid_setti
 from ddmd_lab.finetune.objective import denoising_loss, draw_student_times
 from ddmd_lab.finetune.student import ADAPTER, Student, load_student
 from ddmd_lab.data.real_latents import encode_latents, read_image
-from ddmd_lab.eval.protocols.coco import uint8_to_signed
+from ddmd_lab.data.image_files import uint8_to_signed
 from ddmd_lab.scales.text2image import teacher_settings
 import numpy as np
 from ddmd_lab.util.devices import to_device

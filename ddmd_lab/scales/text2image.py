@@ -20,14 +20,18 @@ from pathlib import Path
 
 import torch
 
-from ddmd_lab.backbones.text_to_image import TextToImage
+from ddmd_lab.backbones import lumina2, sdxl, zimage
+from ddmd_lab.backbones.lora import DEFAULT_TARGETS, check_targets
+from ddmd_lab.backbones.pipeline_sampling import PipelineCFG
+from ddmd_lab.backbones.pipelines import DTYPES, load_pipeline, meta_denoiser, pipeline_folder, resolution_step, resolve_source
+from ddmd_lab.backbones.text_to_image import TextToImage, check_resolution
 from ddmd_lab.config import RunConfig, scale_settings
 from ddmd_lab.data.embeddings import Embeddings, cache_folder, open_embeddings, text_files_fingerprint, write_embeddings
 from ddmd_lab.data.prompts import read_prompts, warn_truncated
 from ddmd_lab.data.real_latents import cached_latents, coco_images
 from ddmd_lab.data.steps import step_loader
 from ddmd_lab.errors import UserError
-from ddmd_lab.backbones.pipelines import DTYPES, load_pipeline, resolve_source
+from ddmd_lab.scales import text2image_eval
 
 TEACHER_DEFAULTS = {"family": None, "source": None, "dtype": "float32", "resolution": 1024,
                     # frozen text encoders need no float32 master weights: e.g. bfloat16 halves Qwen3's memory
@@ -101,9 +105,6 @@ def _no_text_encoders(prompts: list[str]):
 def check_checkpoint(cfg: RunConfig):
     """teacher.source's folder, refused before any weight loads when it holds another family's pipeline
     or teacher.resolution does not fit its VAE and patching (read from its config files)."""
-    from ddmd_lab.backbones.text_to_image import check_resolution
-    from ddmd_lab.backbones.pipelines import pipeline_folder, resolution_step
-
     t = teacher_settings(cfg)
     folder = pipeline_folder(t["source"], t["family"])
     check_resolution(int(t["resolution"]), *resolution_step(folder, t["family"]))
@@ -114,13 +115,8 @@ def check_inputs(cfg: RunConfig) -> None:
     """What a run reads besides the weights, checked before any model loads (a real checkpoint takes
     minutes): the checkpoint folder (check_checkpoint), the LoRA targets (on its denoiser built on the
     meta device), and the prompts file, or a GAN arm's captions and their images (headers only)."""
-    from ddmd_lab.backbones.lora import check_targets
-    from ddmd_lab.backbones.pipelines import meta_denoiser
-
     folder = check_checkpoint(cfg)
     if int(cfg.lora.get("rank", 0)) > 0:
-        from ddmd_lab.backbones.lora import DEFAULT_TARGETS
-
         check_targets(meta_denoiser(folder, teacher_settings(cfg)["family"]), cfg.lora.get("targets", DEFAULT_TARGETS))
     d = data_settings(cfg)
     if cfg.arm.gan_weight or cfg.arm.gan_disc_weight:
@@ -132,8 +128,6 @@ def check_inputs(cfg: RunConfig) -> None:
 
 
 def _build(cfg: RunConfig, training: bool = False) -> TextToImage:
-    from ddmd_lab.backbones import lumina2, sdxl, zimage
-
     t = teacher_settings(cfg)
     check_checkpoint(cfg)  # config files only: a wrong folder or resolution fails before the weights load
     cached = None
@@ -160,8 +154,6 @@ def _build(cfg: RunConfig, training: bool = False) -> TextToImage:
         if text or t["thinking"]:
             raise UserError("SDXL's CLIP encoders take no system prompt, thinking or max_length; remove them from teacher.")
         model = sdxl.from_pipeline(pipe, t["resolution"], null=null)
-    from ddmd_lab.backbones.pipeline_sampling import PipelineCFG
-
     model.guidance = PipelineCFG.pipeline_default(t["family"], t["cfg_normalization"], t["cfg_truncation"])
     for m in [model.vae, *model.text_encoders]:
         m.eval().requires_grad_(False)
@@ -223,6 +215,15 @@ def text_identity(cfg: RunConfig) -> dict:
     if t["family"] == "sdxl":
         identity["resolution"] = t["resolution"]  # SDXL's conditions carry the time ids (image size)
     return identity
+
+
+def teacher_identity(cfg: RunConfig, steps: int | None, alpha: float) -> dict:
+    """What decides a teacher's image: the checkpoint (its settings and a fingerprint of every file of its
+    diffusers folder), the sampling steps and the CFG alpha.  The evaluations (eval/protocols/) key their
+    caches of the teacher's images by it."""
+    t = teacher_settings(cfg)
+    return {"teacher": t, "files": text_files_fingerprint(resolve_source(t["source"]), ("*",)),
+            "steps": steps, "alpha": alpha}
 
 
 def embedding_sets(cfg: RunConfig) -> dict[str, list[str]]:
@@ -345,13 +346,32 @@ def condition_loader(cfg: RunConfig, start_step: int = 0):
     return step_loader(make_batch, cfg.seed, start_step, cfg.steps)
 
 
-def make_evaluator(cfg: RunConfig, run_dir: Path | None = None):
-    from ddmd_lab.scales.text2image_eval import Evaluator
+def evaluator_prompts(cfg: RunConfig) -> list[str]:
+    """The training evaluator's fixed prompts (data.eval_prompts repeated to eval_samples)."""
+    return text2image_eval.eval_prompts(data_settings(cfg)["eval_prompts"], cfg.eval_samples)
 
-    return Evaluator(cfg, run_dir)
+
+def make_evaluator(cfg: RunConfig, run_dir: Path | None = None) -> text2image_eval.Evaluator:
+    """The sample-grid evaluator (text2image_eval.py) on the evaluator's prompts, their conditions encoded
+    now (or read from the embedding cache with data.precompute), and with data.eval_vs_teacher the
+    teacher's identity at the run's alpha (its colour reference)."""
+    model, d = load_model(cfg, training=True), data_settings(cfg)
+    prompts = evaluator_prompts(cfg)
+    nrow = len(d["eval_prompts"])  # one column per prompt
+    if d["precompute"]:  # embedded with the training prompts (make embed)
+        cache = embed(cfg, model, log=lambda _: None)["eval"]
+        rows = [cache[i % nrow] for i in range(len(prompts))]
+    else:
+        with text_encoders_on(model, encode_device(cfg)):
+            rows = encode_rows(model, prompts, d["eval_batch"])
+    teacher = teacher_identity(cfg, None, cfg.alpha) if d["eval_vs_teacher"] else None
+    return text2image_eval.Evaluator(cfg, run_dir, model, prompts, rows, nrow, d["eval_batch"], teacher)
 
 
 def reference_rows(cfg: RunConfig) -> dict[str, dict]:
-    from ddmd_lab.scales.text2image_eval import reference_rows as rows
-
-    return rows(cfg)
+    """The teacher's colour row on the evaluator's prompts and noise, where a run's first evaluation
+    cached it (nothing is sampled here); its COCO-10k / HPSv2.1 numbers come from make eval-coco / eval-hps."""
+    try:
+        return text2image_eval.teacher_row(cfg, teacher_identity(cfg, None, cfg.alpha), evaluator_prompts(cfg))
+    except UserError:  # the checkpoint is not here (another machine's runs): no row
+        return {}

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import secrets
 import shutil
 import time
 from dataclasses import dataclass
@@ -27,14 +25,18 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 from torch import Tensor
 
+from ddmd_lab.data.image_files import square_resize, unreadable_images
 from ddmd_lab.errors import UserError
-from ddmd_lab.util.io import atomic_write_text, publish_dir
 from ddmd_lab.eval.clip_score import ClipScorer
 from ddmd_lab.eval.fid import InceptionFeatures, cached_reference_stats, fid_from_stats, stats, to_uint8_hwc
+from ddmd_lab.eval.protocols.dmd2 import (PREFIX, TRANSFORMS, fid_transform, patch_transform, read_reference,
+                                          to_uint8_truncated)
+from ddmd_lab.eval.protocols.prompt_eval import Plan, compare, describe_comparison, measure, staging_dir
+from ddmd_lab.util.io import atomic_write_text, publish_dir
+from ddmd_lab.util.progress import track
 
 COCO_LAYOUT = "COCO=/data/coco with annotations/captions_val2014.json and val2014/"
 CAPTIONS_FILE = Path("annotations") / "captions_val2014.json"
@@ -117,19 +119,6 @@ def coco_subset(captions_json: Path, images_dir: Path, n: int = 10_000, seed: in
     return pairs
 
 
-def unreadable_images(files: Sequence[Path]) -> list[Path]:
-    """The files PIL cannot identify as images (empty, truncated headers, not images): only each
-    header is read (about a millisecond each), so a bad folder fails before any long work."""
-    bad = []
-    for f in files:
-        try:
-            with Image.open(f) as img:
-                img.size  # noqa: B018  (the header, parsed by open)
-        except (OSError, ValueError, SyntaxError):  # PIL: unidentified / corrupt / unreadable
-            bad.append(Path(f))
-    return bad
-
-
 def subset_hash(pairs: Sequence[CocoPair]) -> str:
     """Names the reference images (ids and file names, not captions nor absolute paths:
     moving the data folder keeps the cache valid)."""
@@ -138,19 +127,6 @@ def subset_hash(pairs: Sequence[CocoPair]) -> str:
 
 
 # ----------------------------------------------------------------------------- images
-
-def square_resize(img: Image.Image, resolution: int) -> np.ndarray:
-    """Centre crop to square, then PIL bicubic resize to ``resolution``: uint8 (R, R, 3).
-    The same function processes real and generated images, so neither side gets an edge."""
-    img = img.convert("RGB")
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.crop((left, top, left + side, top + side))
-    if img.size != (resolution, resolution):
-        img = img.resize((resolution, resolution), Image.BICUBIC)
-    return np.asarray(img, dtype=np.uint8)
-
 
 def reference_image(path: Path, resolution: int) -> np.ndarray:
     try:
@@ -172,20 +148,12 @@ def reference_images(pairs: Sequence[CocoPair], resolution: int) -> np.ndarray:
     return np.concatenate(list(iter_reference_batches(pairs, resolution, 64)))
 
 
-def uint8_to_signed(u8: np.ndarray) -> Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1], a generator's output format;
-    ``to_uint8_hwc`` maps it back to exactly the same pixels."""
-    return torch.from_numpy(np.ascontiguousarray(u8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
 def reference_stats(pairs: Sequence[CocoPair], resolution: int, cache_dir: Path,
                     features: InceptionFeatures) -> tuple[np.ndarray, np.ndarray]:
     """Inception (mu, sigma) of the reference images, cached per (subset, resolution)."""
     path = Path(cache_dir) / f"coco_ref_{subset_hash(pairs)}_n{len(pairs)}_r{resolution}.npz"
 
     def compute() -> np.ndarray:
-        from ddmd_lab.util.progress import track
-
         n = -(-len(pairs) // features.batch_size)
         return np.concatenate([features.of_uint8(batch) for batch in
                                track(iter_reference_batches(pairs, resolution, features.batch_size), n,
@@ -200,14 +168,10 @@ def dmd2_reference_stats(data, view_name: str, view, resolution: int, cache_dir:
                          features: InceptionFeatures) -> tuple[np.ndarray, np.ndarray]:
     """Inception (mu, sigma) of every file of DMD2's reference folder through ``view`` (its FID or
     patch-FID transform), cached per (reference set, view, resolution)."""
-    from ddmd_lab.eval.protocols.dmd2 import read_reference
-
     files = data.reference_files
     path = Path(cache_dir) / f"dmd2_ref_{data.reference_hash()}_n{len(files)}_{view_name}_r{resolution}.npz"
 
     def compute() -> np.ndarray:
-        from ddmd_lab.util.progress import track
-
         starts = range(0, len(files), features.batch_size)
         return np.concatenate([features.of_uint8([view(read_reference(f)) for f in files[i:i + features.batch_size]])
                                for i in track(starts, len(starts), f"reference features ({view_name})")])
@@ -236,14 +200,10 @@ class Protocol:
             raise UserError(f"unknown COCO protocol {self.name!r}; use one of {', '.join(PROTOCOLS)}.")
 
     def to_uint8(self, images: Tensor) -> np.ndarray:
-        from ddmd_lab.eval.protocols.dmd2 import to_uint8_truncated
-
         return to_uint8_truncated(images) if self.name == "dmd2" else generated_batch(images, self.resolution)
 
     def views(self) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
         """The Inception inputs per FID kind (before clean-fid's own resize to 299)."""
-        from ddmd_lab.eval.protocols.dmd2 import fid_transform, patch_transform
-
         if self.name == "dmd2":
             return {"fid": lambda u8: fid_transform(u8, self.resolution), "patch_fid": patch_transform}
         # to_uint8 already cropped and resized a sampled image; images read from a folder get the same here
@@ -251,13 +211,9 @@ class Protocol:
                 square_resize(Image.fromarray(u8), self.resolution)}
 
     def clip_options(self) -> dict:
-        from ddmd_lab.eval.protocols.dmd2 import PREFIX
-
         return {"prefix": PREFIX, "resize": 256} if self.name == "dmd2" else {}
 
     def describe(self) -> dict:
-        from ddmd_lab.eval.protocols.dmd2 import TRANSFORMS
-
         if self.name == "dmd2":
             return {"protocol": "dmd2", "transforms": TRANSFORMS}
         return {"protocol": "val2014-seeded", "transforms": {
@@ -281,13 +237,6 @@ def generated_batch(images: Tensor, resolution: int) -> np.ndarray:
     return np.stack([square_resize(Image.fromarray(img), resolution) for img in u8])
 
 
-def _staging_dir(out_dir: Path, name: str) -> Path:
-    # hidden and unique per process, beside the target so publish_dir's rename stays on one filesystem
-    path = out_dir / f".{name}.staging-{os.getpid()}-{secrets.token_hex(4)}"
-    path.mkdir(parents=True)
-    return path
-
-
 def evaluate_coco(source, prompts: Sequence[str], names: Sequence[str], out_dir: Path, *, protocol: Protocol,
                   reference: dict[str, tuple[np.ndarray, np.ndarray]], features, clip: ClipScorer | None = None,
                   hps=None, batch_size: int = 16, seed: int = 0, plan=None, teacher=None, info: dict | None = None,
@@ -301,8 +250,6 @@ def evaluate_coco(source, prompts: Sequence[str], names: Sequence[str], out_dir:
     ``save_images=False``), ``captions.json`` and ``results.json``; an older result is renamed beside
     it with its own images and numbers, never mixed or overwritten.
     """
-    from ddmd_lab.eval.protocols.prompt_eval import Plan, compare, measure
-
     if len(prompts) < 2:
         raise UserError(f"COCO evaluation needs at least 2 images for FID, got {len(prompts)}; raise the subset size.")
     views = protocol.views()
@@ -310,15 +257,15 @@ def evaluate_coco(source, prompts: Sequence[str], names: Sequence[str], out_dir:
         raise ValueError(f"reference statistics for {sorted(reference)}, protocol {protocol.name} needs {sorted(views)}")
     out_dir, started = Path(out_dir), time.time()
     plan = plan or Plan.make(len(prompts), 0, 0, 0)
-    staging = _staging_dir(out_dir, result_dir)
+    staging = staging_dir(out_dir, result_dir)
     try:
+        def save_png(i: int, img: np.ndarray) -> None:  # lossless; level 1 is fast
+            Image.fromarray(img).save(staging / "images" / names[i], compress_level=1)
+
         save = None
         if save_images:
             (staging / "images").mkdir()
-
-            def save(i: int, img: np.ndarray) -> None:  # lossless; level 1 is fast
-                Image.fromarray(img).save(staging / "images" / names[i], compress_level=1)
-
+            save = save_png
         measured = measure(source, prompts, to_uint8=protocol.to_uint8, batch_size=batch_size, seed=seed,
                            features=features, views=views, clip=clip, hps=hps, save=save)
         results = {**protocol.describe(), "n": len(prompts), "resolution": protocol.resolution,
@@ -331,7 +278,7 @@ def evaluate_coco(source, prompts: Sequence[str], names: Sequence[str], out_dir:
                        hpsv21=float(100 * measured["hps"].mean()) if hps is not None else None)
         results.update(compare(measured, plan, source, prompts, to_uint8=protocol.to_uint8, batch_size=batch_size,
                                seed=seed, features=features, view=views["fid"], clip=clip, teacher=teacher))
-        results.update(_described(clip, hps, plan, teacher), **(info or {}))
+        results.update(describe_comparison(clip, hps, plan, teacher), **(info or {}))
         atomic_write_text(staging / "captions.json", json.dumps(
             [{"file": f, "caption": c} for f, c in zip(names, prompts)], indent=1))
         results["elapsed_s"] = round(time.time() - started, 1)
@@ -341,18 +288,3 @@ def evaluate_coco(source, prompts: Sequence[str], names: Sequence[str], out_dir:
         raise
     publish_dir(staging, out_dir / result_dir)
     return results
-
-
-def _described(clip, hps, plan, teacher) -> dict:
-    """What results.json says about how its comparison numbers were made."""
-    from ddmd_lab.eval.colour import describe
-
-    return {**(clip.describe() if clip is not None else {"clip_model": None}),
-            **(hps.describe() if hps is not None else {"hps_model": None}),
-            "colour": describe(),
-            "teacher": ({**teacher.meta, "compared_prompts": len(plan.teacher_index), "cache": str(teacher.folder)}
-                        if teacher is not None else None),
-            "diversity": ({"prompts": len(plan.div_keys) // plan.seeds, "seeds": plan.seeds,
-                           "inception": "mean pairwise L2 of Inception pool features (FID path) per prompt",
-                           "clip": "mean pairwise 1 - cosine of CLIP image embeddings per prompt"}
-                          if plan.div_keys else None)}

@@ -18,7 +18,8 @@ coco10k/all_prompts.pkl --total_eval_samples 10000``) and scripts/download_sdxl.
   open_clip's own eval transform; captions tokenised (77 tokens, truncated), the 3 tokens of
   "A photo depicts " spliced after the start token, cut back to 77 and the last position set to
   the end token where it is not padding; mean raw cosine of ViT-g-14 (laion2b_s12b_b42k) in float32
-  (reported x100 in the paper: 33.14 for DMD2).
+  (reported x100 in the paper: 33.14 for DMD2).  eval/clip_score.py does both steps (``ClipScorer``'s
+  ``prefix=PREFIX, resize=256``): the scorer owns how its inputs are prepared, this module says which.
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -35,11 +35,11 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import Tensor
 
+from ddmd_lab.data.image_files import center_crop_long_edge, unreadable_images
 from ddmd_lab.errors import UserError
 
 PREFIX = "A photo depicts "
 PATCH = 299
-CONTEXT = 77
 # clean-fid's image extensions (DMD2's copy: cleanfid/utils.py EXTENSIONS); .npy arrays are not read here
 EXTENSIONS = {"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", "tiff", "webp"}
 LAYOUT = ("DMD2's coco10k folder as scripts/download_sdxl.sh unpacks coco10k.zip: <folder>/subset/ (the reference "
@@ -67,11 +67,6 @@ def to_uint8_truncated(images: Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def center_crop_long_edge(img: Image.Image) -> Image.Image:
-    """BigGAN's CenterCropLongEdge as DMD2 uses it: a centred square of the short side (torchvision's offsets)."""
-    return TF.center_crop(img, min(img.size))
-
-
 def fid_transform(u8: np.ndarray, resolution: int) -> np.ndarray:
     """DMD2's ``resize_and_center_crop`` for FID: square centre crop, Lanczos to ``resolution``."""
     img = center_crop_long_edge(Image.fromarray(u8))
@@ -84,29 +79,6 @@ def patch_transform(u8: np.ndarray) -> np.ndarray:
     if img.size[0] >= PATCH and img.size[1] >= PATCH:
         img = TF.center_crop(img, PATCH)
     return np.array(img)
-
-
-def clip_image(u8: np.ndarray, size: int = 256) -> Image.Image:
-    """DMD2's CLIP-score image: square centre crop, Lanczos to ``size`` (open_clip's transform follows)."""
-    return center_crop_long_edge(Image.fromarray(u8)).resize((size, size), Image.LANCZOS)
-
-
-# ----------------------------------------------------------------------------- text
-
-def prefixed_tokens(tokenizer, captions: Sequence[str], prefix: str = PREFIX) -> Tensor:
-    """DMD2's caption tokens with "A photo depicts " spliced in (coco_evaluator.compute_clip_score):
-    ``[start] + prefix tokens 1:4 + caption tokens 1:``, cut to 77, position 76 set to end-of-text
-    where it is not padding.  ``tokenizer`` is open_clip's (DMD2 calls openai's clip.tokenize with
-    truncate=True: the same BPE, the same 77-token truncation that ends in end-of-text)."""
-    tokens = tokenizer(list(captions))
-    if tokens.shape[1] != CONTEXT:
-        raise ValueError(f"DMD2's splice assumes {CONTEXT}-token contexts, the tokenizer gives {tokens.shape[1]}")
-    head = tokenizer([prefix])[:, 1:4].expand(len(tokens), -1)
-    spliced = torch.cat([tokens[:, :1], head, tokens[:, 1:]], dim=1)[:, :CONTEXT].clone()
-    eot = int(tokenizer([""])[0, 1])  # the end-of-text id (49407 for CLIP's BPE)
-    last = spliced[:, CONTEXT - 1]
-    last[last > 0] = eot
-    return spliced
 
 
 # ----------------------------------------------------------------------------- the data as distributed
@@ -177,8 +149,6 @@ def resolve_dmd2(root: Path, prompts_file: Path | None = None) -> Dmd2Data:
     files = image_files(folder / "subset")
     if len(files) < 2:
         raise UserError(f"{folder / 'subset'} holds {len(files)} images; FID needs DMD2's reference images there ({LAYOUT}).")
-    from ddmd_lab.eval.protocols.coco import unreadable_images
-
     bad = unreadable_images(files)
     if bad:
         raise UserError(f"{len(bad)} of {len(files)} reference images in {folder / 'subset'} cannot be read as images, "

@@ -23,16 +23,22 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
+import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import Tensor
 
 from ddmd_lab.errors import UserError
-from ddmd_lab.eval.clip_score import _register_config
+from ddmd_lab.eval.clip_score import register_config
+from ddmd_lab.eval.fid import to_uint8_hwc
+from ddmd_lab.eval.protocols.prompt_eval import Plan, compare, describe_comparison, measure, staging_dir
+from ddmd_lab.util.io import atomic_write_text, publish_dir
 
 DEFAULT_HPS_MODEL = "ViT-H-14"
 HPS_WEIGHTS_ENV = "HPS_WEIGHTS"
@@ -51,8 +57,7 @@ def default_hps_weights() -> Path:
 
 def hps_preprocess(img: Image.Image, size: int = 224) -> Tensor:
     """HPSv2's ``ResizeMaxSize`` val transform (see the module doc), (3, size, size)."""
-    import torchvision.transforms.functional as TF
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD  # deferred: open_clip takes seconds to import
 
     x = TF.to_tensor(img.convert("RGB"))
     h, w = x.shape[1:]
@@ -70,13 +75,13 @@ class HpsScorer:
 
     def __init__(self, model_name: str | Path = DEFAULT_HPS_MODEL, weights: str | Path | None = None,
                  device: str | torch.device = "cpu", batch_size: int = 16):
-        import open_clip
+        import open_clip  # deferred: open_clip takes seconds to import; only a scorer's construction needs it
 
         weights = default_hps_weights() if weights is None else Path(weights).expanduser()
         if not weights.is_file():
             raise UserError(f"HPSv2.1 weights {weights} not found: hub downloads are unavailable offline, so put the "
                             f"HPSv2 repo's HPS_v2.1_compressed.pt there or pass {HPS_WEIGHTS_ENV}=/path/HPS_v2.1_compressed.pt.")
-        name = _register_config(model_name)
+        name = register_config(model_name)
         try:
             checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
             state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
@@ -196,26 +201,19 @@ def evaluate_hps(source, by_style: dict[str, list[str]], out_dir: Path, *, hps: 
     """HPSv2.1 on the benchmark prompts: one image per prompt (rounded 8 bits, full resolution), per-style
     and mean scores (``benchmark_scores``), colour relative to the teacher, diversity; published as
     ``out_dir/hpsv21`` (results.json, prompts.json, images/<style>/) like the COCO folder."""
-    import shutil
-    import time
-
-    from ddmd_lab.util.io import atomic_write_text, publish_dir
-    from ddmd_lab.eval.protocols.coco import _described, _staging_dir
-    from ddmd_lab.eval.fid import to_uint8_hwc
-    from ddmd_lab.eval.protocols.prompt_eval import Plan, compare, measure
-
     prompts, styles, names = flatten_styles(by_style, limit)
     plan = plan or Plan.make(len(prompts), 0, 0, 0)
     out_dir, started = Path(out_dir), time.time()
-    staging = _staging_dir(out_dir, RESULT_DIR)
+    staging = staging_dir(out_dir, RESULT_DIR)
     try:
+        def save_png(i: int, img: np.ndarray) -> None:
+            Image.fromarray(img).save(staging / "images" / names[i], compress_level=1)
+
         save = None
         if save_images:
             for style in dict.fromkeys(styles):
                 (staging / "images" / style).mkdir(parents=True)
-
-            def save(i: int, img: np.ndarray) -> None:
-                Image.fromarray(img).save(staging / "images" / names[i], compress_level=1)
+            save = save_png
 
         measured = measure(source, prompts, to_uint8=to_uint8_hwc, batch_size=batch_size, seed=seed, features=features,
                            views={}, clip=clip, hps=hps, save=save)
@@ -226,7 +224,7 @@ def evaluate_hps(source, by_style: dict[str, list[str]], out_dir: Path, *, hps: 
             results.update(clip_score=float(measured["clip"].mean()), clip_score_x100=float(100 * measured["clip"].mean()))
         results.update(compare(measured, plan, source, prompts, to_uint8=to_uint8_hwc, batch_size=batch_size, seed=seed,
                                features=features, view=lambda u8: u8, clip=clip, teacher=teacher))
-        results.update(_described(clip, hps, plan, teacher), **(info or {}))
+        results.update(describe_comparison(clip, hps, plan, teacher), **(info or {}))
         atomic_write_text(staging / "prompts.json", json.dumps(
             [{"file": f, "style": s, "prompt": p} for f, s, p in zip(names, styles, prompts)], indent=1))
         results["elapsed_s"] = round(time.time() - started, 1)

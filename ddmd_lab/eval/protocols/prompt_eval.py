@@ -25,8 +25,11 @@ from PIL import Image
 from torch import Tensor
 
 from ddmd_lab.errors import UserError
+from ddmd_lab.eval.colour import colour_stats, mean_stats, relative
+from ddmd_lab.eval.colour import describe as describe_colour
+from ddmd_lab.eval.protocols.dmd2 import image_files
 from ddmd_lab.util.io import atomic_write_text, publish_dir
-from ddmd_lab.eval.colour import colour_stats
+from ddmd_lab.util.progress import Progress
 
 Key = tuple[int, ...]
 
@@ -56,8 +59,6 @@ class FolderSource:
     sorted order are prompts 0, 1, ...; there is one image per prompt, so no diversity from it."""
 
     def __init__(self, folder: Path, n: int):
-        from ddmd_lab.eval.protocols.dmd2 import image_files
-
         self.folder = Path(folder).expanduser()
         self.files = image_files(self.folder) if self.folder.is_dir() else []
         if len(self.files) < n:
@@ -81,8 +82,6 @@ def batches(source: Callable, prompts: Sequence[str], keys: Sequence[Key], batch
             to_uint8: Callable[[Tensor], np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
     """(first index, uint8 images (N, H, W, 3), or a list of them from a ``uint8`` source) per batch.  torch's RNG is seeded with ``seed + first index`` before each
     call (inside ``fork_rng``: the caller's state is untouched): a renoise student's fresh noise is reproducible."""
-    from ddmd_lab.util.progress import Progress
-
     # a bar on a terminal, a plain line every few percent in a log file (progress.py)
     with torch.random.fork_rng(), Progress(len(prompts), "sampling", "image") as progress:
         for i in range(0, len(prompts), batch_size):
@@ -128,24 +127,13 @@ class TeacherImages:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
-def teacher_identity(cfg, steps: int | None, alpha: float) -> dict:
-    """What decides a teacher's image: the checkpoint (its settings and a fingerprint of every file of its
-    diffusers folder), the sampling steps and the CFG alpha."""
-    from ddmd_lab.data.embeddings import text_files_fingerprint
-    from ddmd_lab.backbones.pipelines import resolve_source
-    from ddmd_lab.scales.text2image import teacher_settings
-
-    t = teacher_settings(cfg)
-    return {"teacher": t, "files": text_files_fingerprint(resolve_source(t["source"]), ("*",)),
-            "steps": steps, "alpha": alpha}
-
-
 def teacher_images(make_sampler: Callable[[], object], identity: dict, prompts: Sequence[str], keys: Sequence[Key],
                    seed: int, to_uint8: Callable[[Tensor], np.ndarray], conversion: str, cache_dir: Path,
                    batch_size: int) -> TeacherImages:
     """The teacher's images for ``keys`` (prompt ``prompts[j]`` for ``keys[j]``), from the cache under
     ``cache_dir/teacher_images`` or sampled now (``make_sampler()`` loads the teacher only then).
-    Keyed by the teacher's ``identity``, the prompts, the keys, the seed and the 8-bit ``conversion``."""
+    Keyed by the teacher's ``identity`` (what decides its images: the scale computes it, e.g.
+    scales/text2image.teacher_identity), the prompts, the keys, the seed and the 8-bit ``conversion``."""
     spec = {"identity": identity, "seed": seed, "conversion": conversion,
             "prompts": hashlib.sha256("\0".join(prompts).encode()).hexdigest(), "keys": [list(k) for k in keys]}
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -272,8 +260,6 @@ def compare(measured: dict, plan: Plan, source, prompts: Sequence[str], *, to_ui
             features, view, clip=None, teacher: TeacherImages | None = None) -> dict:
     """Colour means (all images), colour relative to the teacher on the planned prompts (same noise), and
     per-prompt diversity of the source and the teacher: results.json's comparison numbers."""
-    from ddmd_lab.eval.colour import mean_stats, relative
-
     out = mean_stats(measured["colour"])
     if teacher is not None and plan.teacher_index:
         mine = mean_stats(measured["colour"], plan.teacher_index)
@@ -290,3 +276,26 @@ def compare(measured: dict, plan: Plan, source, prompts: Sequence[str], *, to_ui
             out.update({f"{k}_vs_teacher": div[k] / theirs[k] if theirs[k] > 0 else float("nan") for k in div})
             out.update({f"teacher_{k}": v for k, v in theirs.items()})
     return out
+
+
+# ----------------------------------------------------------------------------- the results folder
+
+def staging_dir(out_dir: Path, name: str) -> Path:
+    """A fresh folder for a result being written, published whole (``publish_dir``) when complete."""
+    # hidden and unique per process, beside the target so publish_dir's rename stays on one filesystem
+    path = out_dir / f".{name}.staging-{os.getpid()}-{secrets.token_hex(4)}"
+    path.mkdir(parents=True)
+    return path
+
+
+def describe_comparison(clip, hps, plan: Plan, teacher: TeacherImages | None) -> dict:
+    """What results.json says about how its comparison numbers (``compare``'s) were made."""
+    return {**(clip.describe() if clip is not None else {"clip_model": None}),
+            **(hps.describe() if hps is not None else {"hps_model": None}),
+            "colour": describe_colour(),
+            "teacher": ({**teacher.meta, "compared_prompts": len(plan.teacher_index), "cache": str(teacher.folder)}
+                        if teacher is not None else None),
+            "diversity": ({"prompts": len(plan.div_keys) // plan.seeds, "seeds": plan.seeds,
+                           "inception": "mean pairwise L2 of Inception pool features (FID path) per prompt",
+                           "clip": "mean pairwise 1 - cosine of CLIP image embeddings per prompt"}
+                          if plan.div_keys else None)}

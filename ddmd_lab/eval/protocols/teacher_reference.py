@@ -16,18 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ddmd_lab.util.devices import to_device
 
-from ddmd_lab.util.io import atomic_write_text
+from ddmd_lab.backbones.pipeline_sampling import PipelineCFG, pipeline_teacher_sample
 from ddmd_lab.eval.colour import colour_stats, mean_stats
+from ddmd_lab.util.devices import to_device
+from ddmd_lab.util.io import atomic_write_text
 
 
-def reference_path(cfg, prompts: list[str], seed: int) -> Path:
-    """Where the teacher's colour means for these evaluation prompts and noise are cached."""
-    from ddmd_lab.eval.protocols.prompt_eval import teacher_identity
-
-    key = {"identity": teacher_identity(cfg, None, cfg.alpha), "prompts": prompts, "seed": seed,
-           "precision": cfg.precision}
+def reference_path(cfg, identity: dict, prompts: list[str], seed: int) -> Path:
+    """Where the teacher's colour means for these evaluation prompts and noise are cached; ``identity``
+    says what decides the teacher's images at the run's alpha (the scale's ``teacher_identity``)."""
+    key = {"identity": identity, "prompts": prompts, "seed": seed, "precision": cfg.precision}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(cfg.cache_dir) / "teacher_eval" / f"{cfg.scale}-{len(prompts)}-{digest}.json"
 
@@ -39,9 +38,10 @@ def read_reference(path: Path) -> dict | None:
 class TeacherColour:
     """``get(module)``: the teacher's colour means (dict), sampled on first use unless cached."""
 
-    def __init__(self, cfg, model, prompts: list[str], rows: list, noise: torch.Tensor, batch: int, seed: int):
+    def __init__(self, cfg, model, identity: dict, prompts: list[str], rows: list, noise: torch.Tensor, batch: int,
+                 seed: int):
         self.cfg, self.model, self.rows, self.noise, self.batch = cfg, model, rows, noise, batch
-        self.path = reference_path(cfg, prompts, seed)
+        self.path = reference_path(cfg, identity, prompts, seed)
         self.cached = read_reference(self.path)
 
     @torch.no_grad()
@@ -51,8 +51,6 @@ class TeacherColour:
         return self.cached["colour"]
 
     def _sample(self, module) -> dict:
-        from ddmd_lab.backbones.pipeline_sampling import PipelineCFG, pipeline_teacher_sample
-
         model, device = self.model, module.device
         guidance = model.guidance or PipelineCFG.pipeline_default(model.family)
         model.vae.to(device)
