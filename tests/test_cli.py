@@ -24,7 +24,7 @@ def test_offline_wandb_run_writes_locally_and_each_run_of_a_sweep_gets_its_own(t
                  "--set", "teacher={steps: 20, data_size: 2048}", "--set", "eval_every=2", "--set", "eval_samples=100",
                  "--set", "wandb=offline"])
     assert code == 0
-    from ddmd_lab.report.runs import RunRecord
+    from ddmd_lab.report.run_record import RunRecord
     from ddmd_lab.report.stats import by_seed
 
     for arm in ("ca_only", "dm_only"):  # one process, four runs: W&B must not keep logging into the first

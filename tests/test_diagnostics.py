@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from ddmd_lab.core.arms import REGISTRY
 from ddmd_lab.backbones.toy import ToyFlowMLP
 from ddmd_lab.config import RunConfig, load_config, parse_overrides
-from ddmd_lab.method.diagnostics import OWN, Binned, bin_samples, measure, overall, per_sample
+from ddmd_lab.method.diagnostics import measure, per_sample
+from ddmd_lab.method.tau_bins import OWN, Binned, bin_samples, overall
 from ddmd_lab.method.update import Draws, UpdateSettings, update_terms
 
 
@@ -218,7 +219,7 @@ def test_plots_and_table_from_json_and_from_the_training_csv(toy_runs, tmp_path)
 
 
 def test_logged_values_batch_means_and_bins_without_dots():
-    from ddmd_lab.method.diagnostics import QUANTITIES
+    from ddmd_lab.method.tau_bins import QUANTITIES
     from ddmd_lab.training.callbacks.diagnostics import log_values
 
     samples = {q: np.array([1.0, 2.0, 3.0, 6.0]) for q in QUANTITIES}

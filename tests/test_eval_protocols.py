@@ -13,7 +13,7 @@ from PIL import Image
 
 from ddmd_lab.errors import UserError
 from ddmd_lab.eval.protocols import dmd2
-from ddmd_lab.eval.clip_score import ClipScorer
+from ddmd_lab.eval.clip_score import ClipScorer, prefixed_tokens
 from ddmd_lab.eval.fid import InceptionFeatures as RealInception
 
 from .tiny_coco import make_coco, save_tiny_clip
@@ -43,7 +43,7 @@ def test_prefix_splice_gives_dmd2s_token_sequences(tokenizer):
     cat = tokenizer.encode("cat")[0]
     captions = ["A cat on a sofa.", "Two dogs playing in the snow", "cat " * 70, "cat " * 72, "cat " * 73,
                 "a very long caption " * 30]
-    got = dmd2.prefixed_tokens(tokenizer, captions)
+    got = prefixed_tokens(tokenizer, captions, dmd2.PREFIX)
     assert got.shape == (6, 77) and got.dtype == torch.long
 
     def row(body):
@@ -427,6 +427,7 @@ def test_training_evaluator_colour_vs_the_teacher(sdxl_run):
 def test_tables_and_report_show_the_evaluations_beside_the_paper(sdxl_run, tmp_path, capsys):
     """After the two CLI tests above: make tables / make report of the sdxl runs."""
     from ddmd_lab.commands.cli import main
+    from ddmd_lab.commands.report import scale_facts
     from ddmd_lab.report.report import findings
     from ddmd_lab.report.runs import require_runs
     from ddmd_lab.report.tables import paper_tables
@@ -434,7 +435,7 @@ def test_tables_and_report_show_the_evaluations_beside_the_paper(sdxl_run, tmp_p
     runs_dir = sdxl_run.parents[2]
     coco = json.loads((sdxl_run / "coco10k" / "results.json").read_text())
     hps = json.loads((sdxl_run / "hpsv21" / "results.json").read_text())
-    tables = {t.title.split(":")[0]: t for t in paper_tables(runs_dir, "sdxl")}
+    tables = {t.title.split(":")[0]: t for t in paper_tables(runs_dir, "sdxl", scale_facts(runs_dir, "sdxl"))}
     t2, t1 = tables["Table 2"], tables["Table 1"]
     row = dict(zip(t2.columns, next(r for r in t2.rows if r[0] == "decoupled_hybrid")))
     assert row["protocol"] == "dmd2" and row["FID"] == coco["fid"] and row["patch-FID"] == coco["patch_fid"]

@@ -5,17 +5,17 @@ import weakref
 
 
 def test_gpu_check_runs_every_measurement_on_tiny_configs(tmp_path, monkeypatch):
-    from ddmd_lab.training import module as module_py
     from ddmd_lab.commands.gpu_check import main
+    from ddmd_lab.training import bench_fit  # builds each case's DistillModule
 
     made = []
 
-    class Recorded(module_py.DistillModule):
+    class Recorded(bench_fit.DistillModule):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             made.append(weakref.ref(self))
 
-    monkeypatch.setattr(module_py, "DistillModule", Recorded)
+    monkeypatch.setattr(bench_fit, "DistillModule", Recorded)
     out = tmp_path / "gpu_check.json"
     results = main(["--tiny", "--steps", "3", "--repeats", "1", "--cases", "sdxl:2,zimage:0", "--out", str(out)])
     assert json.loads(out.read_text()) == results

@@ -42,10 +42,11 @@ def test_wandb_offline_run_holds_grids_spectra_and_final_metrics(sweep):
 
 
 def test_paper_tables_put_the_papers_numbers_on_the_matching_rows(sweep):
+    from ddmd_lab.commands.report import scale_facts
     from ddmd_lab.report.tables import paper_tables, render_tables
 
     runs_dir, _ = sweep
-    tables = paper_tables(runs_dir, "mnist")
+    tables = paper_tables(runs_dir, "mnist", scale_facts(runs_dir, "mnist"))
     md = render_tables(tables, "markdown")
     rows = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| ")}
     assert "DMD2 | 18.95" in rows["coupled"] and "Decoupled-Hybrid | 17.8" in rows["decoupled_hybrid"]
@@ -61,16 +62,18 @@ def test_paper_tables_put_the_papers_numbers_on_the_matching_rows(sweep):
 
 
 def test_report_regenerates_with_its_figures_and_keeps_the_previous_one(sweep, tmp_path):
+    from ddmd_lab.commands.report import scale_facts
     from ddmd_lab.report.report import write_report
 
     runs_dir, _ = sweep
-    first = write_report(runs_dir, "mnist", tmp_path)
+    facts = scale_facts(runs_dir, "mnist")
+    first = write_report(runs_dir, "mnist", facts, tmp_path)
     page = (first / "README.md").read_text()
     images = [line.split("](")[1].rstrip(")") for line in page.splitlines() if line.startswith("![")]
     assert {"variance.png", "quality.png", "observer.png", "term_spectra_ca_only_4.png"} <= set(images)
     assert all((first / name).is_file() for name in images)
     assert "make sweep SCALE=mnist" in page and "Table 2 analogue" in page
-    write_report(runs_dir, "mnist", tmp_path)
+    write_report(runs_dir, "mnist", facts, tmp_path)
     kept = list(tmp_path.glob("mnist.replaced-*"))
     assert len(kept) == 1 and (kept[0] / "README.md").read_text() == page
 

@@ -13,6 +13,7 @@ import torch
 from ddmd_lab.config import load_config, parse_overrides
 from ddmd_lab.data.toy2d import ToyMixture
 from ddmd_lab.eval.distances import energy_distance
+from ddmd_lab.commands.report import scale_facts
 from ddmd_lab.report.tables import ablation_table
 from ddmd_lab.training.run import run_ablation
 
@@ -115,6 +116,6 @@ def test_new_run_never_overwrites_and_a_variant_never_shadows_the_arm(findings, 
     written beside the default run, and the tables keep showing the default run for that arm."""
     again = run_ablation(_cfg("coupled", toy_dirs, "steps=5", "eval_every=5", "eval_samples=200"))
     assert again != findings["coupled"] and (findings["coupled"] / "summary.json").is_file()
-    table = ablation_table(toy_dirs["runs_dir"], "toy2d")
+    table = ablation_table(toy_dirs["runs_dir"], "toy2d", scale_facts(toy_dirs["runs_dir"], "toy2d").reference)
     assert findings["coupled"].name in table and again.name not in table
     assert findings["ca_only"].name in table and "exact CFG-ODE" in table

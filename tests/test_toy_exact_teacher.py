@@ -116,14 +116,14 @@ def test_teacher_tables_pair_runs_by_seed():
                                                                   "out_std", "outside_support")}).rows}
     assert rows["trained", "#4 decoupled_hybrid"][5] == "does not hold" and rows["trained", "#1 coupled"][5] == "–"
     # the sweep: the scale's own config of the arm; the teacher's kind is the compared axis, not a difference
-    assert in_sweep(load_config("toy2d", "coupled", {"teacher": {"kind": "exact"}}))
-    assert in_sweep(load_config("toy2d", "dm_only", {"teacher": {"kind": "trained", "steps": 3000}}))
-    assert not in_sweep(load_config("toy2d", "coupled", {"steps": 5}))
-    assert not in_sweep(load_config("toy2d", "coupled", {"teacher": {"steps": 100}}))
+    assert in_sweep(load_config("toy2d", "coupled", {"teacher": {"kind": "exact"}}), toy2d.teacher_settings)
+    assert in_sweep(load_config("toy2d", "dm_only", {"teacher": {"kind": "trained", "steps": 3000}}), toy2d.teacher_settings)
+    assert not in_sweep(load_config("toy2d", "coupled", {"steps": 5}), toy2d.teacher_settings)
+    assert not in_sweep(load_config("toy2d", "coupled", {"teacher": {"steps": 100}}), toy2d.teacher_settings)
 
 
 def test_teacher_error_by_tau_is_zero_for_the_exact_teacher():
-    from ddmd_lab.report.toy_teachers import teacher_error_by_tau
+    from ddmd_lab.commands.toy_teachers import teacher_error_by_tau
 
     mix = ToyMixture()
     rows = teacher_error_by_tau(ExactToyDenoiser(mix), mix, (0.1, 0.9), n=200)

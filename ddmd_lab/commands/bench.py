@@ -1,82 +1,24 @@
 """``make bench``: a step's time against the network evaluations it must make.
 
 The floor of one training step is the sum of its network evaluations (see
-ARCHITECTURE.md's cost table), each timed here at the same batch size, in the
-same process, just before the steps are timed.  The ratio step / floor is the
-harness's overhead: optimiser updates, the math, Lightning's loop.
+ARCHITECTURE.md's cost table), each timed at the same batch size, in the same
+process, just before the steps are timed (both by training/bench_fit.py).  The
+ratio step / floor is the harness's overhead: optimiser updates, the math,
+Lightning's loop.
 """
 from __future__ import annotations
 
 import logging
-import statistics
-import time
+import resource
+import tempfile
 from dataclasses import replace
 
-import pytorch_lightning as pl
 import torch
 
 from ddmd_lab.commands.common import add_run_options, config_from_args
 from ddmd_lab.core.arms import REGISTRY
 from ddmd_lab.data.steps import condition_of, real_data_of
-from ddmd_lab.training.module import DistillModule
 from ddmd_lab.scales.base import get_scale
-
-
-def _sync() -> None:
-    """Wait for queued GPU work: CUDA calls return before their kernels finish, so a timer needs this."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        _sync()
-        t0 = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def evaluation_costs(model, cond, batch: int, repeats: int, gan: bool = True) -> dict[str, float]:
-    """Seconds for one no-grad forward at batch B, 2B, 3B, one forward+backward at B, and (``gan``) one
-    forward+backward of the features the GAN arm's discriminator reads (its extra evaluations)."""
-    shape, device = model.sample_shape, next(model.parameters()).device
-    x = torch.randn(batch, *shape, device=device)
-    t = torch.rand(batch, device=device)
-    out = {}
-    for k in (1, 2, 3):
-        xs, ts, cs = x.repeat(k, *[1] * len(shape)), t.repeat(k), model.cat_conditions([cond] * k)
-
-        def fwd(xs=xs, ts=ts, cs=cs):
-            with torch.no_grad():
-                model.x0(xs, ts, cs)
-
-        out[f"fwd{k}"] = _median_time(fwd, repeats)
-
-    def fwd_bwd():
-        model.zero_grad(set_to_none=True)
-        model.x0(x, t, cond).square().mean().backward()
-
-    out["fwd_bwd"] = _median_time(fwd_bwd, repeats)
-    if not gan:
-        return out
-
-    def features_fwd_bwd():
-        model.zero_grad(set_to_none=True)
-        model.features(x, t, cond).float().square().mean().backward()
-
-    out["features_fwd_bwd"] = _median_time(features_fwd_bwd, repeats)
-    x2, t2, c2 = torch.cat([x, x]), torch.cat([t, t]), model.cat_conditions([cond, cond])
-
-    def features2_fwd_bwd():  # the discriminator step: generated and real batches in one call
-        model.zero_grad(set_to_none=True)
-        model.features(x2, t2, c2).float().square().mean().backward()
-
-    out["features2_fwd_bwd"] = _median_time(features2_fwd_bwd, repeats)
-    return out
 
 
 def step_floor(arm, cost: dict[str, float], ttur: int, student_steps: int) -> float:
@@ -95,35 +37,9 @@ def step_floor(arm, cost: dict[str, float], ttur: int, student_steps: int) -> fl
     return (gen_step + critic_on_gen_step + (ttur - 1) * critic_only) / ttur
 
 
-class StepTimer(pl.Callback):
-    def __init__(self, warmup: int):
-        self.warmup, self.times, self._t0 = warmup, [], 0.0
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        _sync()
-        self._t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        _sync()
-        if batch_idx >= self.warmup:
-            self.times.append(time.perf_counter() - self._t0)
-
-
-def bench_arm(teacher, cfg, loader, warmup: int, callbacks=()) -> tuple[float, float]:
-    """(mean seconds per step, host reads per step made by ddmd_lab's code: each waits for the device)."""
-    from ddmd_lab.util.host_reads import counting_host_reads
-
-    timer = StepTimer(warmup)
-    trainer = pl.Trainer(max_epochs=1, accelerator=cfg.accelerator, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer, *callbacks],
-                         log_every_n_steps=cfg.log_every)
-    module = DistillModule(teacher, cfg)
-    with counting_host_reads() as reads:
-        trainer.fit(module, loader)
-    return statistics.mean(timer.times), reads.get("all", 0) / module.step_count
-
-
 def main(args) -> None:
+    from ddmd_lab.training.bench_fit import bench_arm, evaluation_costs, median_time  # deferred: Lightning
+
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)  # keep the table readable
     base = config_from_args(args, "decoupled_hybrid")
     steps = args.steps or 20 * base.ttur
@@ -154,11 +70,11 @@ def main(args) -> None:
               f"{step / floor:.2f} | {reads:.2f} |")
     diagnostics_overhead(teacher, base, loader, plain, cost)
     if len(teacher.sample_shape) == 3:  # image scales: the Inception network's throughput
-        from ddmd_lab.eval.fid import InceptionFeatures
+        from ddmd_lab.eval.fid import InceptionFeatures  # deferred: scipy and the Inception network
 
         images = torch.rand(128, *teacher.sample_shape) * 2 - 1
         inception = InceptionFeatures()
-        seconds = _median_time(lambda: inception.of_images(images), max(1, args.repeats // 10))
+        seconds = median_time(lambda: inception.of_images(images), max(1, args.repeats // 10))
         print(f"Inception features (clean-fid resize + network): {len(images) / seconds:.1f} images/s")
     print(f"peak memory: {peak_memory_mb():.0f} MB ({'CUDA allocated' if torch.cuda.is_available() else 'process RSS'})")
 
@@ -171,9 +87,8 @@ def diagnostics_overhead(teacher, base, loader, plain: dict[str, float], cost: d
     evaluates both terms once more at one common draw (a batched CFG teacher call and a fake call,
     diagnostics.measure); a shared-draw arm reuses its own terms (no network call).  On a shared machine
     the measured difference is noisy (two runs' timings); the floor is not."""
-    import tempfile
-
-    from ddmd_lab.training.callbacks.diagnostics import DiagnosticsCallback
+    from ddmd_lab.training.bench_fit import bench_arm  # deferred: Lightning
+    from ddmd_lab.training.callbacks.diagnostics import DiagnosticsCallback  # deferred: Lightning
 
     every = base.diagnostics_every or 10
     print(f"diagnostics: every generator step diagnosed vs none; a run diagnoses every {every}th generator step")
@@ -200,8 +115,6 @@ def diagnostics_overhead(teacher, base, loader, plain: dict[str, float], cost: d
 def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 

@@ -16,7 +16,8 @@ import torch
 
 from ddmd_lab.data.steps import condition_of
 from ddmd_lab.errors import UserError
-from ddmd_lab.method.diagnostics import EDGES, add_bins, bin_samples, measure, overall
+from ddmd_lab.method.diagnostics import measure
+from ddmd_lab.method.tau_bins import EDGES, add_bins, bin_samples, overall
 from ddmd_lab.scales.base import get_scale
 from ddmd_lab.training.restore import default_device, load_run, run_checkpoint, run_config
 from ddmd_lab.util.devices import to_device

@@ -1,14 +1,15 @@
 """``make teacher / classifier / ablation / sweep``: train a scale's teacher or classifier, distil with an arm."""
 from __future__ import annotations
 
-from ddmd_lab.commands.common import DEFAULT_ARM, add_run_options, add_sampling_options, config_from_args, sampler_from_args
-from ddmd_lab.errors import UserError
+from dataclasses import replace
 
+from ddmd_lab.commands.common import DEFAULT_ARM, add_run_options, config_from_args
+from ddmd_lab.config import RunConfig, known_arm_names
+from ddmd_lab.errors import UserError
+from ddmd_lab.scales.base import get_scale
 
 
 def cmd_teacher(args) -> None:
-    from ddmd_lab.scales.base import get_scale
-
     cfg = config_from_args(args, "decoupled_hybrid")
     scale = get_scale(cfg.scale)
     folder = scale.teacher_dir(cfg)
@@ -26,8 +27,6 @@ def cmd_teacher(args) -> None:
 
 
 def cmd_classifier(args) -> None:
-    from ddmd_lab.scales.base import get_scale
-
     cfg = config_from_args(args, DEFAULT_ARM)
     from ddmd_lab.training.networks import train_classifier  # deferred: Lightning
 
@@ -35,7 +34,7 @@ def cmd_classifier(args) -> None:
 
 
 def cmd_ablation(args) -> None:
-    from ddmd_lab.training.run import print_summary, resume_ablation, run_ablation
+    from ddmd_lab.training.run import print_summary, resume_ablation, run_ablation  # deferred: Lightning
 
     if not args.resume:
         print_summary(run_ablation(config_from_args(args, args.arm or DEFAULT_ARM)))
@@ -44,18 +43,14 @@ def cmd_ablation(args) -> None:
         raise UserError("RESUME continues a run exactly as configured; drop STEPS, SEED and SET, or start a new run.")
     target = args.resume
     if target == "auto":
-        from ddmd_lab.training.checkpointing import latest_unfinished_run
-        from ddmd_lab.config import RunConfig
+        from ddmd_lab.training.checkpointing import latest_unfinished_run  # deferred: Lightning
 
         target = str(latest_unfinished_run(RunConfig.runs_dir, args.scale or "toy2d", args.arm or DEFAULT_ARM))
     print_summary(resume_ablation(target, args.scale, args.arm))
 
 
 def cmd_sweep(args) -> None:
-    from ddmd_lab.core.arms import known_arm_names
-    from ddmd_lab.training.run import print_summary, run_ablation
-
-    from dataclasses import replace
+    from ddmd_lab.training.run import print_summary, run_ablation  # deferred: Lightning
 
     arms = args.arms.split(",") if args.arms else known_arm_names()
     try:

@@ -16,7 +16,7 @@ import torch
 from ddmd_lab.config import RunConfig, read_config
 from ddmd_lab.errors import UserError
 from ddmd_lab.core.flow import ddpm_timestep_from_t, unshift_time
-from ddmd_lab.core.rollout import student_times
+from ddmd_lab.core.rollout import student_times, times_for_model
 
 
 def student_scheduler(family: str, scheduler, sampler: str, shift: float, num_steps: int):
@@ -25,7 +25,7 @@ def student_scheduler(family: str, scheduler, sampler: str, shift: float, num_st
     made the student's 4 DDPM steps by original_inference_steps = N; SDXL euler: Euler (DDIM);
     flow families: FlowMatchEulerDiscreteScheduler with the student's static shift, stochastic
     for renoise."""
-    import diffusers
+    import diffusers  # deferred: diffusers, only an export writes a pipeline
 
     if family == "sdxl":
         if sampler == "renoise":
@@ -52,7 +52,7 @@ def pipeline_call_args(family: str, times: torch.Tensor, shift: float, alphas_cu
 
 
 def export_student(run_dir: Path, out: Path | None = None) -> Path:
-    from ddmd_lab.training.restore import load_student, require_text_scale, run_checkpoint
+    from ddmd_lab.training.restore import load_student, require_text_scale, run_checkpoint  # deferred: Lightning
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -65,8 +65,6 @@ def export_student(run_dir: Path, out: Path | None = None) -> Path:
     family = cfg.teacher["family"]
     model, student = load_student(cfg, run_checkpoint(run_dir))
     pipe, backbone = model.pipeline, model.backbone
-    from ddmd_lab.core.rollout import times_for_model
-
     times = times_for_model(backbone, cfg.student_steps, cfg.shift, cfg.student_times)
     call = pipeline_call_args(family, times, cfg.shift, getattr(backbone, "alphas_cumprod", None))
     out.mkdir(parents=True)
@@ -89,7 +87,7 @@ def export_student(run_dir: Path, out: Path | None = None) -> Path:
 
 
 def _write_lora(pipe, backbone, folder: Path) -> None:
-    from peft.utils import get_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict  # deferred: peft
 
     layers = get_peft_model_state_dict(backbone.denoiser(), adapter_name="generator")
     type(pipe).save_lora_weights(folder, **{f"{backbone.denoiser_attr}_lora_layers": layers})

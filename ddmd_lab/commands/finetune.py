@@ -1,14 +1,11 @@
 """``make finetune``: a LoRA on a finished run's student."""
 from __future__ import annotations
 
-from ddmd_lab.commands.common import DEFAULT_ARM, add_run_options, add_sampling_options, config_from_args, sampler_from_args
-from ddmd_lab.errors import UserError
-
+from ddmd_lab.config import parse_overrides
 
 
 def cmd_finetune(args) -> None:
-    from ddmd_lab.config import parse_overrides
-    from ddmd_lab.finetune.train import finetune
+    from ddmd_lab.finetune.train import finetune  # deferred: Lightning, diffusers, peft
 
     finetune(args.run, args.data, parse_overrides(args.overrides))
 

@@ -13,6 +13,7 @@ code on tiny configs of the same classes (its CPU test).
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import logging
@@ -20,7 +21,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import diffusers
 import torch
+
+from ddmd_lab.backbones.sdxl import SDXLBackbone, SDXLCondition, time_ids
+from ddmd_lab.backbones.zimage import Captions, ZImageBackbone
+from ddmd_lab.commands.bench import step_floor
+from ddmd_lab.config import load_config
+from ddmd_lab.data.steps import condition_of, step_loader
+from ddmd_lab.method.update import draw, generator_update
+from ddmd_lab.planning.architectures import family_specs
+from ddmd_lab.planning.memory_plan import memory_plan
+from ddmd_lab.training.bench_fit import evaluation_costs, timed_fit
+from ddmd_lab.training.run import allow_tf32
 
 CASES = (("sdxl", 64), ("sdxl", 0), ("zimage", 64), ("zimage", 0))  # (family, LoRA rank; 0 = full fine-tuning)
 SCALES = {"sdxl": "sdxl", "zimage": "zimage"}
@@ -41,8 +54,6 @@ TINY = {  # diffusers' own tiny test configs (STACK_NOTES), latent side 16
 
 def build_denoiser(spec: dict, device: torch.device, dtype: torch.dtype):
     """The spec's diffusers class, randomly initialised directly on ``device``."""
-    import diffusers
-
     kwargs = {k: v for k, v in spec.items() if not k.startswith("_")}
     with torch.device(device):
         net = getattr(diffusers, spec["_class_name"])(**kwargs)
@@ -55,17 +66,11 @@ def random_teacher(family: str, spec: dict, side: int, resolution: int, device, 
     """A Backbone around a random full-size denoiser, with a null condition of the real shapes."""
     net = build_denoiser(spec, device, dtype)
     if family == "sdxl":
-        from diffusers import DDPMScheduler
-
-        from ddmd_lab.backbones.sdxl import SDXLBackbone, SDXLCondition, time_ids
-
         pooled = spec["projection_class_embeddings_input_dim"] - 6 * spec["addition_time_embed_dim"]
         null = SDXLCondition(torch.zeros(1, 77, spec["cross_attention_dim"]), torch.zeros(1, pooled), time_ids(resolution))
-        sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+        sched = diffusers.DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
         model = SDXLBackbone(net, sched.alphas_cumprod, null, (spec["in_channels"], side, side))
     else:
-        from ddmd_lab.backbones.zimage import ZImageBackbone
-
         model = ZImageBackbone(net, torch.zeros(16, spec["cap_feat_dim"]), (spec["in_channels"], side, side))
     return model.to(device)
 
@@ -74,13 +79,9 @@ def condition_maker(family: str, spec: dict, batch: int, resolution: int, tokens
     """make_batch(generator) -> a random condition of the family's real shapes (prompt-embedding scale ~1)."""
     def make(g: torch.Generator):
         if family == "sdxl":
-            from ddmd_lab.backbones.sdxl import SDXLCondition, time_ids
-
             pooled = spec["projection_class_embeddings_input_dim"] - 6 * spec["addition_time_embed_dim"]
             return SDXLCondition(torch.randn(batch, 77, spec["cross_attention_dim"], generator=g),
                                  torch.randn(batch, pooled, generator=g), time_ids(resolution).repeat(batch, 1))
-        from ddmd_lab.backbones.zimage import Captions
-
         return Captions([torch.randn(tokens, spec["cap_feat_dim"], generator=g) for _ in range(batch)])
 
     return make
@@ -88,8 +89,6 @@ def condition_maker(family: str, spec: dict, batch: int, resolution: int, tokens
 
 def update_agreement(module, cond) -> dict:
     """One generator update (same x, draws, networks) in float32 and under bf16 autocast."""
-    from ddmd_lab.method.update import draw, generator_update
-
     device = module.device
     with torch.no_grad():
         x_t, t = module._student_input(cond, len(cond))
@@ -104,15 +103,6 @@ def update_agreement(module, cond) -> dict:
 
 
 def check_case(family: str, rank: int, tiny: bool, device: torch.device, steps: int | None, repeats: int) -> dict:
-    import pytorch_lightning as pl
-
-    from ddmd_lab.commands.bench import StepTimer, evaluation_costs, step_floor
-    from ddmd_lab.config import load_config
-    from ddmd_lab.data.steps import condition_of, step_loader
-    from ddmd_lab.planning.architectures import family_specs
-    from ddmd_lab.planning.memory_plan import memory_plan
-    from ddmd_lab.training.module import DistillModule
-
     gpu = device.type == "cuda"
     release(device)  # anything an earlier case left behind would count in this case's peak
     overrides = {"teacher": {"source": "random-weights"}, "lora": {"rank": rank, "alpha": max(rank, 1)},
@@ -144,29 +134,25 @@ def check_case(family: str, rank: int, tiny: bool, device: torch.device, steps: 
     if gpu:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
-    timer = StepTimer(warmup=1)
-    trainer = pl.Trainer(max_epochs=1, accelerator=cfg.accelerator, devices=1, precision=cfg.precision, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[timer])
-    module = DistillModule(teacher, cfg)
-    trainer.fit(module, step_loader(make, cfg.seed, 0, cfg.steps))
+    fit = timed_fit(teacher, cfg, step_loader(make, cfg.seed, 0, cfg.steps), warmup=1)
+    module = fit.module
     if gpu:
         result["measured_peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         if training_gib:  # like with like: the plan's components this script allocates
             result["measured_over_plan"] = round(result["measured_peak_gib"] / training_gib, 3)
     module.to(device)  # Lightning's teardown moved the module back to the CPU
     cond = condition_of(next(iter(step_loader(make, 99, 0, 1))))
-    cond = trainer.strategy.batch_to_device(cond, device)
+    cond = fit.batch_to_device(cond, device)
     result.update(update_agreement(module, cond))
     # the floor: each network evaluation timed alone, in the run's precision (after training: its gradients
     # would otherwise count in the peak), on the step's own generator: LoRA its view (adapter on, base frozen,
     # checkpointed as in the step), full fine-tuning its trained copy.  (The raw teacher of a LoRA run is the
     # shared base: its fwd_bwd would compute every base weight's gradient, which no step does.)
-    with trainer.precision_plugin.forward_context():
+    with fit.forward_context():
         costs = evaluation_costs(module.generator, cond, cfg.batch_size, repeats, gan=False)
     for p in module.parameters():
         p.grad = None
-    step = sum(timer.times) / len(timer.times)
+    step = sum(fit.step_times) / len(fit.step_times)
     floor = step_floor(cfg.arm, costs, cfg.ttur, cfg.student_steps)
     result.update(step_ms=round(step * 1e3, 1), floor_ms=round(floor * 1e3, 1), step_over_floor=round(step / floor, 2))
     return result  # main releases what the case held (release(), once this frame is gone)
@@ -185,8 +171,6 @@ def release(device: torch.device) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m ddmd_lab.commands.gpu_check", description=__doc__)
     p.add_argument("--tiny", action="store_true", help="tiny configs of the same classes (runs on a CPU)")
     p.add_argument("--cases", default="", help="e.g. sdxl:64,zimage:64 (default: all four)")
@@ -197,8 +181,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
-        from ddmd_lab.training.run import allow_tf32
-
         allow_tf32()
         print(f"device: {torch.cuda.get_device_name(device)}, "
               f"{torch.cuda.get_device_properties(device).total_memory / 2**30:.0f} GiB")

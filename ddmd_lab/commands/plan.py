@@ -1,16 +1,16 @@
 """``make plan / embed``: a text-to-image recipe's memory per GPU; its prompts' text conditions once."""
 from __future__ import annotations
 
-from ddmd_lab.commands.common import DEFAULT_ARM, add_run_options, add_sampling_options, config_from_args, sampler_from_args
-from ddmd_lab.errors import UserError
+from pathlib import Path
 
+from ddmd_lab.commands.common import DEFAULT_ARM, add_run_options, config_from_args
+from ddmd_lab.errors import UserError
+from ddmd_lab.scales.base import TEXT_TO_IMAGE
 
 
 def cmd_plan(args) -> None:
-    from pathlib import Path
-
+    # deferred: Lightning and transformers (the parallel strategies, the real architectures)
     from ddmd_lab.planning.memory_plan import PLAN_FILE, format_table, memory_plan, write_plan
-    from ddmd_lab.scales.base import TEXT_TO_IMAGE
 
     cfg = config_from_args(args, args.arm or DEFAULT_ARM)
     if cfg.scale not in TEXT_TO_IMAGE:
@@ -24,12 +24,10 @@ def cmd_plan(args) -> None:
 
 
 def cmd_embed(args) -> None:
-    from ddmd_lab.scales.base import TEXT_TO_IMAGE
-
     cfg = config_from_args(args, DEFAULT_ARM)
     if cfg.scale not in TEXT_TO_IMAGE:
         raise UserError(f"prompt embeddings are for the text-to-image scales: make embed SCALE={'|'.join(TEXT_TO_IMAGE)}.")
-    from ddmd_lab.scales.text2image import embed
+    from ddmd_lab.scales.text2image import embed  # deferred: the text-to-image backbones (diffusers)
 
     embed(cfg)
     print("train on them with SET=\"data.precompute=true\" (same teacher and data settings): no text encoder is loaded")

@@ -1,21 +1,19 @@
 """``make sample``: images from prompts with a run's student or a scale's teacher."""
 from __future__ import annotations
 
-from ddmd_lab.commands.common import DEFAULT_ARM, add_run_options, add_sampling_options, config_from_args, sampler_from_args
+import time
+from pathlib import Path
+
+from ddmd_lab.commands.common import add_sampling_options, sampler_from_args
+from ddmd_lab.data.prompts import read_prompts
 from ddmd_lab.errors import UserError
 
 
-
 def cmd_sample(args) -> None:
-    import time
-    from pathlib import Path
-
-    from ddmd_lab.training.generate import write_samples
+    from ddmd_lab.training.generate import write_samples  # deferred: Lightning, transformers
 
     prompts = list(args.prompt)
     if args.prompts:
-        from ddmd_lab.data.prompts import read_prompts
-
         prompts += read_prompts(args.prompts)
     if not prompts:
         raise UserError('no prompts: PROMPT="a cat on a sofa" (repeatable with --prompt) or PROMPTS=<file, one per line>.')

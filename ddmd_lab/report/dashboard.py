@@ -44,8 +44,9 @@ SECTIONS: dict[str, dict] = {
 
 
 def build_workspace(entity: str, project: str = "ddmd_lab", name: str = "ddmd_lab findings"):
-    import wandb_workspaces.reports.v2 as wr
-    import wandb_workspaces.workspaces as ws
+    # only make dashboard builds a workspace: wandb_workspaces (and the wandb it pulls in) waits until then
+    import wandb_workspaces.reports.v2 as wr  # deferred: wandb
+    import wandb_workspaces.workspaces as ws  # deferred: wandb
 
     sections = []
     for title, spec in SECTIONS.items():

@@ -16,8 +16,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from ddmd_lab.config import read_config
-from ddmd_lab.method.diagnostics import BINNINGS, Binned, overall
-from ddmd_lab.report.runs import RunRecord
+from ddmd_lab.method.tau_bins import BINNINGS, Binned, overall
+from ddmd_lab.report.run_record import RunRecord
 
 LAST_STEPS = 5
 COMPARED = ("coupled", "decoupled_hybrid")  # the report's default pair: schedule #1 vs #4

@@ -1,71 +1,28 @@
 """reports/finetune/: the fine-tunes of a scale laid out (``make finetune-report``, issue 16).
 
-The claims and their verdicts come from report/finetune_sweep.py; this module adds the teacher's
-reaction to sampling guidance, measured once on the fine-tunes' own noise and labels
-(``teacher_reference``), the tables, the figures (saturation against sampling guidance, curves
-over fine-tune steps, forgetting against learning, before / after grids) and the page, staged and
-published as make report's.
+The claims and their verdicts come from report/finetune_sweep.py, the teacher's reaction to sampling
+guidance from the command (report/teacher_guidance.py: measured once on the fine-tunes' own noise and
+labels, kept beside the page); this module lays out the tables, the figures (saturation against
+sampling guidance, curves over fine-tune steps, forgetting against learning, before / after grids) and
+the page, staged and published as make report's.
 """
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from ddmd_lab.errors import UserError
-from ddmd_lab.util.io import atomic_write_text, publish_dir
-from ddmd_lab.report.finetune_sweep import (ARM_NAMES, SAMPLE_GUIDANCE, Finetune, Sweep, Verdict, claims, load_finetunes,
-                             setting_name)
-from ddmd_lab.report.plots import _save
+from ddmd_lab.report.finetune_sweep import ARM_NAMES, SAMPLE_GUIDANCE, Sweep, Verdict, claims, setting_name
+from ddmd_lab.report.plots import save_figure
 from ddmd_lab.report.stats import mean_interval
 from ddmd_lab.report.tables import Table, render_tables
-
-
-# -- the teacher's reaction to sampling guidance -----------------------------------------------------------
-
-def teacher_reference(ft: Finetune, guidances: list[float]) -> dict[float, dict]:
-    """The scale's teacher on a fine-tune's old-class noise and labels, at each sampling guidance
-    (its many-step CFG ODE), scored as the fine-tune scores the student (finetune/evaluate.py)."""
-    import torch
-
-    from ddmd_lab.finetune.config import FinetuneConfig
-    from ddmd_lab.finetune.data import parse_data
-    from ddmd_lab.finetune.evaluate import ImageEvaluator
-    from ddmd_lab.finetune.student import load_student
-    from ddmd_lab.training.networks import load_networks
-    from ddmd_lab.scales.images import teacher_settings
-
-    settings = {k: v for k, v in ft.spec["finetune"].items() if k in ("eval_samples", "eval_new", "lora", "seed")}
-    cfg_ft = FinetuneConfig.from_overrides({**settings, "device": "cpu"})
-    torch.manual_seed(cfg_ft.seed)
-    student = load_student(Path(ft.spec["run"]), cfg_ft, "cpu")
-    ev = ImageEvaluator(student, parse_data(ft.spec["data"], student.cfg.scale, student.cfg.data.get("root")), cfg_ft)
-    teacher, _ = load_networks(student.cfg)
-    steps = teacher_settings(student.cfg)["ode_steps"]
-    return {float(g): ev.measure_teacher(teacher, g, steps) for g in guidances}
-
-
-def _teacher_cached(fts: list[Finetune], folder: Path) -> dict[float, dict] | None:
-    """teacher_reference, kept in ``folder/teacher_guidance.json`` (keyed by what it depends on)."""
-    if not fts:
-        return None
-    ft = fts[0]
-    guidances = sorted({float(r["sample_guidance"]) for r in ft.grids})
-    key = {"teacher_run": ft.spec["run"], "data": ft.spec["data"], "eval_samples": ft.spec["finetune"]["eval_samples"],
-           "guidances": guidances}
-    path = folder / "teacher_guidance.json"
-    if path.is_file():
-        cached = json.loads(path.read_text())
-        if cached.get("key") == key:
-            return {float(g): m for g, m in cached["metrics"].items()}
-    metrics = teacher_reference(ft, guidances)
-    atomic_write_text(path, json.dumps({"key": key, "metrics": {str(g): m for g, m in metrics.items()}}, indent=2))
-    return metrics
+from ddmd_lab.report.teacher_guidance import TEACHER_GUIDANCE_FILE, TeacherGuidance, keep_teacher_guidance
+from ddmd_lab.util.io import atomic_write_text, publish_dir
 
 
 # -- tables, figures, the page -----------------------------------------------------------------------------
@@ -126,8 +83,6 @@ def verdict_table(title: str, verdicts: list[Verdict]) -> Table:
 def _mean_curves(sweep: Sweep, keys: tuple[str, ...]):
     """Per setting: (setting, {key: curve averaged over seeds and both students, cut to the shortest},
     the line style that names it: the center solid, the others dashed)."""
-    from matplotlib import colormaps
-
     for i, s in enumerate(sweep.settings):
         fts = [ft for a in sweep.arms for ft in sweep.by.get((a, s), {}).values()]
         n = min(len(ft.curve["step"]) for ft in fts)
@@ -152,7 +107,7 @@ def curves_figure(sweep: Sweep, path: Path, keys=("new_adherence", "domain_fd", 
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=2, bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def tradeoff_figure(sweep: Sweep, path: Path):
@@ -170,7 +125,7 @@ def tradeoff_figure(sweep: Sweep, path: Path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def guidance_figure(sweep: Sweep, teacher: dict | None, path: Path):
@@ -191,7 +146,7 @@ def guidance_figure(sweep: Sweep, teacher: dict | None, path: Path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def report_command(scale: str, center: tuple) -> str:
@@ -216,19 +171,21 @@ def reproduce_lines(sweep: Sweep, scale: str) -> list[str]:
     return lines
 
 
-def write_finetune_report(runs_dir: str | Path, scale: str, center: dict, reports_dir: str | Path = "reports") -> Path:
-    fts = [ft for ft in load_finetunes(runs_dir, scale) if ft.spec["student"]["scale"] == scale]
-    if not fts:
-        raise UserError(f"no finished fine-tune under {Path(runs_dir) / scale / 'finetune'}: run "
-                        "bash analysis/sweeps/finetune.sh (or make finetune) first.")
-    sweep = Sweep(fts, center)
+def write_finetune_report(sweep: Sweep, runs_dir: str | Path, scale: str, reports_dir: str | Path = "reports",
+                          teacher_guidance: TeacherGuidance | None = None) -> Path:
+    """``sweep``: the scale's finished fine-tunes (finished_finetunes) about their center setting; ``runs_dir``
+    where they were read.  ``teacher_guidance``: the teacher's reaction to sampling guidance (image scales),
+    measured by the command on the first fine-tune (teacher_guidance_key); None leaves the teacher out."""
+    fts = sweep.fts
     target = Path(reports_dir) / "finetune"
     staging = Path(reports_dir) / f".finetune.staging-{secrets.token_hex(3)}"
     staging.mkdir(parents=True)
     try:
-        if (target / "teacher_guidance.json").is_file():  # the teacher is measured once; reuse it if it still applies
-            shutil.copy(target / "teacher_guidance.json", staging / "teacher_guidance.json")
-        teacher = _teacher_cached(fts, staging) if scale in ("fashion", "mnist") else None
+        if (target / TEACHER_GUIDANCE_FILE).is_file():  # the teacher is measured once; kept while it still applies
+            shutil.copy(target / TEACHER_GUIDANCE_FILE, staging / TEACHER_GUIDANCE_FILE)
+        if teacher_guidance is not None:
+            keep_teacher_guidance(teacher_guidance, staging)
+        teacher = teacher_guidance.metrics if teacher_guidance is not None else None
         judged = claims(sweep, teacher)
         curves_figure(sweep, staging / "curves.png")
         tradeoff_figure(sweep, staging / "tradeoff.png")

@@ -86,6 +86,15 @@ def load_finetunes(runs_dir: str | Path, scale: str) -> list[Finetune]:
     return out
 
 
+def finished_finetunes(runs_dir: str | Path, scale: str) -> list[Finetune]:
+    """The finished fine-tunes of ``scale``'s students; a UserError where there is none."""
+    fts = [ft for ft in load_finetunes(runs_dir, scale) if ft.spec["student"]["scale"] == scale]
+    if not fts:
+        raise UserError(f"no finished fine-tune under {Path(runs_dir) / scale / 'finetune'}: run "
+                        "bash analysis/sweeps/finetune.sh (or make finetune) first.")
+    return fts
+
+
 def setting_name(setting: tuple) -> str:
     rank, lr, g, steps, _, _ = setting
     return f"rank {rank}, lr {lr:g}, train_guidance {g:g}, {steps} steps"
@@ -95,6 +104,7 @@ class Sweep:
     """The fine-tunes by (arm, setting), newest per seed; values keyed (arm, seed) for pooled pairing."""
 
     def __init__(self, fts: list[Finetune], center: dict):
+        self.fts = fts  # every fine-tune read, oldest first (a seed run twice too)
         self.by = {}
         for ft in fts:
             self.by.setdefault((ft.arm, ft.setting), {})[ft.seed] = ft  # oldest first: the newest stays

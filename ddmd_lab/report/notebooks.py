@@ -15,8 +15,8 @@ NOTEBOOKS = ("spectra.ipynb", "variance.ipynb")
 
 
 def execute(notebook: Path, out_dir: Path, runs_dir: Path, scale: str, timeout: int = 600) -> Path:
-    import nbformat
-    from nbclient import NotebookClient
+    import nbformat  # deferred: the Jupyter stack, only make notebooks needs it
+    from nbclient import NotebookClient  # deferred: the Jupyter stack
 
     nb = nbformat.read(notebook, as_version=4)
     env = {"DDMD_RUNS_DIR": str(Path(runs_dir).resolve()), "DDMD_SCALE": scale, "MPLBACKEND": "module://matplotlib_inline.backend_inline"}

@@ -9,7 +9,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure list; Jupyter shows Figures inline
 
 from ddmd_lab.core.arms import REGISTRY
-from ddmd_lab.report.runs import RunRecord
+from ddmd_lab.report.run_record import RunRecord
 
 CURVE_KEYS = ("out_std", "out_mean", "saturated", "hf_excess")
 TITLES = {"out_std": "output std", "out_mean": "output mean", "saturated": "share of saturated pixels",
@@ -17,7 +17,8 @@ TITLES = {"out_std": "output std", "out_mean": "output mean", "saturated": "shar
           "spectral_centroid": "spectral centroid", "domain_fd": "classifier Frechet distance"}
 
 
-def _save(fig, path: Path | None):
+def save_figure(fig, path: Path | None):
+    """Write ``fig`` to ``path`` (its folder made) at the report's resolution; None: keep it in memory (notebooks)."""
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -56,7 +57,7 @@ def variance_curves(runs: dict[tuple[str, int], RunRecord], path: Path | None = 
     if legend:
         fig.legend(list(legend.values()), list(legend), loc="upper center", ncol=min(len(legend), 8), bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def quality_bars(runs: dict[tuple[str, int], RunRecord], path: Path | None = None,
@@ -82,7 +83,7 @@ def quality_bars(runs: dict[tuple[str, int], RunRecord], path: Path | None = Non
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def term_spectra_plot(record: RunRecord, path: Path | None = None):
@@ -118,7 +119,7 @@ def spectra_by_tau(spec: dict, title: str, path: Path | None = None):
     ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def output_spectra_heatmap(record: RunRecord, path: Path | None = None):
@@ -138,7 +139,7 @@ def output_spectra_heatmap(record: RunRecord, path: Path | None = None):
     ax.set_title(f"{record.arm}, {record.student_steps}-step: log10 power / real")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def observer_bars(records: list[RunRecord], path: Path | None = None):
@@ -157,7 +158,7 @@ def observer_bars(records: list[RunRecord], path: Path | None = None):
     ax.set_title("observer test")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def run_figures(record: RunRecord) -> dict[str, str]:
@@ -192,7 +193,7 @@ def seeded_bars(groups, path: Path | None = None, metrics=("domain_fd", "class_a
         ax.set_title(f"{TITLES.get(m, m)} (mean, 95% interval, seeds)")
         ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def convergence(groups, path: Path | None = None, keys=("domain_fd", "class_adherence", "out_std")):
@@ -223,4 +224,4 @@ def convergence(groups, path: Path | None = None, keys=("domain_fd", "class_adhe
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=2, bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -11,27 +11,31 @@ import shutil
 import time
 from pathlib import Path
 
-from ddmd_lab.util.io import atomic_write_text, publish_dir
+import numpy as np
+
 from ddmd_lab.report import plots
 from ddmd_lab.report.diagnostics_plots import diagnostics_section
 from ddmd_lab.report.runs import finished_runs, require_runs
-from ddmd_lab.report.seeded import claims, seed_groups
-from ddmd_lab.report.tables import paper_tables, render_tables, scale_reference
+from ddmd_lab.report.scale_facts import ScaleFacts
+from ddmd_lab.report.seeded import claims, seed_groups, short_value
+from ddmd_lab.report.tables import paper_tables, render_tables
+from ddmd_lab.util.io import atomic_write_text, publish_dir
 
 KEY_ARMS = ("ca_only", "decoupled_hybrid", "coupled", "dm_only")  # spectra shown for these, where run
 
 
-def write_report(runs_dir: str | Path, scale: str, reports_dir: str | Path = "reports") -> Path:
+def write_report(runs_dir: str | Path, scale: str, facts: ScaleFacts, reports_dir: str | Path = "reports") -> Path:
+    """``facts``: what the scale says that no run folder holds (commands/report.scale_facts)."""
     runs = require_runs(runs_dir, scale)
     target = Path(reports_dir) / scale
     staging = Path(reports_dir) / f".{scale}.staging-{secrets.token_hex(3)}"
     staging.mkdir(parents=True)
     try:
-        tables = paper_tables(runs_dir, scale)
+        tables = paper_tables(runs_dir, scale, facts)
         atomic_write_text(staging / "tables.md", render_tables(tables, "markdown") + "\n")
         atomic_write_text(staging / "tables.tex", render_tables(tables, "latex") + "\n")
-        teacher = _teacher_ca_spectra(runs)  # read once: a figure and a finding use it
-        lines = _figures(runs, staging, teacher) + diagnostics_section(runs, staging)
+        teacher = _teacher_ca_spectra(facts.teacher_ca_spectra)  # read once: a figure and a finding use it
+        lines = _figures(runs, staging, teacher, facts.reference) + diagnostics_section(runs, staging)
         groups = seed_groups(finished_runs(runs_dir, scale))
         seeded = _seeded_section(groups, staging)
         page = [f"# ddmd_lab report: {scale}", "",
@@ -72,8 +76,6 @@ def _seeded_section(groups, folder: Path) -> list[str]:
 
 def convergence_lines(groups, metric: str = "domain_fd") -> list[str]:
     """For each longest run: the metric at the start, at the sweeps' length, at its best and at the end."""
-    import numpy as np
-
     lengths = sorted({r.cfg.steps for g in groups for r in g.runs.values()})
     if len(lengths) < 2:
         return []
@@ -99,12 +101,10 @@ def convergence_lines(groups, metric: str = "domain_fd") -> list[str]:
 def _sweep_commands(groups) -> list[str]:
     """The commands that reproduce every group of runs, read back from their configs (one
     `make sweep` per set of arms that share steps, seeds and settings)."""
-    from ddmd_lab.report.seeded import _short
-
     lines: dict[tuple, list[str]] = {}
     for g in sorted(groups, key=lambda g: (-g.student_steps, g.arm, g.name)):
         r = g.newest()
-        settings = " ".join(f"{k}={_short(v)}" for k, v in sorted(g.changed.items()) if k != "steps")
+        settings = " ".join(f"{k}={short_value(v)}" for k, v in sorted(g.changed.items()) if k != "steps")
         key = (r.cfg.scale, r.cfg.steps, ",".join(map(str, g.seeds)), f"student_steps={g.student_steps} {settings}".strip())
         lines.setdefault(key, []).append(g.arm)
     out = ["Reproduce:", "", "```"]
@@ -113,7 +113,7 @@ def _sweep_commands(groups) -> list[str]:
     return out + [f"make report SCALE={groups[0].newest().cfg.scale}" if groups else "make report", "```"]
 
 
-def _figures(runs, folder: Path, teacher: dict | None) -> list[str]:
+def _figures(runs, folder: Path, teacher: dict | None, reference: dict[str, dict]) -> list[str]:
     out = []
 
     def figure(name: str, title: str, draw) -> None:
@@ -127,7 +127,7 @@ def _figures(runs, folder: Path, teacher: dict | None) -> list[str]:
     figure("variance.png", "Output statistics over training (Fig. 2 / Fig. 3 analogues)",
            lambda p: plots.variance_curves(runs, p))
     figure("quality.png", "Final FID and class adherence per arm (Table 2 analogue)",
-           lambda p: plots.quality_bars(runs, p, reference=scale_reference(runs)))
+           lambda p: plots.quality_bars(runs, p, reference=reference))
     if teacher is not None:
         figure("term_spectra_teacher.png", "CA spectra per tau of the teacher on real test images",
                lambda p: plots.spectra_by_tau(teacher, "teacher on real images: where CA acts", p))
@@ -171,8 +171,6 @@ def _verdict(ok: bool) -> str:
 def findings(runs, teacher: dict | None = None) -> list[str]:
     """The paper's claims as checks computed from the runs (nothing typed in by hand);
     ``teacher``: the teacher's CA spectra on real data, where measured."""
-    import numpy as np
-
     out = []
     for steps in (4, 1):
         ca = runs.get(("ca_only", steps))
@@ -245,18 +243,10 @@ def colour_findings(runs) -> list[str]:
     return out
 
 
-def _teacher_ca_spectra(runs):
-    """The teacher's CA spectra on real data, where `make spectra SCALE=<scale>` wrote them."""
-    import numpy as np
-
-    from ddmd_lab.scales.base import get_scale
-
-    cfg = next(iter(runs.values())).cfg
-    scale = get_scale(cfg.scale)
-    if not hasattr(scale, "teacher_dir"):
-        return None
-    path = scale.teacher_dir(cfg) / f"ca_spectra_alpha_{cfg.alpha:g}.npz"
-    if not path.is_file():
+def _teacher_ca_spectra(path: Path | None) -> dict | None:
+    """The teacher's CA spectra on real data, where `make spectra SCALE=<scale>` wrote them (``path``: the
+    scale's file for them, ScaleFacts.teacher_ca_spectra)."""
+    if path is None or not path.is_file():
         return None
     with np.load(path) as data:
         return {k: data[k] for k in data.files}

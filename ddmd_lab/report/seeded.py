@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterable
 
-from ddmd_lab.report.runs import RunRecord
+from ddmd_lab.config import load_config
+from ddmd_lab.report.run_record import RunRecord
 from ddmd_lab.report.stats import Estimate, group_key, mean_interval, paired_difference, verdict
 
 # keys that never distinguish groups: where and how a run logs, the seed, and the arm's own text
@@ -36,8 +37,6 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 @lru_cache(maxsize=64)
 def _defaults(scale: str, arm: str) -> tuple:
-    from ddmd_lab.config import load_config
-
     try:
         return tuple(flat(load_config(scale, arm).to_dict()).items())
     except Exception:  # an arm or scale no longer defined here: nothing to compare with
@@ -70,7 +69,7 @@ class Group:
 
     @property
     def name(self) -> str:
-        extra = ", ".join(f"{k}={_short(v)}" for k, v in sorted(self.label.items()))
+        extra = ", ".join(f"{k}={short_value(v)}" for k, v in sorted(self.label.items()))
         return f"{self.arm} [{extra}]" if extra else self.arm
 
     def values(self, metric: str) -> dict[int, float]:
@@ -83,7 +82,8 @@ class Group:
         return max(self.runs.values(), key=lambda r: r.path.name)
 
 
-def _short(v) -> str:
+def short_value(v) -> str:
+    """A config value as a label shows it (floats without trailing zeros)."""
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
@@ -137,7 +137,7 @@ def find(groups: list[Group], arm: str, steps: int, **label) -> Group | None:
 
 
 def _same(a: dict, b: dict) -> bool:
-    return set(a) == set(b) and all(_short(a[k]) == _short(b[k]) for k in a)
+    return set(a) == set(b) and all(short_value(a[k]) == short_value(b[k]) for k in a)
 
 
 @dataclass
@@ -193,7 +193,7 @@ def claims(groups: list[Group], metric: str = "domain_fd", steps: int = 4) -> li
         if key == "arm.normaliser":
             out.append(compare(f"{g.arm}: normaliser {value} better than the default", g, base[g.arm], metric, lower))
         elif key == "lr_fake":
-            out.append(compare(f"{g.arm}: lr_fake {_short(value)} differs from the default", g, base[g.arm], metric, None))
+            out.append(compare(f"{g.arm}: lr_fake {short_value(value)} differs from the default", g, base[g.arm], metric, None))
     per_loss = {a: find(groups, a, steps, arm__normaliser="per_loss") for a in ("decoupled_hybrid", "coupled")}
     out.append(compare("#4 better than #1, both with normaliser per_loss", per_loss["decoupled_hybrid"],
                        per_loss["coupled"], metric, lower))

@@ -6,6 +6,7 @@ Pure functions on numbers and configs; scipy's t distribution for the quantiles.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping
@@ -28,7 +29,7 @@ class Estimate:
 
 def mean_interval(values: Iterable[float], level: float = LEVEL) -> Estimate:
     """Mean and two-sided Student-t interval of independent values (the seeds of one group)."""
-    from scipy import stats
+    from scipy import stats  # deferred: scipy takes ~1 s to import, and only an interval needs it
 
     xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     n = len(xs)
@@ -62,13 +63,11 @@ def verdict(diff: Estimate, lower_is_better: bool = True) -> str:
 def group_key(config: Mapping, ignore: tuple[str, ...] = ("seed", "runs_dir", "cache_dir", "wandb", "progress_bar")) -> str:
     """A run's group: its resolved config without the seed (and without where and how it logs),
     as a canonical string; runs of one arm that differ in anything else are other groups."""
-    import json
-
     return json.dumps({k: v for k, v in config.items() if k not in ignore}, sort_keys=True, default=str)
 
 
 def by_seed(records: Iterable, metric: str) -> dict[str, dict[int, float]]:
-    """{group key: {seed: the summary's metric}} of run records (report.runs.RunRecord); a seed
+    """{group key: {seed: the summary's metric}} of run records (report.run_record.RunRecord); a seed
     run twice in one group keeps its latest run."""
     out: dict[str, dict[int, float]] = {}
     for r in sorted(records, key=lambda r: r.path.name):

@@ -14,7 +14,10 @@ import numpy as np
 import yaml
 
 from ddmd_lab.core.arms import REGISTRY
-from ddmd_lab.report.runs import RunRecord, require_runs
+from ddmd_lab.report.run_record import RunRecord
+from ddmd_lab.report.runs import finished_runs, require_runs
+from ddmd_lab.report.scale_facts import ScaleFacts
+from ddmd_lab.report.seeded import claims, seed_groups, seeded_rows, sweep_settings
 
 PAPER_NUMBERS = Path(__file__).resolve().parents[2] / "analysis" / "paper_numbers.yaml"
 SCHEDULES = ("coupled", "decoupled_full", "decoupled_constrained", "decoupled_hybrid")  # the paper's #1..#4
@@ -93,20 +96,9 @@ def results_table(runs: dict[tuple[str, int], RunRecord], reference: dict[str, d
     return t
 
 
-def scale_reference(runs: dict[tuple[str, int], RunRecord]) -> dict[str, dict]:
-    """The scale's reference rows (teacher many-step, exact samples), measured like a student."""
-    if not runs:
-        return {}
-    from ddmd_lab.scales.base import get_scale
-
-    cfg = next(iter(runs.values())).cfg
-    scale = get_scale(cfg.scale)
-    return scale.reference_rows(cfg) if hasattr(scale, "reference_rows") else {}
-
-
-def ablation_table(runs_dir: str | Path, scale: str) -> str:
-    runs = require_runs(runs_dir, scale)
-    return results_table(runs, scale_reference(runs)).to_markdown()
+def ablation_table(runs_dir: str | Path, scale: str, reference: dict[str, dict]) -> str:
+    """``reference``: the scale's rows (commands/report.scale_reference)."""
+    return results_table(require_runs(runs_dir, scale), reference).to_markdown()
 
 
 def table2(runs, paper: dict) -> Table:
@@ -234,28 +226,23 @@ def table1_text_to_image(runs, paper: dict, teacher: dict | None = None) -> Tabl
     return t
 
 
-def paper_tables(runs_dir: str | Path, scale: str) -> list[Table]:
+def paper_tables(runs_dir: str | Path, scale: str, facts: ScaleFacts) -> list[Table]:
+    """``facts``: what the scale says (commands/report.scale_facts): its reference rows, whether it is text-to-image."""
     runs = require_runs(runs_dir, scale)
-    reference = scale_reference(runs)
     paper = paper_numbers()
     f = paper["findings"]
-    from ddmd_lab.scales.base import TEXT_TO_IMAGE
-
-    if scale in TEXT_TO_IMAGE:
-        tables = [results_table(runs, reference),
+    if facts.text_to_image:
+        tables = [results_table(runs, facts.reference),
                   table2_text_to_image(runs, paper, _teacher_results(runs_dir, scale, "coco10k")),
                   table1_text_to_image(runs, paper, _teacher_results(runs_dir, scale, "hpsv21"))]
     else:
-        tables = [results_table(runs, reference), table2(runs, paper), table1(runs, paper, reference)]
+        tables = [results_table(runs, facts.reference), table2(runs, paper), table1(runs, paper, facts.reference)]
     for steps in (4, 1):
         tables.append(curve_table(f"Fig. 2 analogue: CA vs CA+DM vs DM over training, {steps}-step", FIG2_ARMS, runs,
                                   steps, ("out_std", "hf_excess", "class_adherence"), note="Paper: " + f["fig2"]))
     tables.append(curve_table("Fig. 3 analogue: regularisers of CA, 4-step", REGULARISERS, runs, 4,
                               ("out_mean", "out_std"), note="Paper: " + f["fig3"]))
     tables.append(fig4a(runs))
-    from ddmd_lab.report.runs import finished_runs
-    from ddmd_lab.report.seeded import claims, seed_groups
-
     groups = seed_groups(finished_runs(runs_dir, scale))
     if any(len(g.runs) > 1 for g in groups):  # seeds were swept: their means and paired verdicts
         tables += [seeded_table(groups), comparison_table(claims(groups))]
@@ -265,8 +252,6 @@ def paper_tables(runs_dir: str | Path, scale: str) -> list[Table]:
 def seeded_table(groups, metrics: tuple[str, ...] = ("domain_fd", "class_adherence", "out_std", "saturated",
                                                     "hf_excess", "spectral_centroid", "fid")) -> Table:
     """Every group of runs (config without the seed): mean ± 95% Student-t half-width and n per metric."""
-    from ddmd_lab.report.seeded import seeded_rows, sweep_settings
-
     metrics = tuple(m for m in metrics if any(g.values(m) for g in groups))
     t = Table("Every configuration over its seeds: mean ± 95% interval (n)", ["group", "student steps", "seeds", *metrics],
               seeded_rows(groups, metrics))

@@ -7,20 +7,19 @@ teacher is exact.  Every comparison pairs runs by seed (same seed: same evaluati
 generator start, same training draws), and stats.py judges it from the interval of the paired
 difference.
 
-``python -m ddmd_lab.report.toy_teachers [runs_dir]`` prints the tables (markdown), with the trained
-teacher's error against the exact denoiser by tau (the suspected cause, measured directly).
+``python -m ddmd_lab.commands.toy_teachers [runs_dir]`` prints the tables (markdown), with the trained
+teacher's error against the exact denoiser by tau (the suspected cause, measured directly by the command,
+which hands the numbers in: nothing here runs a network).  The toy scale's teacher settings
+(scales/toy2d.teacher_settings: the defaults spelled out) are handed in as ``teacher_settings``.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
-import torch
-
-from ddmd_lab.data.toy2d import ToyMixture
-from ddmd_lab.core.flow import renoise
-from ddmd_lab.report.runs import RunRecord, finished_runs
+from ddmd_lab.config import RunConfig, load_config
+from ddmd_lab.report.run_record import RunRecord
+from ddmd_lab.report.runs import finished_runs
 from ddmd_lab.report.seeded import flat
 from ddmd_lab.report.stats import Estimate, mean_interval, paired_difference, verdict
 from ddmd_lab.report.tables import Table
@@ -39,41 +38,34 @@ SHOWN = ("dist_conditional", "class_precision", "out_std", "outside_support")
 IGNORED = {"seed", "runs_dir", "cache_dir", "wandb", "progress_bar", "teacher.kind"}
 
 Cells = dict[tuple[str, str], dict[int, float]]  # (teacher kind, arm) -> {seed: metric}
+TeacherSettings = Callable[[RunConfig], dict]  # a toy config's teacher settings, defaults spelled out
 
 
-def teacher_kind(cfg) -> str:
-    from ddmd_lab.scales.toy2d import teacher_settings
-
-    return teacher_settings(cfg)["kind"]
-
-
-def comparable(cfg) -> dict:
+def comparable(cfg, teacher_settings: TeacherSettings) -> dict:
     """A toy config as the sweep compares it: flat, the teacher's settings spelled out (``teacher: {}``
     and the defaults written out are the same teacher), without what IGNORED names."""
-    from ddmd_lab.scales.toy2d import teacher_settings
-
     d = flat({**cfg.to_dict(), "teacher": teacher_settings(cfg)})
     return {k: v for k, v in d.items() if k not in IGNORED}
 
 
-def in_sweep(cfg, overrides: Mapping | None = None) -> bool:
+def in_sweep(cfg, teacher_settings: TeacherSettings, overrides: Mapping | None = None) -> bool:
     """Whether a run is the scale's own config of its arm (with ``overrides``), but for IGNORED.  Only
     keys both configs have are compared, so a setting added to the harness after a run was made (and
     absent from its config.yaml) does not drop the run."""
-    from ddmd_lab.config import load_config
-
-    own, default = comparable(cfg), comparable(load_config(cfg.scale, cfg.arm.name, dict(overrides or {})))
+    own = comparable(cfg, teacher_settings)
+    default = comparable(load_config(cfg.scale, cfg.arm.name, dict(overrides or {})), teacher_settings)
     return all(default[k] == v for k, v in own.items() if k in default)
 
 
-def cells(records: Iterable[RunRecord], metric: str = METRIC, overrides: Mapping | None = None) -> Cells:
+def cells(records: Iterable[RunRecord], teacher_settings: TeacherSettings, metric: str = METRIC,
+          overrides: Mapping | None = None) -> Cells:
     """{(teacher kind, arm): {seed: metric}} of the toy runs that belong to the sweep; a seed run twice
     keeps its newest run (run folders sort by time)."""
     out: Cells = {}
     for r in sorted(records, key=lambda r: r.path.name):
         value = r.summary.get(metric)
-        if r.cfg.scale == "toy2d" and r.arm in ARMS and value is not None and in_sweep(r.cfg, overrides):
-            out.setdefault((teacher_kind(r.cfg), r.arm), {})[r.cfg.seed] = float(value)
+        if r.cfg.scale == "toy2d" and r.arm in ARMS and value is not None and in_sweep(r.cfg, teacher_settings, overrides):
+            out.setdefault((teacher_settings(r.cfg)["kind"], r.arm), {})[r.cfg.seed] = float(value)
     return out
 
 
@@ -129,29 +121,6 @@ def teacher_effect_table(c: Cells) -> Table:
     return t
 
 
-@torch.no_grad()
-def teacher_error_by_tau(teacher, mix: ToyMixture, taus: Iterable[float], n: int = 4000, seed: int = 0) -> list[dict]:
-    """How far a teacher's x0 predictions are from the exact ones at each tau, on data re-noised at tau
-    (what the CA and DM terms query once the generator is near the data): RMS error of the conditional
-    and the unconditional prediction, and of the CA direction cond - uncond, that last one also relative
-    to the exact direction's RMS (the part of CA that is the teacher's error)."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % mix.num_classes
-    x0, noise = mix.sample(labels, g), torch.randn(n, 2, generator=g)
-    rms = lambda v: float(v.pow(2).sum(1).mean().sqrt())
-    rows = []
-    for tau in taus:
-        t = torch.full((n,), float(tau))
-        x_t = renoise(x0, noise, t)
-        null = teacher.null_condition(labels)
-        cond, uncond = teacher.x0(x_t, t, labels).float(), teacher.x0(x_t, t, null).float()
-        exact_cond, exact_uncond = mix.posterior_x0(x_t, t, labels), mix.posterior_x0(x_t, t, None)
-        ca_error, ca_exact = rms((cond - uncond) - (exact_cond - exact_uncond)), rms(exact_cond - exact_uncond)
-        rows.append({"tau": float(tau), "cond_rms_error": rms(cond - exact_cond), "uncond_rms_error": rms(uncond - exact_uncond),
-                     "ca_rms_error": ca_error, "ca_exact_rms": ca_exact, "ca_relative_error": ca_error / ca_exact})
-    return rows
-
-
 def teacher_error_table(rows: list[dict]) -> Table:
     t = Table("toy2d: the trained teacher's x0 error against the exact denoiser, by tau (t = 1 clean)",
               ["tau", "cond RMS error", "uncond RMS error", "CA direction RMS error", "exact CA RMS", "CA relative error"])
@@ -162,20 +131,9 @@ def teacher_error_table(rows: list[dict]) -> Table:
     return t
 
 
-TAUS = (0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.98)  # the run's tau clamp is [0.02, 0.98]
-
-
-def tables(runs_dir: str | Path = "runs") -> str:
+def tables(runs_dir: str | Path, teacher_settings: TeacherSettings, errors: list[dict]) -> str:
+    """The three tables (markdown); ``errors``: the trained teacher's error by tau (commands/toy_teachers.py)."""
     records = finished_runs(runs_dir, "toy2d")
-    by_metric = {m: cells(records, m) for m in (METRIC, *SHOWN)}
-    from ddmd_lab.config import load_config
-    from ddmd_lab.scales import toy2d
-
-    cfg = load_config("toy2d", REFERENCE)
-    errors = teacher_error_by_tau(toy2d.load_trained(cfg).eval(), toy2d.mixture(cfg), TAUS)
+    by_metric = {m: cells(records, teacher_settings, m) for m in (METRIC, *SHOWN)}
     return "\n\n".join(x.to_markdown() for x in (arms_table(by_metric), teacher_effect_table(by_metric[METRIC]),
                                                   teacher_error_table(errors)))
-
-
-if __name__ == "__main__":
-    print(tables(sys.argv[1] if len(sys.argv) > 1 else "runs"))

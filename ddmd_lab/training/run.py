@@ -26,7 +26,7 @@ from ddmd_lab.scales.text2image import load_model
 from ddmd_lab.training.networks import load_networks
 from ddmd_lab.parallel.strategies import make_strategy as sharding_strategy
 from ddmd_lab.report.plots import run_figures as figures
-from ddmd_lab.report.runs import RunRecord
+from ddmd_lab.report.run_record import RunRecord
 
 
 def make_loggers(cfg: RunConfig, run_dir: Path) -> list:

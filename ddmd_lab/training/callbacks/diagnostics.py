@@ -25,7 +25,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from ddmd_lab.method.diagnostics import NATURAL, QUANTITIES, bin_samples, measure, overall
+from ddmd_lab.method.diagnostics import measure
+from ddmd_lab.method.tau_bins import NATURAL, QUANTITIES, bin_samples, overall
 
 CSV_NAME = "diagnostics.csv"
 COLUMNS = ("step", "generator_step", "by", "bin", "tau_lo", "tau_hi", "count", *QUANTITIES)
