@@ -33,7 +33,7 @@ def test_tau_sweep_variants_are_ca_only_overrides(name, bounds):
     cfg = load_config("toy2d", name)
     assert (cfg.arm.tau_ca.lo, cfg.arm.tau_ca.hi) == bounds
     assert cfg.arm.tau_ca.kind == "uniform" and not cfg.arm.uses_dm
-    assert cfg.student_steps == 1  # the paper's sweep is 1-step
+    assert cfg.student.student_steps == 1  # the paper's sweep is 1-step
 
 
 def test_unknown_arm_lists_known_ones():
@@ -45,7 +45,7 @@ def test_unknown_arm_lists_known_ones():
 
 def test_resolved_config_round_trips(tmp_path):
     cfg = load_config("toy2d", "decoupled_hybrid", parse_overrides(["alpha=4", "arm.normaliser=per_term"]))
-    assert cfg.alpha == 4.0 and cfg.arm.normaliser == "per_term"
+    assert cfg.objective.alpha == 4.0 and cfg.arm.normaliser == "per_term"
     save_config(cfg, tmp_path / "config.yaml")
     assert read_config(tmp_path / "config.yaml") == cfg
 
@@ -69,7 +69,7 @@ def test_unknown_scale():
 
 
 def test_generator_step_count_is_ceil():
-    assert RunConfig(steps=11, ttur=5).generator_steps == 3
+    assert RunConfig.of(steps=11, ttur=5).schedule.generator_steps == 3
 
 
 def test_malformed_arm_yaml_is_a_clear_error(tmp_path):
@@ -85,7 +85,7 @@ def test_malformed_arm_yaml_is_a_clear_error(tmp_path):
                                       ([0.5, 0.25, 0.6, 0.7], False), ([0.0, 0.25, 0.5], False), ([0.0, 0.3, 0.6, 1.0], False)])
 def test_explicit_student_times_are_validated(times, ok):
     if ok:
-        assert RunConfig(student_times=times).student_times == times
+        assert RunConfig.of(student_times=times).student.student_times == times
     else:
         with pytest.raises(UserError, match="student_times"):
-            RunConfig(student_times=times)
+            RunConfig.of(student_times=times)

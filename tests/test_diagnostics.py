@@ -122,7 +122,7 @@ def _fit(tmp_path, every):
     from ddmd_lab.training.module import DistillModule
 
     pl.seed_everything(0, verbose=False)
-    cfg = RunConfig(arm=REGISTRY["decoupled_hybrid"], steps=12, ttur=2, batch_size=16, wandb="disabled",
+    cfg = RunConfig.of(arm=REGISTRY["decoupled_hybrid"], steps=12, ttur=2, batch_size=16, wandb="disabled",
                     diagnostics_every=every, log_every=5)
     module = DistillModule(ToyFlowMLP(num_classes=3, hidden=16, depth=2), cfg)
     tmp_path.mkdir(parents=True, exist_ok=True)

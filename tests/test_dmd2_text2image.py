@@ -40,7 +40,7 @@ def coco(tmp_path_factory):
 
 
 def _cfg(pipeline_folders, family, tmp_path=None, arm="dmd2", **data) -> RunConfig:
-    return RunConfig(scale=family, arm=REGISTRY[arm], batch_size=2, steps=2, wandb="disabled",
+    return RunConfig.of(scale=family, arm=REGISTRY[arm], batch_size=2, steps=2, wandb="disabled",
                      cache_dir=str(tmp_path or "unused"),
                      teacher={"family": family, "source": str(pipeline_folders[family]), "resolution": 32,
                               "text_dtype": "float32"}, data=data)
@@ -175,21 +175,21 @@ def test_gan_arm_data_errors_name_the_fix(pipeline_folders, coco, tmp_path):
     text = tmp_path / "prompts.txt"
     text.write_text("a cat\n")
     with pytest.raises(UserError, match="COCO captions .json"):
-        text2image.condition_loader(replace(cfg, data={"prompts": str(text)}))
+        text2image.condition_loader(cfg.replace(data={"prompts": str(text)}))
     copy = tmp_path / "coco"
     shutil.copytree(coco.parent.parent, copy)
     captions = copy / "annotations" / "captions_val2014.json"
     images = sorted((copy / "val2014").iterdir())
     images[0].unlink()
     with pytest.raises(UserError, match=rf"1 of the 6 images .* missing .* e\.g\. {images[0].name}"):
-        text2image.condition_loader(replace(cfg, data={"prompts": str(captions)}))
+        text2image.condition_loader(cfg.replace(data={"prompts": str(captions)}))
     for f in images[:3]:
         f.write_bytes(b"not an image")
     with pytest.raises(UserError, match=r"3 of 6 real images cannot be read, e\.g\. .*jpg"):
-        text2image.condition_loader(replace(cfg, data={"prompts": str(captions)}))
+        text2image.condition_loader(cfg.replace(data={"prompts": str(captions)}))
     shutil.rmtree(copy / "val2014")
     with pytest.raises(UserError, match="set data.images="):
-        text2image.condition_loader(replace(cfg, data={"prompts": str(captions)}))
+        text2image.condition_loader(cfg.replace(data={"prompts": str(captions)}))
     assert not (tmp_path / "real_latents").exists() or not list((tmp_path / "real_latents").glob("*.pt"))
 
 
@@ -200,7 +200,7 @@ def test_gan_batches_pair_real_latents_with_their_own_captions(pipeline_folders,
     latents = cached_latents(tmp_path, model.vae, real.files, 32)
     seen = []
     monkeypatch.setattr(model, "encode", lambda prompts: seen.append(list(prompts)) or len(prompts))
-    batches = list(text2image.condition_loader(replace(cfg, data={"prompts": str(coco)})))
+    batches = list(text2image.condition_loader(cfg.replace(data={"prompts": str(coco)})))
     assert len(batches) == 4
     for (cond, lat), prompts in zip(batches, seen):
         assert cond == 3 and lat.shape == (3, 4, 16, 16) and lat.dtype == torch.float32
@@ -254,7 +254,7 @@ def test_two_steps_of_a_gan_arm_from_the_cli(pipeline_folders, coco, tmp_path, f
 def _taus(shift: float, n: int = 20000) -> torch.Tensor:
     torch.manual_seed(0)
     module = DistillModule(ToyFlowMLP(num_classes=3, hidden=8, depth=1),
-                           RunConfig(arm=REGISTRY["coupled"], shift=shift, wandb="disabled"))
+                           RunConfig.of(arm=REGISTRY["coupled"], shift=shift, wandb="disabled"))
     torch.manual_seed(5)
     _, tau = module._renoised(torch.zeros(n, 2), torch.full((n,), 0.5))
     return tau

@@ -112,7 +112,7 @@ def test_the_key_follows_the_text_path_and_nothing_else(setup, tmp_path):
     def folder(*extra, source=None, prompts=PROMPTS):
         items = _settings(setup, "zimage", *extra) + ([f"teacher.source={source}"] if source else [])
         cfg = _cfg(items, "zimage")
-        return cache_folder(cfg.cache_dir, text_identity(cfg), prompts)
+        return cache_folder(cfg.run.cache_dir, text_identity(cfg), prompts)
 
     base = folder()
     assert folder() == base  # stable

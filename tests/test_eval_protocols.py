@@ -394,7 +394,7 @@ def test_eval_hps_and_dpg_from_the_cli(sdxl_run, tiny_hps, tmp_path, monkeypatch
 
     cfg = read_config(sdxl_run / "config.yaml")
     sets = [f"teacher.source={cfg.teacher['source']}", "teacher.resolution=32", "teacher.text_dtype=float32",
-            f"runs_dir={cfg.runs_dir}", f"cache_dir={cfg.cache_dir}"]
+            f"runs_dir={cfg.run.runs_dir}", f"cache_dir={cfg.run.cache_dir}"]
     assert main(["eval-hps", "--scale", "sdxl", *[a for s in sets for a in ("--set", s)], "--sample-steps", "4",
                  "--prompts", str(bench), "--per-style", "2", "--hps-model", str(tiny_hps[0]), "--hps-weights",
                  str(tiny_hps[1]), "--diversity", "0", "--device", "cpu"]) == 0

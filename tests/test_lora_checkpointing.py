@@ -63,7 +63,7 @@ def _module(family, arm, checkpointing: bool) -> tuple[DistillModule, object]:
         from ddmd_lab.core.flow import t_from_ddpm_timestep
 
         times = t_from_ddpm_timestep(torch.tensor([999, 499]), sdxl_alphas_cumprod()).tolist()
-    cfg = RunConfig(arm=arm, ttur=1, batch_size=2, student_steps=2, alpha=4.0, wandb="disabled", grad_clip=1e9,
+    cfg = RunConfig.of(arm=arm, ttur=1, batch_size=2, student_steps=2, alpha=4.0, wandb="disabled", grad_clip=1e9,
                     lora={"rank": 2, **lora}, gradient_checkpointing=checkpointing, student_times=times)
     torch.manual_seed(1)  # the discriminator head's initialisation
     module = DistillModule(teacher, cfg).train()

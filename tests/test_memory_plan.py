@@ -57,7 +57,7 @@ def _tiny_zimage_module_after_a_step(rank: int, dtype: torch.dtype, master: torc
 
     torch.manual_seed(0)
     teacher = ZImageBackbone(tiny_zimage_transformer(), torch.randn(2, 16), (16, 8, 8)).to(dtype)
-    module = DistillModule(teacher, RunConfig(scale="zimage", lora={"rank": rank}, student_steps=2,
+    module = DistillModule(teacher, RunConfig.of(scale="zimage", lora={"rank": rank}, student_steps=2,
                                               master_dtype=str(master).removeprefix("torch.")))
     opts = module.configure_optimizers()
     cond = Captions([torch.randn(3, 16), torch.randn(5, 16)])

@@ -15,7 +15,7 @@ from ddmd_lab.core.rollout import backward_simulate, sample_student, student_tim
 def _fit(arm, steps, ttur, student_steps=2, **kw):
     pl.seed_everything(0, verbose=False)
     teacher = ToyFlowMLP(num_classes=3, hidden=16, depth=2)
-    cfg = RunConfig(arm=arm, steps=steps, ttur=ttur, batch_size=8, student_steps=student_steps, wandb="disabled", **kw)
+    cfg = RunConfig.of(arm=arm, steps=steps, ttur=ttur, batch_size=8, student_steps=student_steps, wandb="disabled", **kw)
     module = DistillModule(teacher, cfg)
     before = {k: v.clone() for k, v in module.teacher.state_dict().items()}
     gen_before = {k: v.clone() for k, v in module.generator.state_dict().items()}
@@ -101,7 +101,7 @@ def test_gan_arm_without_real_data_is_a_clear_error():
 
     pl.seed_everything(0, verbose=False)
     module = DistillModule(ToyFlowMLP(num_classes=3, hidden=16, depth=2),
-                           RunConfig(arm=REGISTRY["ca_gan"], steps=2, ttur=1, batch_size=4, wandb="disabled"))
+                           RunConfig.of(arm=REGISTRY["ca_gan"], steps=2, ttur=1, batch_size=4, wandb="disabled"))
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(UserError, match="needs real data"):

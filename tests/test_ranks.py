@@ -138,7 +138,7 @@ def test_resume_with_another_number_of_ranks_is_refused():
     from ddmd_lab.parallel.ranks import rng_state
     from ddmd_lab.training.module import DistillModule
 
-    module = DistillModule(ToyFlowMLP(num_classes=3, hidden=8, depth=1), RunConfig(arm=REGISTRY["coupled"], wandb="disabled"))
+    module = DistillModule(ToyFlowMLP(num_classes=3, hidden=8, depth=1), RunConfig.of(arm=REGISTRY["coupled"], wandb="disabled"))
     with pytest.raises(UserError, match="2 ranks.*this run has 1"):
         module.on_load_checkpoint({"ddmd_counters": {}, "ddmd_rng": [rng_state(), rng_state()]})
     module.on_load_checkpoint({"ddmd_counters": {}, "ddmd_rng": rng_state()})  # written before per-rank states
@@ -193,12 +193,12 @@ def _toy_fit(tmp_path, **settings):
     from ddmd_lab.training.module import DistillModule
 
     pl.seed_everything(0, verbose=False)
-    cfg = RunConfig(arm=REGISTRY["decoupled_hybrid"], steps=8, ttur=2, batch_size=8, wandb="disabled", **settings)
+    cfg = RunConfig.of(arm=REGISTRY["decoupled_hybrid"], steps=8, ttur=2, batch_size=8, wandb="disabled", **settings)
     module = DistillModule(ToyFlowMLP(num_classes=3, hidden=16, depth=2), cfg)
     loader = DataLoader(TensorDataset(torch.randint(3, (64,)), torch.randn(64, 2)), batch_size=8)
     logger = CSVLogger(tmp_path, name="logs")
     pl.Trainer(max_epochs=1, accelerator="cpu", logger=logger, enable_checkpointing=False, enable_progress_bar=False,
-               enable_model_summary=False, log_every_n_steps=cfg.log_every).fit(module, loader)
+               enable_model_summary=False, log_every_n_steps=cfg.evaluation.log_every).fit(module, loader)
     return module, logger
 
 

@@ -58,7 +58,7 @@ def test_two_decoupled_hybrid_steps_and_a_sample(family):
     times = []
     if family is _sdxl:  # VP models cannot start at t = 0: DMD2's DDPM timesteps 999, 499 in the paper's time
         times = t_from_ddpm_timestep(torch.tensor([999, 499]), sdxl_alphas_cumprod()).tolist()
-    cfg = RunConfig(arm=REGISTRY["decoupled_hybrid"], steps=2, ttur=1, batch_size=2, student_steps=2, alpha=4.0,
+    cfg = RunConfig.of(arm=REGISTRY["decoupled_hybrid"], steps=2, ttur=1, batch_size=2, student_steps=2, alpha=4.0,
                     wandb="disabled", student_times=times)
     module = DistillModule(teacher, cfg)
     before = [p.clone() for p in module.generator.parameters()]
@@ -84,8 +84,8 @@ def test_lora_on_one_shared_base_holds_one_copy_and_keeps_the_teacher(family):
     teacher, make_cond = family()
     original = copy.deepcopy(teacher).eval()
     base = held_parameters(teacher)
-    full = held_parameters(DistillModule(copy.deepcopy(teacher), RunConfig(arm=REGISTRY["decoupled_hybrid"], wandb="disabled")))
-    cfg = RunConfig(arm=REGISTRY["decoupled_hybrid"], steps=2, ttur=1, batch_size=2, student_steps=1, alpha=4.0,
+    full = held_parameters(DistillModule(copy.deepcopy(teacher), RunConfig.of(arm=REGISTRY["decoupled_hybrid"], wandb="disabled")))
+    cfg = RunConfig.of(arm=REGISTRY["decoupled_hybrid"], steps=2, ttur=1, batch_size=2, student_steps=1, alpha=4.0,
                     wandb="disabled", lora={"rank": 2}, student_times=[0.02] if hasattr(teacher, "unet") else [])
     module = DistillModule(teacher, cfg)
     assert full == 3 * base and held_parameters(module) <= 1.1 * base
@@ -108,13 +108,13 @@ def test_lora_on_one_shared_base_holds_one_copy_and_keeps_the_teacher(family):
 def test_bf16_autocast_with_gradient_checkpointing_and_lora_trains():
     torch.manual_seed(0)
     teacher, make_cond = _zimage()
-    cfg = RunConfig(arm=REGISTRY["decoupled_hybrid"], steps=2, ttur=1, batch_size=2, student_steps=2, alpha=4.0,
+    cfg = RunConfig.of(arm=REGISTRY["decoupled_hybrid"], steps=2, ttur=1, batch_size=2, student_steps=2, alpha=4.0,
                     wandb="disabled", lora={"rank": 2}, precision="bf16-mixed", gradient_checkpointing=True)
     module = DistillModule(teacher, cfg)
     assert teacher.transformer.gradient_checkpointing
     before = [p.clone() for p in module.generator.parameters()]
     loader = torch.utils.data.DataLoader(_Conditions(make_cond, 2), batch_size=None, collate_fn=lambda b: b)
-    pl.Trainer(max_epochs=1, accelerator="cpu", precision=cfg.precision, logger=False, enable_checkpointing=False,
+    pl.Trainer(max_epochs=1, accelerator="cpu", precision=cfg.parallel.precision, logger=False, enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False).fit(module, loader)
     assert module.generator_step_count == 2 and module.skipped_steps == 0
     assert all(p.dtype == torch.float32 for p in module.generator.parameters())  # master weights stay float32
@@ -129,7 +129,7 @@ def test_bfloat16_teacher_with_float32_master_weights(lora):
     teacher, make_cond = _zimage()
     teacher.to(torch.bfloat16)
     frozen = {n: p.clone() for n, p in teacher.named_parameters()}
-    cfg = RunConfig(arm=REGISTRY["decoupled_hybrid"], steps=2, ttur=1, batch_size=2, student_steps=2, alpha=4.0,
+    cfg = RunConfig.of(arm=REGISTRY["decoupled_hybrid"], steps=2, ttur=1, batch_size=2, student_steps=2, alpha=4.0,
                     wandb="disabled", lora={"rank": lora}, precision="bf16-mixed", master_dtype="float32")
     module = DistillModule(teacher, cfg)
     trained = [p for m in (module.generator, module.fake) for p in m.parameters()]
@@ -138,7 +138,7 @@ def test_bfloat16_teacher_with_float32_master_weights(lora):
     assert any(p.dtype == torch.bfloat16 for p in teacher_params)
     before = [p.clone() for p in module.generator.parameters()]
     loader = torch.utils.data.DataLoader(_Conditions(make_cond, 2), batch_size=None, collate_fn=lambda b: b)
-    pl.Trainer(max_epochs=1, accelerator="cpu", precision=cfg.precision, logger=False, enable_checkpointing=False,
+    pl.Trainer(max_epochs=1, accelerator="cpu", precision=cfg.parallel.precision, logger=False, enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False).fit(module, loader)
     assert module.generator_step_count == 2 and module.skipped_steps == 0
     state = [s for m in module.optimizers() for s in m.optimizer.state.values()]

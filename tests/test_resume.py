@@ -151,7 +151,7 @@ def test_too_many_nonfinite_in_a_row_stops_and_keeps_last_good_checkpoint(dirs, 
     cfg = load_config("toy2d", "ca_only", parse_overrides(_overrides(dirs, 200) + ["ttur=1", "max_nonfinite_in_row=5", "checkpoint_every=5"]))
     with pytest.raises(NonFiniteError, match="5 steps in a row"):
         run_ablation(cfg)
-    run = max((Path(cfg.runs_dir) / "toy2d" / "ca_only").iterdir(), key=lambda p: p.stat().st_mtime)
+    run = max((Path(cfg.run.runs_dir) / "toy2d" / "ca_only").iterdir(), key=lambda p: p.stat().st_mtime)
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["ddmd_counters"]["step_count"] == 10
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())

@@ -182,13 +182,13 @@ def test_fsdp_refuses_lora_and_blockless_backbones_naming_ddp():
     from ddmd_lab.parallel.strategies import PerBlockFSDP, PerOptimizerDDP, block_classes, make_strategy
 
     with pytest.raises(UserError, match="does not take LoRA.*use strategy=ddp"):
-        RunConfig(strategy="fsdp", lora={"rank": 4})
+        RunConfig.of(strategy="fsdp", lora={"rank": 4})
     with pytest.raises(UserError, match="fsdp_teacher must be shard or replicate"):
-        RunConfig(strategy="fsdp", fsdp_teacher="offload")
+        RunConfig.of(strategy="fsdp", fsdp_teacher="offload")
     with pytest.raises(UserError, match="ToyFlowMLP has none.*use strategy=ddp"):
         block_classes(ToyFlowMLP())
-    assert isinstance(make_strategy(RunConfig(strategy="fsdp", fsdp_teacher="replicate")), PerBlockFSDP)
-    assert isinstance(make_strategy(RunConfig(strategy="auto", devices=2)), PerOptimizerDDP)
+    assert isinstance(make_strategy(RunConfig.of(strategy="fsdp", fsdp_teacher="replicate")), PerBlockFSDP)
+    assert isinstance(make_strategy(RunConfig.of(strategy="auto", devices=2)), PerOptimizerDDP)
     assert make_strategy(RunConfig()) == "auto"
 
 

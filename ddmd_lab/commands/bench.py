@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import resource
 import tempfile
-from dataclasses import replace
 
 import torch
 
@@ -42,18 +41,18 @@ def main(args) -> None:
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)  # keep the table readable
     base = config_from_args(args, "decoupled_hybrid")
-    steps = args.steps or 20 * base.ttur
-    base = replace(base, steps=steps, wandb="disabled", progress_bar=False)
-    scale = get_scale(base.scale)
+    steps = args.steps or 20 * base.schedule.ttur
+    base = base.replace(steps=steps, wandb="disabled", progress_bar=False)
+    scale = get_scale(base.run.scale)
     teacher = scale.load_teacher(base)
     loader = scale.condition_loader(base)
     cond = condition_of(next(iter(loader)))
     torch.manual_seed(0)
-    cost = evaluation_costs(teacher, cond, base.batch_size, args.repeats)
-    print(f"scale {base.scale}, batch {base.batch_size}, {base.student_steps}-step student, ttur {base.ttur}, "
+    cost = evaluation_costs(teacher, cond, base.schedule.batch_size, args.repeats)
+    print(f"scale {base.run.scale}, batch {base.schedule.batch_size}, {base.student.student_steps}-step student, ttur {base.schedule.ttur}, "
           f"{steps} steps per arm, torch threads {torch.get_num_threads()}")
     print("network evaluations (median ms): " + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in cost.items()))
-    print(f"host reads / step: ddmd_lab's own .item() / bool() / ... per step, logging every {base.log_every} steps")
+    print(f"host reads / step: ddmd_lab's own .item() / bool() / ... per step, logging every {base.evaluation.log_every} steps")
     print("| arm | steps/s | generator steps/s | step ms | floor ms | step / floor | host reads / step |")
     print("|---|---|---|---|---|---|---|")
     plain = {}
@@ -62,11 +61,11 @@ def main(args) -> None:
             continue
         if arm.gan_weight and real_data_of(next(iter(loader))) is None:
             continue
-        cfg = replace(base, arm=arm)
-        step, reads = bench_arm(teacher, cfg, loader, warmup=base.ttur)
+        cfg = base.replace(arm=arm)
+        step, reads = bench_arm(teacher, cfg, loader, warmup=base.schedule.ttur)
         plain[name] = step
-        floor = step_floor(arm, cost, cfg.ttur, cfg.student_steps)
-        print(f"| {name} | {1 / step:.1f} | {1 / step / cfg.ttur:.1f} | {step * 1e3:.2f} | {floor * 1e3:.2f} | "
+        floor = step_floor(arm, cost, cfg.schedule.ttur, cfg.student.student_steps)
+        print(f"| {name} | {1 / step:.1f} | {1 / step / cfg.schedule.ttur:.1f} | {step * 1e3:.2f} | {floor * 1e3:.2f} | "
               f"{step / floor:.2f} | {reads:.2f} |")
     diagnostics_overhead(teacher, base, loader, plain, cost)
     if len(teacher.sample_shape) == 3:  # image scales: the Inception network's throughput
@@ -90,7 +89,7 @@ def diagnostics_overhead(teacher, base, loader, plain: dict[str, float], cost: d
     from ddmd_lab.training.bench_fit import bench_arm  # deferred: Lightning
     from ddmd_lab.training.callbacks.diagnostics import DiagnosticsCallback  # deferred: Lightning
 
-    every = base.diagnostics_every or 10
+    every = base.evaluation.diagnostics_every or 10
     print(f"diagnostics: every generator step diagnosed vs none; a run diagnoses every {every}th generator step")
     print("| arm | step ms, none | step ms, every generator step | extra ms per diagnosed generator step | "
           f"overhead of a run at diagnostics_every={every} | extra's network floor ms | floor's share of a run |")
@@ -99,15 +98,15 @@ def diagnostics_overhead(teacher, base, loader, plain: dict[str, float], cost: d
         arm = REGISTRY[name]
         if not (arm.uses_ca and arm.uses_dm):  # the diagnostics compare the two terms
             continue
-        cfg = replace(base, arm=arm, diagnostics_every=1)
+        cfg = base.replace(arm=arm, diagnostics_every=1)
         # the lowest of repeated means on either side: a shared machine only ever adds time
-        off = min(off, bench_arm(teacher, replace(base, arm=arm), loader, warmup=base.ttur)[0])
+        off = min(off, bench_arm(teacher, base.replace(arm=arm), loader, warmup=base.schedule.ttur)[0])
         with tempfile.TemporaryDirectory() as scratch:
-            on = min(bench_arm(teacher, cfg, loader, warmup=base.ttur, callbacks=[DiagnosticsCallback(scratch)])[0]
+            on = min(bench_arm(teacher, cfg, loader, warmup=base.schedule.ttur, callbacks=[DiagnosticsCallback(scratch)])[0]
                      for _ in range(2))
-        extra = (on - off) * cfg.ttur  # one diagnosed generator step per ttur steps
+        extra = (on - off) * cfg.schedule.ttur  # one diagnosed generator step per ttur steps
         floor = 0.0 if arm.shared_draw else cost["fwd2"] + cost["fwd1"]
-        run = every * cfg.ttur * off  # the run's time between two diagnosed generator steps
+        run = every * cfg.schedule.ttur * off  # the run's time between two diagnosed generator steps
         print(f"| {name} | {off * 1e3:.2f} | {on * 1e3:.2f} | {extra * 1e3:.2f} | {extra / run * 100:.1f}% | "
               f"{floor * 1e3:.2f} | {floor / run * 100:.2f}% |")
 

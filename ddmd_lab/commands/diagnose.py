@@ -41,13 +41,13 @@ def diagnose_run(run_dir: str | Path, samples: int = 2048, seed: int = 0, device
     cfg = module.cfg
     device = torch.device(default_device(device))
     module.to(device)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.precision.startswith("bf16")
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.parallel.precision.startswith("bf16")
                 else contextlib.nullcontext())
     bins, done = None, 0
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), autocast:
         torch.manual_seed(seed)
         gen = torch.Generator(device=device).manual_seed(seed + 1)  # the common draws
-        for batch in get_scale(cfg.scale).condition_loader(cfg, 0):
+        for batch in get_scale(cfg.run.scale).condition_loader(cfg, 0):
             cond = to_device(condition_of(batch), device)
             x_t, t = module._student_input(cond, len(cond))
             x = module.generator.x0(x_t, t, cond)
@@ -57,8 +57,8 @@ def diagnose_run(run_dir: str | Path, samples: int = 2048, seed: int = 0, device
             if done >= samples:
                 break
     record = {
-        "run": str(run_dir), "checkpoint": str(ckpt.relative_to(run_dir)), "scale": cfg.scale, "arm": cfg.arm.name,
-        "normaliser": cfg.arm.normaliser, "student_steps": cfg.student_steps, "alpha": cfg.alpha, "seed": cfg.seed,
+        "run": str(run_dir), "checkpoint": str(ckpt.relative_to(run_dir)), "scale": cfg.run.scale, "arm": cfg.arm.name,
+        "normaliser": cfg.arm.normaliser, "student_steps": cfg.student.student_steps, "alpha": cfg.objective.alpha, "seed": cfg.run.seed,
         "step": counters.get("step_count"), "generator_steps": counters.get("generator_step_count"),
         "samples": done, "diagnose_seed": seed, "edges": list(EDGES),
         "overall": {q: (v if math.isfinite(v) else None) for q, v in overall(bins).items()},

@@ -1,17 +1,16 @@
 """``make teacher / classifier / ablation / sweep``: train a scale's teacher or classifier, distil with an arm."""
 from __future__ import annotations
 
-from dataclasses import replace
 
 from ddmd_lab.commands.common import DEFAULT_ARM, add_run_options, config_from_args
-from ddmd_lab.config import RunConfig, known_arm_names
+from ddmd_lab.config import RunSettings, known_arm_names
 from ddmd_lab.errors import UserError
 from ddmd_lab.scales.base import get_scale
 
 
 def cmd_teacher(args) -> None:
     cfg = config_from_args(args, "decoupled_hybrid")
-    scale = get_scale(cfg.scale)
+    scale = get_scale(cfg.run.scale)
     folder = scale.teacher_dir(cfg)
     if scale.teacher_cached(cfg) and not args.retrain:
         print(f"teacher cached at {folder} (use --retrain to train again)")
@@ -45,7 +44,7 @@ def cmd_ablation(args) -> None:
     if target == "auto":
         from ddmd_lab.training.checkpointing import latest_unfinished_run  # deferred: Lightning
 
-        target = str(latest_unfinished_run(RunConfig.runs_dir, args.scale or "toy2d", args.arm or DEFAULT_ARM))
+        target = str(latest_unfinished_run(RunSettings.runs_dir, args.scale or "toy2d", args.arm or DEFAULT_ARM))
     print_summary(resume_ablation(target, args.scale, args.arm))
 
 
@@ -59,9 +58,9 @@ def cmd_sweep(args) -> None:
         raise UserError(f"SEEDS={args.seeds!r} is not a comma-separated list of integers, e.g. SEEDS=0,1,2.") from None
     configs = [config_from_args(args, a) for a in arms]  # validate every arm before the first run starts
     # seed-major: every arm of seed 0 first, so a sweep stopped early still holds paired comparisons
-    runs = [replace(cfg, seed=s) for s in seeds for cfg in configs] if seeds else configs
+    runs = [cfg.replace(seed=s) for s in seeds for cfg in configs] if seeds else configs
     for cfg in runs:
-        print(f"\n=== {cfg.arm.name} (seed {cfg.seed}) ===")
+        print(f"\n=== {cfg.arm.name} (seed {cfg.run.seed}) ===")
         print_summary(run_ablation(cfg))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ddmd_lab.commands.common import add_sampling_options, config_from_args, sampler_from_args
-from ddmd_lab.config import RunConfig, parse_overrides, read_config
+from ddmd_lab.config import RunSettings, parse_overrides, read_config
 from ddmd_lab.data.prompts import warn_truncated
 from ddmd_lab.errors import UserError
 from ddmd_lab.eval.clip_score import ClipScorer
@@ -60,7 +60,7 @@ def _teacher(args, cfg, plan: Plan, prompts, to_uint8, conversion: str, batch: i
         return None
     from ddmd_lab.training.generate import teacher_sampler  # deferred: diffusers, Lightning
 
-    alpha = cfg.alpha  # the CFG the student was distilled towards: "oversaturated" means more than this teacher
+    alpha = cfg.objective.alpha  # the CFG the student was distilled towards: "oversaturated" means more than this teacher
     steps = args.teacher_steps
 
     def make():
@@ -69,7 +69,7 @@ def _teacher(args, cfg, plan: Plan, prompts, to_uint8, conversion: str, batch: i
         return sampler
 
     images = teacher_images(make, teacher_identity(cfg, steps, alpha), plan.teacher_prompts(prompts),
-                            plan.teacher_keys(), args.seed or 0, to_uint8, conversion, Path(cfg.cache_dir), batch)
+                            plan.teacher_keys(), args.seed or 0, to_uint8, conversion, Path(cfg.run.cache_dir), batch)
     gc.collect()  # the teacher's pipeline goes before the student's loads
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -79,7 +79,7 @@ def _teacher(args, cfg, plan: Plan, prompts, to_uint8, conversion: str, batch: i
 def _source_info(args, cfg) -> dict:
     if getattr(args, "images", None):
         return {"source": {"images": str(Path(args.images).resolve())}}
-    return {"source": {"run": str(Path(args.run).resolve()) if args.run else None, "scale": cfg.scale if cfg else None,
+    return {"source": {"run": str(Path(args.run).resolve()) if args.run else None, "scale": cfg.run.scale if cfg else None,
                        "sample_steps": args.sample_steps, "guidance": args.guidance}}
 
 
@@ -90,7 +90,7 @@ def _out_dir(args, cfg) -> Path:
         return Path(args.images).expanduser().resolve().parent
     if args.run:
         return Path(args.run)
-    return Path(cfg.runs_dir) / cfg.scale / "teacher"
+    return Path(cfg.run.runs_dir) / cfg.run.scale / "teacher"
 
 
 def choose_protocol(coco: Path, asked: str | None) -> str:
@@ -115,9 +115,9 @@ def eval_coco(args) -> dict:
     protocol = Protocol(choose_protocol(coco, args.protocol), args.resolution)
     cfg = _run_config(args)
     if cfg is not None:
-        cache = Path(cfg.cache_dir) / "coco"
+        cache = Path(cfg.run.cache_dir) / "coco"
     else:  # IMAGES without a run: SET="cache_dir=..." or the default
-        cache = Path(parse_overrides(args.overrides).get("cache_dir", RunConfig.cache_dir)) / "coco"
+        cache = Path(parse_overrides(args.overrides).get("cache_dir", RunSettings.cache_dir)) / "coco"
     device = _device(args)
     features = InceptionFeatures(device, progress=True)
     if protocol.name == "dmd2":

@@ -65,10 +65,10 @@ def export_student(run_dir: Path, out: Path | None = None) -> Path:
     family = cfg.teacher["family"]
     model, student = load_student(cfg, run_checkpoint(run_dir))
     pipe, backbone = model.pipeline, model.backbone
-    times = times_for_model(backbone, cfg.student_steps, cfg.shift, cfg.student_times)
-    call = pipeline_call_args(family, times, cfg.shift, getattr(backbone, "alphas_cumprod", None))
+    times = times_for_model(backbone, cfg.student.student_steps, cfg.student.shift, cfg.student.student_times)
+    call = pipeline_call_args(family, times, cfg.student.shift, getattr(backbone, "alphas_cumprod", None))
     out.mkdir(parents=True)
-    lora = int(cfg.lora.get("rank", 0)) > 0
+    lora = int(cfg.optimisation.lora.get("rank", 0)) > 0
     if lora:
         _write_lora(pipe, backbone, out / "student_lora")
         net = backbone.denoiser()
@@ -79,7 +79,7 @@ def export_student(run_dir: Path, out: Path | None = None) -> Path:
     dtype = next(backbone.parameters()).dtype
     for encoder in model.text_encoders:
         encoder.to(dtype)
-    pipe.scheduler = student_scheduler(family, pipe.scheduler, cfg.student_sampler, cfg.shift, cfg.student_steps)
+    pipe.scheduler = student_scheduler(family, pipe.scheduler, cfg.student.student_sampler, cfg.student.shift, cfg.student.student_steps)
     pipe.save_pretrained(out)
     (out / "README.md").write_text(model_card(cfg, run_dir, call, lora))
     (out / "ddmd_export.json").write_text(json.dumps({"run": str(run_dir), "call": call, "lora": lora}, indent=2))
@@ -110,7 +110,7 @@ def model_card(cfg: RunConfig, run_dir: Path, call: dict, lora: bool) -> str:
 library_name: diffusers
 tags: [ddmd_lab, decoupled-dmd, distillation, {family}]
 ---
-# {cfg.student_steps}-step student of {cfg.teacher['source']} ({arm.name})
+# {cfg.student.student_steps}-step student of {cfg.teacher['source']} ({arm.name})
 
 Distilled with ddmd_lab (Decoupled DMD, Liu et al. 2025), run `{run_dir.name}`.
 
@@ -119,14 +119,14 @@ from diffusers import DiffusionPipeline
 pipe = DiffusionPipeline.from_pretrained("<this folder>")
 image = pipe("a photo of a cat", {kwargs}).images[0]
 ```
-The scheduler saved here reproduces the harness's student sampler (`student_sampler: {cfg.student_sampler}`):
-guidance is built in (distilled with alpha = {cfg.alpha:g}), so the call above switches the pipeline's CFG off.
+The scheduler saved here reproduces the harness's student sampler (`student_sampler: {cfg.student.student_sampler}`):
+guidance is built in (distilled with alpha = {cfg.objective.alpha:g}), so the call above switches the pipeline's CFG off.
 {lora_note}
 | setting | value |
 |---|---|
 | arm | {arm.name}: CA weight {arm.ca_weight:g} (tau {arm.tau_ca.kind} [{arm.tau_ca.lo:g}, {arm.tau_ca.hi:g}]), DM weight {arm.dm_weight:g} (tau {arm.tau_dm.kind} [{arm.tau_dm.lo:g}, {arm.tau_dm.hi:g}]), shared draw {arm.shared_draw}, normaliser {arm.normaliser} |
-| student | {cfg.student_steps} steps, sampler {cfg.student_sampler}, shift {cfg.shift:g} |
-| recipe | scale {cfg.scale}, alpha {cfg.alpha:g}, {cfg.steps} critic steps at TTUR {cfg.ttur}, lr {cfg.lr_generator:g} / {cfg.lr_fake:g}, batch {cfg.batch_size}, LoRA rank {cfg.lora.get('rank', 0)}, seed {cfg.seed} |
+| student | {cfg.student.student_steps} steps, sampler {cfg.student.student_sampler}, shift {cfg.student.shift:g} |
+| recipe | scale {cfg.run.scale}, alpha {cfg.objective.alpha:g}, {cfg.schedule.steps} critic steps at TTUR {cfg.schedule.ttur}, lr {cfg.optimisation.lr_generator:g} / {cfg.optimisation.lr_fake:g}, batch {cfg.schedule.batch_size}, LoRA rank {cfg.optimisation.lora.get('rank', 0)}, seed {cfg.run.seed} |
 
 ## Metrics of the run
 | metric | value |

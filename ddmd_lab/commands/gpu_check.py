@@ -18,7 +18,6 @@ import gc
 import json
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import diffusers
@@ -109,10 +108,10 @@ def check_case(family: str, rank: int, tiny: bool, device: torch.device, steps: 
                  "accelerator": "gpu" if gpu else "cpu", "devices": 1, "strategy": "auto", "wandb": "disabled",
                  "progress_bar": False, "checkpoint_every": 0}
     cfg = load_config(SCALES[family], "decoupled_hybrid", overrides)
-    cfg = replace(cfg, steps=steps or 2 * cfg.ttur + 1)  # two generator steps after the first (warm-up) step
+    cfg = cfg.replace(steps=steps or 2 * cfg.schedule.ttur + 1)  # two generator steps after the first (warm-up) step
     if tiny:
         spec, resolution, side, tokens = TINY[family], 128, 16, 8
-        cfg = replace(cfg, batch_size=2, precision="32-true" if not gpu else cfg.precision)
+        cfg = cfg.replace(batch_size=2, precision="32-true" if not gpu else cfg.parallel.precision)
         plan_gib = training_gib = None
     else:
         spec, resolution = {"_library": "diffusers", **family_specs(family)["denoiser"]}, int(cfg.teacher["resolution"])
@@ -122,19 +121,19 @@ def check_case(family: str, rank: int, tiny: bool, device: torch.device, steps: 
         plan_gib, training_gib = plan["peak_gib"], plan["training_gib"]
         if not plan["fits"]:
             return {"family": family, "lora_rank": rank, "skipped": f"plan: {plan_gib} GiB does not fit {gib:.0f} GiB"}
-    result = {"family": family, "lora_rank": rank, "batch": cfg.batch_size, "resolution": resolution,
-              "precision": cfg.precision, "plan_peak_gib": plan_gib, "plan_training_gib": training_gib}
+    result = {"family": family, "lora_rank": rank, "batch": cfg.schedule.batch_size, "resolution": resolution,
+              "precision": cfg.parallel.precision, "plan_peak_gib": plan_gib, "plan_training_gib": training_gib}
     if gpu:
         result["resident_at_start_gib"] = round(torch.cuda.memory_allocated(device) / 2**30, 2)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.teacher.get("dtype", "float32")]
     t0 = time.perf_counter()
     teacher = random_teacher(family, spec, side, resolution, device, dtype)
     result["build_s"] = round(time.perf_counter() - t0, 1)
-    make = condition_maker(family, spec, cfg.batch_size, resolution, tokens)
+    make = condition_maker(family, spec, cfg.schedule.batch_size, resolution, tokens)
     if gpu:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
-    fit = timed_fit(teacher, cfg, step_loader(make, cfg.seed, 0, cfg.steps), warmup=1)
+    fit = timed_fit(teacher, cfg, step_loader(make, cfg.run.seed, 0, cfg.schedule.steps), warmup=1)
     module = fit.module
     if gpu:
         result["measured_peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
@@ -149,11 +148,11 @@ def check_case(family: str, rank: int, tiny: bool, device: torch.device, steps: 
     # checkpointed as in the step), full fine-tuning its trained copy.  (The raw teacher of a LoRA run is the
     # shared base: its fwd_bwd would compute every base weight's gradient, which no step does.)
     with fit.forward_context():
-        costs = evaluation_costs(module.generator, cond, cfg.batch_size, repeats, gan=False)
+        costs = evaluation_costs(module.generator, cond, cfg.schedule.batch_size, repeats, gan=False)
     for p in module.parameters():
         p.grad = None
     step = sum(fit.step_times) / len(fit.step_times)
-    floor = step_floor(cfg.arm, costs, cfg.ttur, cfg.student_steps)
+    floor = step_floor(cfg.arm, costs, cfg.schedule.ttur, cfg.student.student_steps)
     result.update(step_ms=round(step * 1e3, 1), floor_ms=round(floor * 1e3, 1), step_over_floor=round(step / floor, 2))
     return result  # main releases what the case held (release(), once this frame is gone)
 

@@ -19,26 +19,26 @@ def run_spectra(run_dir: Path, samples: int = 500) -> dict:
     from ddmd_lab.training.restore import load_run  # deferred: Lightning
 
     module = load_run(Path(run_dir))
-    if module.cfg.scale == "toy2d":
+    if module.cfg.run.scale == "toy2d":
         raise UserError("spectra need images; run them on an image scale (fashion or mnist).")
-    return get_scale(module.cfg.scale).Evaluator(module.cfg, Path(run_dir)).term_spectra(module, samples)
+    return get_scale(module.cfg.run.scale).Evaluator(module.cfg, Path(run_dir)).term_spectra(module, samples)
 
 
 def teacher_ca_spectra_path(cfg) -> Path:
     """Where the teacher's CA spectra on real data are kept (make spectra writes them, make report reads them)."""
-    return get_scale(cfg.scale).teacher_dir(cfg) / f"ca_spectra_alpha_{cfg.alpha:g}.npz"
+    return get_scale(cfg.run.scale).teacher_dir(cfg) / f"ca_spectra_alpha_{cfg.objective.alpha:g}.npz"
 
 
 def teacher_spectra(cfg, samples: int = 500) -> dict:
     """CA spectra of the teacher alone, on real test images (no fake model: no DM)."""
     from ddmd_lab.training.networks import prepare  # deferred: Lightning
 
-    scale = get_scale(cfg.scale)
+    scale = get_scale(cfg.run.scale)
     prepare(cfg)
     teacher = scale.load_teacher(cfg).eval()
     real = scale.real_eval_images(cfg)[:samples]
     labels = scale.image_set(cfg, "test").labels[:samples]
-    spec = term_spectra(teacher, None, real, labels, cfg.alpha)
+    spec = term_spectra(teacher, None, real, labels, cfg.objective.alpha)
     path = teacher_ca_spectra_path(cfg)
     atomic_save_npz(path, **spec, real=raps(real))
     return {"ca_centroid": spec["ca_centroid"], "bins": spec["bins"].tolist(), "saved_in": str(path.parent)}

@@ -13,11 +13,11 @@ def cmd_plan(args) -> None:
     from ddmd_lab.planning.memory_plan import PLAN_FILE, format_table, memory_plan, write_plan
 
     cfg = config_from_args(args, args.arm or DEFAULT_ARM)
-    if cfg.scale not in TEXT_TO_IMAGE:
+    if cfg.run.scale not in TEXT_TO_IMAGE:
         raise UserError(f"a memory plan is for the GPU scales: make plan SCALE={'|'.join(TEXT_TO_IMAGE)}.")
     plan = memory_plan(cfg, gpu_gib=args.gpu_gib, fsdp_teacher=args.fsdp_teacher)
     print(format_table(plan))
-    path = Path(cfg.runs_dir) / cfg.scale / PLAN_FILE
+    path = Path(cfg.run.runs_dir) / cfg.run.scale / PLAN_FILE
     replaced = write_plan(plan, path)
     print(f"\nmemory plan written: {path}" + (" (replaced the previous one: a plan is derived from the config "
                                                  "and rebuilt by make plan)" if replaced else ""))
@@ -25,7 +25,7 @@ def cmd_plan(args) -> None:
 
 def cmd_embed(args) -> None:
     cfg = config_from_args(args, DEFAULT_ARM)
-    if cfg.scale not in TEXT_TO_IMAGE:
+    if cfg.run.scale not in TEXT_TO_IMAGE:
         raise UserError(f"prompt embeddings are for the text-to-image scales: make embed SCALE={'|'.join(TEXT_TO_IMAGE)}.")
     from ddmd_lab.scales.text2image import embed  # deferred: the text-to-image backbones (diffusers)
 

@@ -24,14 +24,14 @@ def scale_reference(runs) -> dict[str, dict]:
     if not runs:
         return {}
     cfg = next(iter(runs.values())).cfg
-    scale = get_scale(cfg.scale)
+    scale = get_scale(cfg.run.scale)
     return scale.reference_rows(cfg) if hasattr(scale, "reference_rows") else {}
 
 
 def teacher_ca_spectra(runs) -> Path | None:
     """Where `make spectra SCALE=<scale>` writes the teacher's CA spectra on real data (None: no teacher folder)."""
     cfg = next(iter(runs.values())).cfg
-    return teacher_ca_spectra_path(cfg) if hasattr(get_scale(cfg.scale), "teacher_dir") else None
+    return teacher_ca_spectra_path(cfg) if hasattr(get_scale(cfg.run.scale), "teacher_dir") else None
 
 
 def scale_facts(runs_dir: str | Path, scale: str) -> ScaleFacts:

@@ -18,7 +18,7 @@ def cmd_sample(args) -> None:
     if not prompts:
         raise UserError('no prompts: PROMPT="a cat on a sofa" (repeatable with --prompt) or PROMPTS=<file, one per line>.')
     sampler = sampler_from_args(args)
-    where = Path(args.run) / "samples_cli" if args.run else Path(sampler.cfg.runs_dir) / sampler.cfg.scale / "teacher_samples"
+    where = Path(args.run) / "samples_cli" if args.run else Path(sampler.cfg.run.runs_dir) / sampler.cfg.run.scale / "teacher_samples"
     out = Path(args.out) if args.out else where / f"{time.strftime('%Y%m%d-%H%M%S')}-s{args.seed or 0}"
     if out.exists():
         raise UserError(f"{out} already exists; samples never overwrite a folder -- pass another OUT.")

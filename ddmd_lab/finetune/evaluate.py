@@ -15,7 +15,6 @@ own count, shift(k / N) otherwise) with CFG in the offset form (alpha = 1 + guid
 from __future__ import annotations
 
 import contextlib
-from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -64,11 +63,11 @@ class Evaluator:
             for i in range(0, len(noise), self.batch):
                 c = self.cond_slice(cond, i, i + self.batch)
                 out.append(sample_student(model, noise[i:i + self.batch].to(device), c, times,
-                                          s.cfg.student_sampler, gen).float().cpu())
+                                          s.cfg.student.student_sampler, gen).float().cpu())
         return torch.cat(out)
 
     def _autocast(self, device: torch.device):
-        if device.type == "cuda" and self.student.cfg.precision.startswith("bf16"):
+        if device.type == "cuda" and self.student.cfg.parallel.precision.startswith("bf16"):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -77,7 +76,7 @@ class Evaluator:
 
     def measure(self, steps: int | None = None, guidance: float = 0.0) -> tuple[dict, Tensor, int]:
         """(metrics, a grid's images, its row length) at ``steps`` evaluations and ``guidance``."""
-        steps = steps or self.student.cfg.student_steps
+        steps = steps or self.student.cfg.student.student_steps
         old = self.to_images(self.sample(self.old_noise, self.old_cond, steps, guidance))
         new = self.to_images(self.sample(self.new_noise, self.new_cond, steps, guidance))
         metrics = {"sample_steps": steps, "sample_guidance": guidance, **self.score_old(old), **self.score_new(new)}
@@ -107,8 +106,8 @@ class ImageEvaluator(Evaluator):
         self.real_spectrum = raps(real)
         # the concept's dataset's classifier, trained (once, cached) with the run's evaluation settings; its data root
         # is the run's only for the run's own dataset
-        source = cfg if concept.source == cfg.scale else replace(
-            cfg, scale=concept.source, data={k: v for k, v in cfg.data.items() if k != "root"})
+        source = cfg if concept.source == cfg.run.scale else cfg.replace(
+            scale=concept.source, data={k: v for k, v in cfg.data.items() if k != "root"})
         train_classifier(source)
         self.new_judge = scale.ClassifierMetrics(scale.classifier(source), concept.test)
         self.new_spectrum = raps(concept.test)
@@ -183,7 +182,7 @@ class TextEvaluator(Evaluator):
 
 def grid_settings(student: Student, ft) -> list[tuple[float, int]]:
     """(guidance, steps) of the grids: every sample guidance x the student's steps + each offset (>= 1)."""
-    n = student.cfg.student_steps
+    n = student.cfg.student.student_steps
     steps = sorted({n + o for o in ft.step_offsets if n + o >= 1})
     return [(float(g), s) for g in ft.sample_guidances for s in steps]
 

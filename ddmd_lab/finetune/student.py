@@ -72,9 +72,9 @@ class Student:
 
     def times(self, steps: int | None = None) -> Tensor:
         """The student's times at ``steps`` evaluations (its own list at its own count)."""
-        n = steps or self.cfg.student_steps
-        explicit = self.cfg.student_times if n == self.cfg.student_steps else None
-        return times_for_model(self.backbone, n, self.cfg.shift, explicit)
+        n = steps or self.cfg.student.student_steps
+        explicit = self.cfg.student.student_times if n == self.cfg.student.student_steps else None
+        return times_for_model(self.backbone, n, self.cfg.student.shift, explicit)
 
     def trainable(self) -> list[nn.Parameter]:
         net = self.backbone.denoiser()
@@ -112,13 +112,13 @@ def load_student(run_dir: Path, ft: FinetuneConfig, device: str | None = None) -
         raise UserError(f"RUN={run_dir} is not a run folder (no config.yaml); pass a distillation run, "
                         "RUN=runs/<scale>/<arm>/<run-id>.")
     cfg = read_config(run_dir / "config.yaml")
-    if cfg.scale not in FAMILIES:
+    if cfg.run.scale not in FAMILIES:
         why = ("its teacher is an epsilon (DDPM) model, whose objective this fine-tune does not implement"
-               if cfg.scale == "sdxl" else "it is not an image model")
-        raise UserError(f"fine-tuning takes a student of {', '.join(FAMILIES)}; RUN={run_dir} is a {cfg.scale} run "
+               if cfg.run.scale == "sdxl" else "it is not an image model")
+        raise UserError(f"fine-tuning takes a student of {', '.join(FAMILIES)}; RUN={run_dir} is a {cfg.run.scale} run "
                         f"({why}).")
     ckpt = run_checkpoint(run_dir)
-    backbone, model = (_image_student if cfg.scale in ("fashion", "mnist") else _text_student)(cfg, ckpt)
+    backbone, model = (_image_student if cfg.run.scale in ("fashion", "mnist") else _text_student)(cfg, ckpt)
     student = Student(run_dir, cfg, backbone, ckpt, model)
     _add_adapter(student, ft)
     dev = default_device(device or None)
@@ -135,7 +135,7 @@ def _image_student(cfg: RunConfig, ckpt: Path):
     teacher, init = load_networks(cfg)
     module = DistillModule(teacher, cfg, init)
     module.load_weights(checkpoint)  # refuses a checkpoint of another teacher
-    if int(cfg.lora.get("rank", 0)) > 0:
+    if int(cfg.optimisation.lora.get("rank", 0)) > 0:
         return _merged(module.base), None
     return module.generator.eval(), None
 
@@ -169,13 +169,13 @@ def _add_adapter(student: Student, ft: FinetuneConfig) -> None:
 
     backbone = student.backbone
     net = backbone.denoiser()
-    targets = ft.targets or default_targets(student.cfg.scale)
+    targets = ft.targets or default_targets(student.cfg.run.scale)
     check_targets(net, targets)
     student.targets = targets
     backbone.requires_grad_(False)
     inject_adapter_in_model(LoraConfig(r=ft.rank, lora_alpha=ft.lora_alpha, target_modules=list(targets),
                                        init_lora_weights=True), net, adapter_name=ADAPTER)
-    if student.cfg.scale in ("fashion", "mnist"):
+    if student.cfg.run.scale in ("fashion", "mnist"):
         student.new_label = backbone.num_classes
         net.class_embedding = NewLabelRow(net.class_embedding)
         backbone.num_classes += 1  # the null label is now K + 1 (ClassUNet.null_condition reads num_classes)

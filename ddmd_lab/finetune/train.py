@@ -98,13 +98,13 @@ class FinetuneLoop:
         self.params = student.trainable()
         self.opt = torch.optim.AdamW(self.params, lr=ft.lr, weight_decay=ft.weight_decay)
         self.times = student.times()
-        self.batch_size = ft.batch_size or student.cfg.batch_size
+        self.batch_size = ft.batch_size or student.cfg.schedule.batch_size
         self.gen = torch.Generator().manual_seed(ft.seed)  # batches, times and noise of this fine-tune
         self.step_count = self.skipped = 0
 
     def _autocast(self):
         device = self.student.device
-        if device.type == "cuda" and self.student.cfg.precision.startswith("bf16"):
+        if device.type == "cuda" and self.student.cfg.parallel.precision.startswith("bf16"):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -163,7 +163,7 @@ def finetune(run: str, data: str, overrides: dict | None = None, log=print) -> P
                         "RUN=runs/<scale>/<arm>/<run-id>.")
     cfg = read_config(run_dir / "config.yaml")
     run_checkpoint(run_dir)  # a run without a checkpoint stops here, before anything loads
-    concept = parse_data(data, cfg.scale, cfg.data.get("root"))  # a bad DATA too
+    concept = parse_data(data, cfg.run.scale, cfg.data.get("root"))  # a bad DATA too
     torch.manual_seed(ft.seed)  # the adapter's initialisation
     student = load_student(run_dir, ft, ft.device or None)
     if student.checkpoint.name != "final.ckpt":
@@ -173,18 +173,18 @@ def finetune(run: str, data: str, overrides: dict | None = None, log=print) -> P
     else:
         train_data = TextData(student, concept)
         ev = TextEvaluator(student, concept, ft, train_data.images)
-    out = new_run_dir(Path(ft.runs_dir or cfg.runs_dir), cfg.scale, "finetune", ft.seed)
+    out = new_run_dir(Path(ft.runs_dir or cfg.run.runs_dir), cfg.run.scale, "finetune", ft.seed)
     loop = FinetuneLoop(student, train_data, ft)
     record = {"run": str(run_dir), "checkpoint": str(student.checkpoint), "data": str(data), "concept": concept.describe(),
               "new_label": student.new_label,
-              "student": {"scale": cfg.scale, "arm": cfg.arm.name, "student_steps": cfg.student_steps,
-                          "student_sampler": cfg.student_sampler, "shift": cfg.shift, "alpha": cfg.alpha,
-                          "distill_lora_rank": int(cfg.lora.get("rank", 0)), "seed": cfg.seed},
+              "student": {"scale": cfg.run.scale, "arm": cfg.arm.name, "student_steps": cfg.student.student_steps,
+                          "student_sampler": cfg.student.student_sampler, "shift": cfg.student.shift, "alpha": cfg.objective.alpha,
+                          "distill_lora_rank": int(cfg.optimisation.lora.get("rank", 0)), "seed": cfg.run.seed},
               "lora_targets": list(student.targets), "batch_size": loop.batch_size, "student_times": [round(float(t), 6) for t in loop.times],
               "guidance_form": "offset: cond + g (cond - uncond), alpha = 1 + g; 0 = no CFG",
               "finetune": ft.to_dict()}
     atomic_write_text(out / "finetune.yaml", yaml.safe_dump(record, sort_keys=False))
-    log(f"fine-tuning the {cfg.arm.name} student of {run_dir} ({cfg.student_steps} steps, {cfg.student_sampler}) "
+    log(f"fine-tuning the {cfg.arm.name} student of {run_dir} ({cfg.student.student_steps} steps, {cfg.student.student_sampler}) "
         f"on {concept.describe()}: LoRA rank {ft.rank}, lr {ft.lr:g}, train_guidance {ft.train_guidance:g}, "
         f"{ft.steps} steps, batch {loop.batch_size} -> {out}")
     before = _fingerprint(student)

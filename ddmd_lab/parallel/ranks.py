@@ -11,11 +11,11 @@ import torch
 def seed_rank(seed: int, rank: int) -> None:
     """Give data-parallel rank ``rank`` > 0 training draws of its own.
 
-    Every rank seeds with cfg.seed before building the model, so all ranks hold the same
+    Every rank seeds with cfg.run.seed before building the model, so all ranks hold the same
     initial weights; at train start ranks 1.. re-seed the global RNGs (torch, CUDA, numpy,
     random) from (seed, rank), and every draw of training -- the student's step k and noise,
     tau and the re-noising noise, the critic's tau' -- comes from them.  Rank 0 keeps
-    cfg.seed's stream: a single-process run draws what it always drew, as does rank 0 of
+    cfg.run.seed's stream: a single-process run draws what it always drew, as does rank 0 of
     a data-parallel run.  (Data batches have their own per-rank seeds: data/steps.py.)
     """
     derived = int(np.random.SeedSequence([seed % 2**64, rank]).generate_state(1, np.uint64)[0])

@@ -49,18 +49,18 @@ MODELS = ("teacher", "generator", "fake")
 
 
 def make_strategy(cfg):
-    """Lightning's strategy for cfg.strategy: ``ddp`` (and ``auto`` on several devices, where Lightning
+    """Lightning's strategy for cfg.parallel.strategy: ``ddp`` (and ``auto`` on several devices, where Lightning
     would pick DDP) -> PerOptimizerDDP, ``fsdp`` -> PerBlockFSDP; anything else goes to Lightning as named."""
-    s = str(cfg.strategy)
+    s = str(cfg.parallel.strategy)
     if s == "ddp" or (s == "auto" and _several_devices(cfg)):
         return PerOptimizerDDP()
     if s == "fsdp":
-        return PerBlockFSDP(fsdp_teacher=cfg.fsdp_teacher)
+        return PerBlockFSDP(fsdp_teacher=cfg.parallel.fsdp_teacher)
     return s
 
 
 def _several_devices(cfg) -> bool:
-    return cfg.num_nodes > 1 or not (cfg.devices in (1, "1") or cfg.devices == [0])
+    return cfg.parallel.num_nodes > 1 or not (cfg.parallel.devices in (1, "1") or cfg.parallel.devices == [0])
 
 
 # ---- gradients -------------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ DESCRIPTIONS = {
 # ---- from a run's config ------------------------------------------------------------------------
 
 def world_size(cfg) -> int:
-    d = cfg.devices
+    d = cfg.parallel.devices
     if isinstance(d, (list, tuple)):
         n = len(d)
     elif isinstance(d, int) or (isinstance(d, str) and d.strip().isdigit()):
@@ -169,11 +169,11 @@ def world_size(cfg) -> int:
         n = -1
     if n < 1:
         raise UserError(f"devices={d!r}: the memory plan needs a number of GPUs, e.g. SET=\"devices=8\".")
-    return n * int(cfg.num_nodes)
+    return n * int(cfg.parallel.num_nodes)
 
 
 def strategy_kind(cfg, gpus: int) -> str:
-    s = str(cfg.strategy)
+    s = str(cfg.parallel.strategy)
     if s == "auto":
         return "single" if gpus == 1 else "ddp"  # Lightning picks DDP for several GPUs
     if s.startswith("ddp"):
@@ -195,15 +195,15 @@ def settings_from_config(cfg, gpu_gib: float | None = None, fsdp_teacher: str | 
     for key in ("dtype", "text_dtype"):
         if t[key] is not None and t[key] not in DTYPE_BYTES:
             raise UserError(f"teacher.{key} must be one of {', '.join(DTYPE_BYTES)}, got {t[key]!r}.")
-    fsdp_teacher = fsdp_teacher or cfg.fsdp_teacher  # the run's own key unless the plan is asked another
+    fsdp_teacher = fsdp_teacher or cfg.parallel.fsdp_teacher  # the run's own key unless the plan is asked another
     if fsdp_teacher not in ("shard", "replicate"):
         raise UserError(f"fsdp_teacher must be shard or replicate, got {fsdp_teacher!r}.")
     gpus = world_size(cfg)
-    s = Settings(batch=cfg.batch_size, teacher_queries=teacher_queries(cfg.arm), eval_batch=int(d["eval_batch"]),
-                 teacher_dtype=t["dtype"], trained_dtype=cfg.master_dtype, text_dtype=t["text_dtype"] or t["dtype"],
-                 precision=str(cfg.precision), lora_rank=int(cfg.lora.get("rank", 0)), train_fake=cfg.arm.train_fake,
+    s = Settings(batch=cfg.schedule.batch_size, teacher_queries=teacher_queries(cfg.arm), eval_batch=int(d["eval_batch"]),
+                 teacher_dtype=t["dtype"], trained_dtype=cfg.optimisation.master_dtype, text_dtype=t["text_dtype"] or t["dtype"],
+                 precision=str(cfg.parallel.precision), lora_rank=int(cfg.optimisation.lora.get("rank", 0)), train_fake=cfg.arm.train_fake,
                  strategy=strategy_kind(cfg, gpus), gpus=gpus, fsdp_teacher=fsdp_teacher,
-                 gradient_checkpointing=cfg.gradient_checkpointing, text_on_gpu=not d["precompute"],
+                 gradient_checkpointing=cfg.optimisation.gradient_checkpointing, text_on_gpu=not d["precompute"],
                  gpu_gib=float(gpu_gib or DEFAULT_GPU_GIB), margin=margin)
     return s, t
 
@@ -221,13 +221,13 @@ def memory_plan(cfg, gpu_gib: float | None = None, fsdp_teacher: str | None = No
         tokens = int(specs["text_encoders"][0]["max_position_embeddings"])
     else:
         tokens = int(t["max_length"] or DEFAULT_TEXT_TOKENS[family])
-    targets = tuple(cfg.lora.get("targets", DEFAULT_TARGETS)) if s.lora_rank else ()
+    targets = tuple(cfg.optimisation.lora.get("targets", DEFAULT_TARGETS)) if s.lora_rank else ()
     facts = architecture_facts(family, int(t["resolution"]), tokens, s.precision, s.lora_rank, targets, specs)
     c = components(facts, s)
     peak = peak_bytes(c)
     usable = s.gpu_gib * (1 - s.margin) * GIB
     return {
-        "scale": cfg.scale, "family": family, "arm": cfg.arm.name,
+        "scale": cfg.run.scale, "family": family, "arm": cfg.arm.name,
         "architecture": "the run's checkpoint" if model is not None else f"experiments/architectures/{family}",
         "settings": asdict(s), "text_tokens": tokens, "resolution": int(t["resolution"]),
         "params": {"denoiser": facts.denoiser_params, "lora_adapter": facts.adapter_params,
@@ -313,7 +313,7 @@ def write_run_plan(cfg, run_dir: Path, model) -> None:
         plan = memory_plan(cfg, gpu_gib=gib, model=model)
         if not plan["fits"]:
             warnings.warn(f"memory plan: {plan['peak_gib']} GiB per GPU against {plan['usable_gib']} usable; "
-                          f"see {path} (make plan SCALE={cfg.scale}).", stacklevel=2)
+                          f"see {path} (make plan SCALE={cfg.run.scale}).", stacklevel=2)
     except Exception as exc:  # the plan is advice; the run goes on
-        plan = {"scale": cfg.scale, "error": f"{exc.__class__.__name__}: {exc}"}
+        plan = {"scale": cfg.run.scale, "error": f"{exc.__class__.__name__}: {exc}"}
     write_plan(plan, path)

@@ -85,7 +85,7 @@ def _labels(records: list[RunRecord]) -> list[str]:
     labels = []
     for r in records:
         c = r.cfg
-        labels.append(f"{c.arm.name}, {c.student_steps}-step" + (f", {c.arm.normaliser}" if c.arm.normaliser != "shared" else ""))
+        labels.append(f"{c.arm.name}, {c.student.student_steps}-step" + (f", {c.arm.normaliser}" if c.arm.normaliser != "shared" else ""))
     return [f"{lab} ({r.path.name})" if labels.count(lab) > 1 else lab for lab, r in zip(labels, records)]
 
 

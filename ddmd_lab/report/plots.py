@@ -199,9 +199,9 @@ def seeded_bars(groups, path: Path | None = None, metrics=("domain_fd", "class_a
 def convergence(groups, path: Path | None = None, keys=("domain_fd", "class_adherence", "out_std")):
     """Metrics over generator steps of the longest runs (one line per run), with the seeded groups'
     mean curves of the same arms for comparison: where do the arms plateau?"""
-    longest = max((r.cfg.steps for g in groups for r in g.runs.values()), default=0)
-    long_runs = [(g, r) for g in groups for r in g.runs.values() if r.cfg.steps == longest and "generator_steps" in r.curves]
-    if not long_runs or all(r.cfg.steps == longest for g in groups for r in g.runs.values()):
+    longest = max((r.cfg.schedule.steps for g in groups for r in g.runs.values()), default=0)
+    long_runs = [(g, r) for g in groups for r in g.runs.values() if r.cfg.schedule.steps == longest and "generator_steps" in r.curves]
+    if not long_runs or all(r.cfg.schedule.steps == longest for g in groups for r in g.runs.values()):
         raise ValueError("no run longer than the sweep's length")
     arms = sorted({g.arm for g, _ in long_runs})
     fig = Figure(figsize=(4.5 * len(keys), 3.4))
@@ -210,7 +210,7 @@ def convergence(groups, path: Path | None = None, keys=("domain_fd", "class_adhe
         for g, r in long_runs:
             if key in r.curves:
                 ax.plot(r.curves["generator_steps"], r.curves[key], marker=".", color=_arm_colour(g.arm, arms),
-                        label=f"{g.name} (seed {r.cfg.seed})")
+                        label=f"{g.name} (seed {r.cfg.run.seed})")
         for g in groups:  # the seeded groups of the same arms, at their own (shorter) length
             if g.arm in arms and len(g.runs) > 1 and not g.label:
                 curves = [r.curves[key] for r in g.runs.values() if key in r.curves]

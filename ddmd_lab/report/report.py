@@ -76,22 +76,22 @@ def _seeded_section(groups, folder: Path) -> list[str]:
 
 def convergence_lines(groups, metric: str = "domain_fd") -> list[str]:
     """For each longest run: the metric at the start, at the sweeps' length, at its best and at the end."""
-    lengths = sorted({r.cfg.steps for g in groups for r in g.runs.values()})
+    lengths = sorted({r.cfg.schedule.steps for g in groups for r in g.runs.values()})
     if len(lengths) < 2:
         return []
     # the sweep's length: the longest of the seeded groups below the longest runs (which may be seeded too)
-    sweep = max((r.cfg.steps for g in groups if len(g.runs) > 1 for r in g.runs.values() if r.cfg.steps < lengths[-1]),
+    sweep = max((r.cfg.schedule.steps for g in groups if len(g.runs) > 1 for r in g.runs.values() if r.cfg.schedule.steps < lengths[-1]),
                 default=lengths[0])
     out = []
     for g in groups:
         for r in g.runs.values():
             c = r.curves
-            if r.cfg.steps != lengths[-1] or metric not in c:
+            if r.cfg.schedule.steps != lengths[-1] or metric not in c:
                 continue
             steps, gen, vals = c["step"], c["generator_steps"], c[metric]
             at, best = int(np.argmin(np.abs(steps - sweep))), int(np.nanargmin(vals))
             fid = r.summary.get("fid")
-            out.append(f"{g.name} (seed {r.cfg.seed}): {metric} {vals[0]:.4g} at generator step 0, {vals[at]:.4g} at "
+            out.append(f"{g.name} (seed {r.cfg.run.seed}): {metric} {vals[0]:.4g} at generator step 0, {vals[at]:.4g} at "
                        f"{int(gen[at])} (the sweeps' length), lowest {vals[best]:.4g} at {int(gen[best])}, {vals[-1]:.4g} "
                        f"at {int(gen[-1])} (the end)" + (f"; Inception FID at the end {fid:.4g} "
                                                           f"({r.summary.get('fid_samples')} samples)" if fid is not None else "") + ".")
@@ -105,12 +105,12 @@ def _sweep_commands(groups) -> list[str]:
     for g in sorted(groups, key=lambda g: (-g.student_steps, g.arm, g.name)):
         r = g.newest()
         settings = " ".join(f"{k}={short_value(v)}" for k, v in sorted(g.changed.items()) if k != "steps")
-        key = (r.cfg.scale, r.cfg.steps, ",".join(map(str, g.seeds)), f"student_steps={g.student_steps} {settings}".strip())
+        key = (r.cfg.run.scale, r.cfg.schedule.steps, ",".join(map(str, g.seeds)), f"student_steps={g.student_steps} {settings}".strip())
         lines.setdefault(key, []).append(g.arm)
     out = ["Reproduce:", "", "```"]
     for (scale, steps, seeds, settings), arms in lines.items():
         out.append(f'make sweep SCALE={scale} STEPS={steps} SEEDS={seeds} ARMS={",".join(dict.fromkeys(arms))} SET="{settings}"')
-    return out + [f"make report SCALE={groups[0].newest().cfg.scale}" if groups else "make report", "```"]
+    return out + [f"make report SCALE={groups[0].newest().cfg.run.scale}" if groups else "make report", "```"]
 
 
 def _figures(runs, folder: Path, teacher: dict | None, reference: dict[str, dict]) -> list[str]:

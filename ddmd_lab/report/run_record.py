@@ -25,7 +25,7 @@ class RunRecord:
 
     @property
     def student_steps(self) -> int:
-        return self.cfg.student_steps
+        return self.cfg.student.student_steps
 
     @cached_property
     def summary(self) -> dict:

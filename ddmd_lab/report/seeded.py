@@ -45,7 +45,7 @@ def _defaults(scale: str, arm: str) -> tuple:
 
 def differences_from_default(cfg) -> dict:
     """Config values of a run that its scale's YAML (with its arm) would not have given."""
-    default = dict(_defaults(cfg.scale, cfg.arm.name))
+    default = dict(_defaults(cfg.run.scale, cfg.arm.name))
     if not default:  # an arm or scale no longer defined: nothing to compare with
         return {}
     # a key the YAML leaves out is a change too: an entry of a dict it leaves empty (toy2d's teacher: {},
@@ -93,7 +93,7 @@ def seed_groups(records: Iterable[RunRecord]) -> list[Group]:
     for r in sorted(records, key=lambda r: r.path.name):
         key = group_key(r.cfg.to_dict())
         g = groups.setdefault(key, Group(key, r.arm, r.student_steps, changed=differences_from_default(r.cfg)))
-        g.runs[r.cfg.seed] = r
+        g.runs[r.cfg.run.seed] = r
     out = list(groups.values())
     common = sweep_settings(out)
     for g in out:

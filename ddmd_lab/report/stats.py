@@ -73,5 +73,5 @@ def by_seed(records: Iterable, metric: str) -> dict[str, dict[int, float]]:
     for r in sorted(records, key=lambda r: r.path.name):
         value = r.summary.get(metric)
         if value is not None:
-            out.setdefault(group_key(r.cfg.to_dict()), {})[r.cfg.seed] = float(value)
+            out.setdefault(group_key(r.cfg.to_dict()), {})[r.cfg.run.seed] = float(value)
     return out

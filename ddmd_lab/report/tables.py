@@ -92,7 +92,7 @@ def results_table(runs: dict[tuple[str, int], RunRecord], reference: dict[str, d
     if runs:
         r = next(iter(runs.values()))
         fid = f", FID on {r.summary['fid_samples']} samples (clean-fid protocol, Inception 2015-12-05)" if "fid_samples" in r.summary else ""
-        t.notes.append(f"scale {r.cfg.scale}, alpha {r.cfg.alpha:g}{fid}; cheap metrics on the fixed evaluation noise.")
+        t.notes.append(f"scale {r.cfg.run.scale}, alpha {r.cfg.objective.alpha:g}{fid}; cheap metrics on the fixed evaluation noise.")
     return t
 
 

@@ -53,7 +53,7 @@ def in_sweep(cfg, teacher_settings: TeacherSettings, overrides: Mapping | None =
     keys both configs have are compared, so a setting added to the harness after a run was made (and
     absent from its config.yaml) does not drop the run."""
     own = comparable(cfg, teacher_settings)
-    default = comparable(load_config(cfg.scale, cfg.arm.name, dict(overrides or {})), teacher_settings)
+    default = comparable(load_config(cfg.run.scale, cfg.arm.name, dict(overrides or {})), teacher_settings)
     return all(default[k] == v for k, v in own.items() if k in default)
 
 
@@ -64,8 +64,8 @@ def cells(records: Iterable[RunRecord], teacher_settings: TeacherSettings, metri
     out: Cells = {}
     for r in sorted(records, key=lambda r: r.path.name):
         value = r.summary.get(metric)
-        if r.cfg.scale == "toy2d" and r.arm in ARMS and value is not None and in_sweep(r.cfg, teacher_settings, overrides):
-            out.setdefault((teacher_settings(r.cfg)["kind"], r.arm), {})[r.cfg.seed] = float(value)
+        if r.cfg.run.scale == "toy2d" and r.arm in ARMS and value is not None and in_sweep(r.cfg, teacher_settings, overrides):
+            out.setdefault((teacher_settings(r.cfg)["kind"], r.arm), {})[r.cfg.run.seed] = float(value)
     return out
 
 

@@ -58,17 +58,17 @@ def cached_image_set(name: str, root: str | None, split: str) -> ImageSet:
 
 
 def image_set(cfg: RunConfig, split: str = "train") -> ImageSet:
-    return cached_image_set(cfg.scale, data_settings(cfg)["root"], split)
+    return cached_image_set(cfg.run.scale, data_settings(cfg)["root"], split)
 
 
 def teacher_dir(cfg: RunConfig) -> Path:
     spec = {k: v for k, v in teacher_settings(cfg).items() if k not in ("eval_samples", "ode_steps", "alphas")}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
-    return Path(cfg.cache_dir) / "teachers" / cfg.scale / key
+    return Path(cfg.run.cache_dir) / "teachers" / cfg.run.scale / key
 
 
 def classifier_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.cache_dir) / "classifiers" / f"{cfg.scale}-{data_settings(cfg)['classifier_epochs']}ep"
+    return Path(cfg.run.cache_dir) / "classifiers" / f"{cfg.run.scale}-{data_settings(cfg)['classifier_epochs']}ep"
 
 
 def classifier_cached(cfg: RunConfig) -> bool:
@@ -78,13 +78,13 @@ def classifier_cached(cfg: RunConfig) -> bool:
 def train_scale_classifier(cfg: RunConfig, fit) -> Path:
     train, test = image_set(cfg, "train"), image_set(cfg, "test")
     return train_classifier(fit.classifier, train.images, train.labels, test.images, test.labels, classifier_dir(cfg),
-                            train.num_classes, epochs=data_settings(cfg)["classifier_epochs"], progress=cfg.progress_bar)
+                            train.num_classes, epochs=data_settings(cfg)["classifier_epochs"], progress=cfg.run.progress_bar)
 
 
 def classifier(cfg: RunConfig):
     """The scale's cached classifier (``prepare`` trains it)."""
     if not classifier_cached(cfg):
-        raise UserError(f"no classifier at {classifier_dir(cfg)}; train it with `make classifier SCALE={cfg.scale}` "
+        raise UserError(f"no classifier at {classifier_dir(cfg)}; train it with `make classifier SCALE={cfg.run.scale}` "
                         "(a run trains it on first use).")
     return load_classifier(classifier_dir(cfg), image_set(cfg, "train").num_classes)
 
@@ -97,7 +97,7 @@ def real_eval_images(cfg: RunConfig) -> torch.Tensor:
 def inception_reference(cfg: RunConfig, features: InceptionFeatures):
     """Inception statistics of the test split (all of it), cached per dataset and resolution."""
     real = image_set(cfg, "test").images[: data_settings(cfg)["fid_reference_images"]]
-    path = Path(cfg.cache_dir) / "fid_stats" / f"{cfg.scale}-test-{real.shape[-1]}px-{len(real)}.npz"
+    path = Path(cfg.run.cache_dir) / "fid_stats" / f"{cfg.run.scale}-test-{real.shape[-1]}px-{len(real)}.npz"
     return cached_reference_stats(path, lambda: features.of_images(real))
 
 
@@ -107,7 +107,7 @@ def train_teacher(cfg: RunConfig, fit) -> Path:
     folder = teacher_dir(cfg)
     backbone = fit.teacher(lambda: ClassUNet(build_unet(t["size"], data.num_classes, data.images.shape[1],
                                                         data.images.shape[-1], t["patch"]), data.num_classes, t["patch"]),
-                           (data.images, data.labels), t, f"{cfg.scale} teacher", cfg.accelerator, cfg.progress_bar)
+                           (data.images, data.labels), t, f"{cfg.run.scale} teacher", cfg.parallel.accelerator, cfg.run.progress_bar)
     staging = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
     backbone.save(staging)
     publish_dir(staging, folder)  # whole or not at all; a retrained teacher keeps the old one beside it
@@ -165,21 +165,21 @@ def _grid_order(samples: torch.Tensor, labels: torch.Tensor, k: int, per_class: 
 
 def load_teacher(cfg: RunConfig) -> ClassUNet:
     if not teacher_cached(cfg):
-        raise UserError(f"no trained {cfg.scale} teacher at {teacher_dir(cfg)}; train it with `make teacher "
-                        f"SCALE={cfg.scale}` (a run trains it on first use).")
+        raise UserError(f"no trained {cfg.run.scale} teacher at {teacher_dir(cfg)}; train it with `make teacher "
+                        f"SCALE={cfg.run.scale}` (a run trains it on first use).")
     return ClassUNet.load(teacher_dir(cfg))
 
 
 def condition_loader(cfg: RunConfig, start_step: int = 0):
     """Per step: requested labels, and real images (for regularisers that need data)."""
     data = image_set(cfg, "train")
-    k, b, n = data.num_classes, cfg.batch_size, len(data.images)
+    k, b, n = data.num_classes, cfg.schedule.batch_size, len(data.images)
 
     def make_batch(g: torch.Generator):
         idx = torch.randint(n, (b,), generator=g)
         return torch.randint(k, (b,), generator=g), data.images[idx]
 
-    return step_loader(make_batch, cfg.seed, start_step, cfg.steps)
+    return step_loader(make_batch, cfg.run.seed, start_step, cfg.schedule.steps)
 
 
 class Evaluator:
@@ -190,7 +190,7 @@ class Evaluator:
         data = image_set(cfg, "train")
         self.num_classes = data.num_classes
         gen = torch.Generator().manual_seed(EVAL_SEED)
-        n = cfg.eval_samples
+        n = cfg.evaluation.eval_samples
         self.noise = torch.randn(n, *data.images.shape[1:], generator=gen)
         self.labels = torch.arange(n) % self.num_classes
         real = real_eval_images(cfg)
@@ -236,12 +236,12 @@ class Evaluator:
 
     def final_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The fixed noise and labels of the end-of-run FID (``fid_samples`` of them)."""
-        n = self.cfg.fid_samples
+        n = self.cfg.evaluation.fid_samples
         gen = torch.Generator().manual_seed(EVAL_SEED + 1)
         return torch.randn(n, *self.noise.shape[1:], generator=gen), torch.arange(n) % self.num_classes
 
     def fid(self, samples: torch.Tensor) -> float:
-        inception = InceptionFeatures(progress=self.cfg.progress_bar)
+        inception = InceptionFeatures(progress=self.cfg.run.progress_bar)
         return fid_from_stats(stats(inception.of_images(samples)), inception_reference(self.cfg, inception))
 
     def final(self, module) -> dict:
@@ -251,11 +251,11 @@ class Evaluator:
         if self.run_dir is not None:
             observer = self.term_spectra(module).get("observer", {})
             out.update({f"observer_{k}": v for k, v in observer.items() if k != "tau"})
-        if self.cfg.fid_samples > 0:
+        if self.cfg.evaluation.fid_samples > 0:
             noise, labels = self.final_inputs()
             with torch.random.fork_rng():
                 samples = self._sample(module, noise, labels)
-            out.update(fid=self.fid(samples), fid_samples=self.cfg.fid_samples)
+            out.update(fid=self.fid(samples), fid_samples=self.cfg.evaluation.fid_samples)
         return out
 
     def term_spectra(self, module, samples: int = 500) -> dict:
@@ -264,7 +264,7 @@ class Evaluator:
         noise, labels = self.noise[:samples], self.labels[:samples]
         with torch.random.fork_rng():
             x = self._sample(module, noise, labels)
-            spec = term_spectra(module.teacher, module.fake, x, labels, self.cfg.alpha)
+            spec = term_spectra(module.teacher, module.fake, x, labels, self.cfg.objective.alpha)
             result = {"ca_centroid": spec["ca_centroid"], "dm_centroid": spec["dm_centroid"], "bins": spec["bins"].tolist()}
             if module.fake is not None:
                 result["observer"] = observer_excess(module.teacher, module.fake, x, labels, self.real_spectrum)
@@ -277,19 +277,19 @@ def reference_rows(cfg: RunConfig) -> dict[str, dict]:
     """The teacher's many-step CFG row, measured exactly like a student (same evaluation noise,
     same FID sample count), cached in the teacher's folder."""
     t = teacher_settings(cfg)
-    name = f"teacher, {t['ode_steps']}-step CFG ODE, alpha={cfg.alpha:g}"
-    path = teacher_dir(cfg) / f"reference_alpha{cfg.alpha:g}_ode{t['ode_steps']}_eval{cfg.eval_samples}_fid{cfg.fid_samples}.json"
+    name = f"teacher, {t['ode_steps']}-step CFG ODE, alpha={cfg.objective.alpha:g}"
+    path = teacher_dir(cfg) / f"reference_alpha{cfg.objective.alpha:g}_ode{t['ode_steps']}_eval{cfg.evaluation.eval_samples}_fid{cfg.evaluation.fid_samples}.json"
     if not path.is_file():
         ev, teacher = Evaluator(cfg), load_teacher(cfg).eval()
 
         def sample(noise, labels):
             with torch.no_grad():
-                return torch.cat([teacher_cfg_sample(teacher, noise[i:i + 250], labels[i:i + 250], cfg.alpha, t["ode_steps"])
+                return torch.cat([teacher_cfg_sample(teacher, noise[i:i + 250], labels[i:i + 250], cfg.objective.alpha, t["ode_steps"])
                                   for i in range(0, len(noise), 250)])
 
         row, spectrum = ev.metrics(sample(ev.noise, ev.labels))
-        if cfg.fid_samples > 0:
-            row.update(fid=ev.fid(sample(*ev.final_inputs())), fid_samples=cfg.fid_samples)
+        if cfg.evaluation.fid_samples > 0:
+            row.update(fid=ev.fid(sample(*ev.final_inputs())), fid_samples=cfg.evaluation.fid_samples)
         atomic_write_text(path, json.dumps(row, indent=2))
     return {name: json.loads(path.read_text())}
 

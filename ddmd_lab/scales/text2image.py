@@ -63,7 +63,7 @@ VAE_BATCH = 4  # real images per VAE encode (the encoder in float32 at 1024 px: 
 def teacher_settings(cfg: RunConfig) -> dict:
     t = scale_settings(cfg.teacher, TEACHER_DEFAULTS, "teacher")
     if not t["family"] or not t["source"]:
-        raise UserError(f"scale {cfg.scale!r} needs a checkpoint: --set teacher.source=<diffusers folder or hub id> "
+        raise UserError(f"scale {cfg.run.scale!r} needs a checkpoint: --set teacher.source=<diffusers folder or hub id> "
                         "(and teacher.family, which its YAML sets).")
     return t
 
@@ -116,8 +116,8 @@ def check_inputs(cfg: RunConfig) -> None:
     minutes): the checkpoint folder (check_checkpoint), the LoRA targets (on its denoiser built on the
     meta device), and the prompts file, or a GAN arm's captions and their images (headers only)."""
     folder = check_checkpoint(cfg)
-    if int(cfg.lora.get("rank", 0)) > 0:
-        check_targets(meta_denoiser(folder, teacher_settings(cfg)["family"]), cfg.lora.get("targets", DEFAULT_TARGETS))
+    if int(cfg.optimisation.lora.get("rank", 0)) > 0:
+        check_targets(meta_denoiser(folder, teacher_settings(cfg)["family"]), cfg.optimisation.lora.get("targets", DEFAULT_TARGETS))
     d = data_settings(cfg)
     if cfg.arm.gan_weight or cfg.arm.gan_disc_weight:
         if not d["prompts"]:
@@ -172,11 +172,11 @@ def load_teacher(cfg: RunConfig):
 
 def encode_device(cfg: RunConfig) -> torch.device:
     """This rank's accelerator, for the text encoders and the VAE outside the training step.  Read
-    from LOCAL_RANK (set by Lightning's launcher for ranks 1.. and by torchrun) and cfg.devices, not
+    from LOCAL_RANK (set by Lightning's launcher for ranks 1.. and by torchrun) and cfg.parallel.devices, not
     from torch.cuda.current_device(): loaders and evaluators are made before Lightning sets it."""
-    if cfg.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+    if cfg.parallel.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         rank = int(os.environ.get("LOCAL_RANK", 0))
-        devices = cfg.devices
+        devices = cfg.parallel.devices
         if isinstance(devices, str) and "," in devices:
             devices = [int(d) for d in devices.split(",") if d.strip()]
         if isinstance(devices, (list, tuple)) and devices:
@@ -236,7 +236,7 @@ def embedding_sets(cfg: RunConfig) -> dict[str, list[str]]:
 def find_embeddings(cfg: RunConfig) -> dict[str, Embeddings | None]:
     """The complete caches of the run's prompt sets (None where missing); loads no model."""
     identity = text_identity(cfg)
-    return {name: open_embeddings(cache_folder(cfg.cache_dir, identity, prompts))
+    return {name: open_embeddings(cache_folder(cfg.run.cache_dir, identity, prompts))
             for name, prompts in embedding_sets(cfg).items()}
 
 
@@ -245,7 +245,7 @@ def embed(cfg: RunConfig, model: TextToImage | None = None, log=print) -> dict[s
     missing (text encoders on this rank's device), reused where complete."""
     identity, caches = text_identity(cfg), {}
     for name, prompts in embedding_sets(cfg).items():
-        folder = cache_folder(cfg.cache_dir, identity, prompts)
+        folder = cache_folder(cfg.run.cache_dir, identity, prompts)
         cache = open_embeddings(folder)
         if cache is not None:
             log(f"{name} prompts: reusing the complete embedding cache {folder} ({cache.describe()})")
@@ -279,7 +279,7 @@ def embedded_rows(cfg: RunConfig, prompts: list[str]) -> EmbeddedRows:
     """``prompts`` (all of data.prompts, or some of them: a GAN arm's captions) from the embedding cache."""
     load_model(cfg, training=True)  # builds the caches if missing
     every = embedding_sets(cfg)["training"]
-    cache = open_embeddings(cache_folder(cfg.cache_dir, text_identity(cfg), every))
+    cache = open_embeddings(cache_folder(cfg.run.cache_dir, text_identity(cfg), every))
     if cache is None:
         raise UserError(f"the embedding cache of {data_settings(cfg)['prompts']} vanished while loading; run make embed again.")
     if prompts == every:
@@ -301,7 +301,7 @@ def real_images(cfg: RunConfig, model: TextToImage):
         read_prompts(None)  # the usual "no training prompts" error
     real = coco_images(d["prompts"], d["images"], d["max_images"])
     warn_truncated(model, real.prompts, "training captions")  # before the images' long VAE encode
-    latents = cached_latents(cfg.cache_dir, model.vae, real.files, teacher_settings(cfg)["resolution"],
+    latents = cached_latents(cfg.run.cache_dir, model.vae, real.files, teacher_settings(cfg)["resolution"],
                              VAE_BATCH, encode_device(cfg))
     if tuple(latents.shape[1:]) != tuple(model.backbone.sample_shape):
         raise UserError(f"the VAE's latents of the real images have shape {tuple(latents.shape[1:])}, the teacher "
@@ -336,19 +336,19 @@ def condition_loader(cfg: RunConfig, start_step: int = 0):
 
     if not gan:
         def make_batch(g: torch.Generator):
-            return conditions(torch.randint(len(prompts), (cfg.batch_size,), generator=g).tolist())
+            return conditions(torch.randint(len(prompts), (cfg.schedule.batch_size,), generator=g).tolist())
     else:
         def make_batch(g: torch.Generator):
-            images = torch.randint(len(real.files), (cfg.batch_size,), generator=g).tolist()
+            images = torch.randint(len(real.files), (cfg.schedule.batch_size,), generator=g).tolist()
             captions = [real.captions[i][int(torch.randint(len(real.captions[i]), (), generator=g))] for i in images]
             return conditions(captions), latents[images].float()
 
-    return step_loader(make_batch, cfg.seed, start_step, cfg.steps)
+    return step_loader(make_batch, cfg.run.seed, start_step, cfg.schedule.steps)
 
 
 def evaluator_prompts(cfg: RunConfig) -> list[str]:
     """The training evaluator's fixed prompts (data.eval_prompts repeated to eval_samples)."""
-    return text2image_eval.eval_prompts(data_settings(cfg)["eval_prompts"], cfg.eval_samples)
+    return text2image_eval.eval_prompts(data_settings(cfg)["eval_prompts"], cfg.evaluation.eval_samples)
 
 
 def make_evaluator(cfg: RunConfig, run_dir: Path | None = None) -> text2image_eval.Evaluator:
@@ -364,7 +364,7 @@ def make_evaluator(cfg: RunConfig, run_dir: Path | None = None) -> text2image_ev
     else:
         with text_encoders_on(model, encode_device(cfg)):
             rows = encode_rows(model, prompts, d["eval_batch"])
-    teacher = teacher_identity(cfg, None, cfg.alpha) if d["eval_vs_teacher"] else None
+    teacher = teacher_identity(cfg, None, cfg.objective.alpha) if d["eval_vs_teacher"] else None
     return text2image_eval.Evaluator(cfg, run_dir, model, prompts, rows, nrow, d["eval_batch"], teacher)
 
 
@@ -372,6 +372,6 @@ def reference_rows(cfg: RunConfig) -> dict[str, dict]:
     """The teacher's colour row on the evaluator's prompts and noise, where a run's first evaluation
     cached it (nothing is sampled here); its COCO-10k / HPSv2.1 numbers come from make eval-coco / eval-hps."""
     try:
-        return text2image_eval.teacher_row(cfg, teacher_identity(cfg, None, cfg.alpha), evaluator_prompts(cfg))
+        return text2image_eval.teacher_row(cfg, teacher_identity(cfg, None, cfg.objective.alpha), evaluator_prompts(cfg))
     except UserError:  # the checkpoint is not here (another machine's runs): no row
         return {}

@@ -57,7 +57,7 @@ def mlp_settings(cfg: RunConfig) -> dict:
 def teacher_dir(cfg: RunConfig) -> Path:
     spec = {"teacher": mlp_settings(cfg), "data": {**DATA_DEFAULTS, **cfg.data}}
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
-    return Path(cfg.cache_dir) / "teachers" / "toy2d" / key
+    return Path(cfg.run.cache_dir) / "teachers" / "toy2d" / key
 
 
 def build_backbone(cfg: RunConfig) -> ToyFlowMLP:
@@ -73,7 +73,7 @@ def train_teacher(cfg: RunConfig, fit) -> Path:
     gen = torch.Generator().manual_seed(t["seed"])
     labels = torch.randint(mix.num_classes, (t["data_size"],), generator=gen)
     x0 = mix.sample(labels, gen)
-    backbone = fit.teacher(lambda: build_backbone(cfg), (x0, labels), t, "toy2d teacher", "cpu", cfg.progress_bar)
+    backbone = fit.teacher(lambda: build_backbone(cfg), (x0, labels), t, "toy2d teacher", "cpu", cfg.run.progress_bar)
     staging = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
     staging.mkdir(parents=True)
     torch.save(backbone.state_dict(), staging / "teacher.pt")
@@ -130,10 +130,10 @@ def load_trained(cfg: RunConfig) -> ToyFlowMLP:
 
 @torch.no_grad()
 def teacher_metrics(cfg: RunConfig, teacher: ToyFlowMLP, ode_steps: int = 100) -> dict:
-    """How close the teacher's many-step CFG ODE is to the exact one, at alpha 1 and cfg.alpha."""
+    """How close the teacher's many-step CFG ODE is to the exact one, at alpha 1 and cfg.objective.alpha."""
     ev = Evaluator(cfg)
     out = {}
-    for alpha in sorted({1.0, cfg.alpha}):
+    for alpha in sorted({1.0, cfg.objective.alpha}):
         samples = teacher_cfg_sample(teacher.eval(), ev.noise, ev.labels, alpha, ode_steps)
         m = ev.metrics(samples)
         out[f"alpha_{alpha:g}"] = m
@@ -142,12 +142,12 @@ def teacher_metrics(cfg: RunConfig, teacher: ToyFlowMLP, ode_steps: int = 100) -
 
 def condition_loader(cfg: RunConfig, start_step: int = 0):
     """Batches of training steps start_step .. steps-1, one per step."""
-    mix, b = mixture(cfg), cfg.batch_size
+    mix, b = mixture(cfg), cfg.schedule.batch_size
 
     def make_batch(g: torch.Generator):  # requested labels, and real samples for data-driven regularisers
         return torch.randint(mix.num_classes, (b,), generator=g), mix.sample(torch.randint(mix.num_classes, (b,), generator=g), g)
 
-    return step_loader(make_batch, cfg.seed, start_step, cfg.steps)
+    return step_loader(make_batch, cfg.run.seed, start_step, cfg.schedule.steps)
 
 
 class Evaluator:
@@ -155,12 +155,12 @@ class Evaluator:
 
     def __init__(self, cfg: RunConfig):
         self.mix = mixture(cfg)
-        n = cfg.eval_samples
+        n = cfg.evaluation.eval_samples
         gen = torch.Generator().manual_seed(EVAL_SEED)
         self.labels = torch.arange(n) % self.mix.num_classes
         self.noise = torch.randn(n, 2, generator=gen)
         ref_noise = torch.randn(n, 2, generator=gen)
-        self.cfg_target = self.mix.cfg_ode_sample(ref_noise, self.labels, cfg.alpha, steps=200)
+        self.cfg_target = self.mix.cfg_ode_sample(ref_noise, self.labels, cfg.objective.alpha, steps=200)
         self.conditional = self.mix.sample(self.labels, gen)
 
     def metrics(self, x: torch.Tensor) -> dict:
@@ -193,7 +193,7 @@ def reference_rows(cfg: RunConfig) -> dict[str, dict]:
     distances are the finite-sample floor of each distance column."""
     ev = Evaluator(cfg)
     gen = torch.Generator().manual_seed(EVAL_SEED + 1)
-    fresh_target = ev.mix.cfg_ode_sample(torch.randn(len(ev.labels), 2, generator=gen), ev.labels, cfg.alpha, steps=200)
+    fresh_target = ev.mix.cfg_ode_sample(torch.randn(len(ev.labels), 2, generator=gen), ev.labels, cfg.objective.alpha, steps=200)
     fresh_conditional = ev.mix.sample(ev.labels, gen)
-    return {f"exact CFG-ODE, alpha={cfg.alpha:g} (fresh samples)": ev.metrics(fresh_target),
+    return {f"exact CFG-ODE, alpha={cfg.objective.alpha:g} (fresh samples)": ev.metrics(fresh_target),
             "exact conditional, alpha=1 (fresh samples)": ev.metrics(fresh_conditional)}

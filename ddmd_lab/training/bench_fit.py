@@ -88,14 +88,14 @@ class StepTimer(pl.Callback):
 
 def _bare_trainer(cfg, callbacks: list, **options) -> pl.Trainer:
     """One pass over the loader and nothing but its steps: no logger, checkpoints, progress bar or summary."""
-    return pl.Trainer(max_epochs=1, accelerator=cfg.accelerator, logger=False, enable_checkpointing=False,
+    return pl.Trainer(max_epochs=1, accelerator=cfg.parallel.accelerator, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, **options)
 
 
 def bench_arm(teacher, cfg, loader, warmup: int, callbacks=()) -> tuple[float, float]:
     """(mean seconds per step, host reads per step made by ddmd_lab's code: each waits for the device)."""
     timer = StepTimer(warmup)
-    trainer = _bare_trainer(cfg, [timer, *callbacks], log_every_n_steps=cfg.log_every)
+    trainer = _bare_trainer(cfg, [timer, *callbacks], log_every_n_steps=cfg.evaluation.log_every)
     module = DistillModule(teacher, cfg)
     with counting_host_reads() as reads:
         trainer.fit(module, loader)
@@ -121,7 +121,7 @@ class TimedFit:
 def timed_fit(teacher, cfg, loader, warmup: int = 1) -> TimedFit:
     """make gpu-check's fit: on one device, in the run's precision."""
     timer = StepTimer(warmup)
-    trainer = _bare_trainer(cfg, [timer], devices=1, precision=cfg.precision)
+    trainer = _bare_trainer(cfg, [timer], devices=1, precision=cfg.parallel.precision)
     module = DistillModule(teacher, cfg)
     trainer.fit(module, loader)
     return TimedFit(module, timer.times, trainer)

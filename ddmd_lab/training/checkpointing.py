@@ -115,7 +115,7 @@ def check_teacher(checkpoint: dict, fingerprint: str, cfg) -> None:
     if cfg.teacher.get("source"):
         where, fix = f"teacher.source={cfg.teacher['source']}", "point teacher.source in the run's config.yaml at that one"
     else:
-        where, fix = (f"the cached {cfg.scale} teacher under cache_dir={cfg.cache_dir}",
+        where, fix = (f"the cached {cfg.run.scale} teacher under cache_dir={cfg.run.cache_dir}",
                       "restore that teacher's cache folder or pass the cache_dir the run used")
     raise UserError(f"this checkpoint was trained from another teacher (fingerprint {saved}) than the one loaded now "
                     f"({where}, fingerprint {fingerprint}), and checkpoints do not hold the frozen teacher: load the "

@@ -74,12 +74,12 @@ class Sampler:
             if self.student is None:
                 return self.model.teacher_sample(noise, cond, self.alpha, self.teacher_steps)
             student = self.student if self.alpha == 1.0 else Guided(self.student, self.alpha)
-            return sample_student(student, noise, cond, self.times.to(device), self.cfg.student_sampler, generator)
+            return sample_student(student, noise, cond, self.times.to(device), self.cfg.student.student_sampler, generator)
 
     def _autocast(self, device: torch.device):
         """The run's precision on an accelerator (bf16-mixed: autocast, as in training); float32 on the CPU,
         where the tests compare samples with diffusers' pipelines exactly."""
-        if device.type == "cuda" and self.cfg.precision.startswith("bf16"):
+        if device.type == "cuda" and self.cfg.parallel.precision.startswith("bf16"):
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -92,14 +92,14 @@ def student_sampler(run_dir: Path, steps: int | None = None, guidance: float | N
     family = cfg.teacher["family"]
     model, student = load_student(cfg, run_checkpoint(Path(run_dir)))
     _place(model, device)
-    n = steps or cfg.student_steps
-    if n != cfg.student_steps:
-        warnings.warn(f"this student was trained for {cfg.student_steps} evaluations; {n} runs it at times it never "
+    n = steps or cfg.student.student_steps
+    if n != cfg.student.student_steps:
+        warnings.warn(f"this student was trained for {cfg.student.student_steps} evaluations; {n} runs it at times it never "
                       "saw during training (expect worse images).", stacklevel=2)
-    times = times_for_model(model.backbone, n, cfg.shift, cfg.student_times if n == cfg.student_steps else None)
+    times = times_for_model(model.backbone, n, cfg.student.shift, cfg.student.student_times if n == cfg.student.student_steps else None)
     alpha = alpha_from_guidance(family, guidance) if guidance is not None else 1.0
     if alpha != 1.0:
-        warnings.warn(f"a distilled student has its guidance built in (distilled with alpha={cfg.alpha:g}); guidance "
+        warnings.warn(f"a distilled student has its guidance built in (distilled with alpha={cfg.objective.alpha:g}); guidance "
                       f"{guidance:g} on top applies CFG twice (expect oversaturation). Distilled students sample with "
                       f"{'guidance 0' if family in OFFSET_FAMILIES else 'guidance 1 (none)'}.", stacklevel=2)
     return Sampler(cfg, model, student, times, alpha, 0)

@@ -7,7 +7,7 @@ read from trainer.global_step, because Lightning counts every optimiser's
 step there (a critic and a generator step make global_step advance by two).
 
 Under data parallelism every rank holds the same model (initialised from
-cfg.seed) but draws its own training randomness (see seed_rank), every rank
+cfg.run.seed) but draws its own training randomness (see seed_rank), every rank
 skips a non-finite update or none does (_update), and each rank's RNG state
 is checkpointed.  Values are read from the device only on the steps that are
 logged, plus one agreed finiteness flag per update.
@@ -46,14 +46,14 @@ class DistillModule(pl.LightningModule):
         not the frozen teacher (scales.load_networks); None: copies of the teacher."""
         super().__init__()
         self.cfg, self.arm = cfg, cfg.arm
-        if init is not None and cfg.lora.get("rank", 0):
+        if init is not None and cfg.optimisation.lora.get("rank", 0):
             raise UserError("LoRA adapts the frozen teacher's own network, so the trained networks cannot start "
                             "from a separate initialisation (toy2d's teacher.kind=exact); set lora.rank=0.")
-        if cfg.lora.get("rank", 0):
+        if cfg.optimisation.lora.get("rank", 0):
             # one base held once (registered as self.base); teacher / generator / fake are views
 
-            plan = LoraPlan(int(cfg.lora["rank"]), float(cfg.lora.get("alpha", cfg.lora["rank"])),
-                            tuple(cfg.lora.get("targets", DEFAULT_TARGETS)))
+            plan = LoraPlan(int(cfg.optimisation.lora["rank"]), float(cfg.optimisation.lora.get("alpha", cfg.optimisation.lora["rank"])),
+                            tuple(cfg.optimisation.lora.get("targets", DEFAULT_TARGETS)))
             self.base = teacher.eval()
             views = shared_base_views(teacher, plan, ("generator", "fake") if self.arm.train_fake else ("generator",))
             self.teacher, self.generator, self.fake = views["teacher"], views["generator"], views.get("fake")
@@ -62,20 +62,20 @@ class DistillModule(pl.LightningModule):
             self.teacher = teacher.eval().requires_grad_(False)
             self.generator = copy.deepcopy(init).train().requires_grad_(True)
             self.fake = copy.deepcopy(init).train().requires_grad_(True) if self.arm.train_fake else None
-        self._cast_trained(getattr(torch, cfg.master_dtype))
-        if cfg.gradient_checkpointing:  # trades a second forward for activation memory on the trained nets
+        self._cast_trained(getattr(torch, cfg.optimisation.master_dtype))
+        if cfg.optimisation.gradient_checkpointing:  # trades a second forward for activation memory on the trained nets
             nets = {id(m.denoiser()): m.denoiser() for m in (self.generator, self.fake) if m is not None}
             # LoRA: one network, several adapters; a block is recomputed with the adapter of its forward
-            func = {"gradient_checkpointing_func": self.generator.switch.checkpoint} if cfg.lora.get("rank", 0) else {}
+            func = {"gradient_checkpointing_func": self.generator.switch.checkpoint} if cfg.optimisation.lora.get("rank", 0) else {}
             for net in nets.values():
                 net.enable_gradient_checkpointing(**func)
         self.disc = None
         if self.arm.gan_weight or self.arm.gan_disc_weight:
             self.disc = DiscriminatorHead.for_backbone(self.fake)
         self.automatic_optimization = False
-        times = times_for_model(teacher, cfg.student_steps, cfg.shift, cfg.student_times)
+        times = times_for_model(teacher, cfg.student.student_steps, cfg.student.shift, cfg.student.student_times)
         self.register_buffer("times", times, persistent=False)
-        self.settings = UpdateSettings(cfg.alpha, cfg.shift, tuple(cfg.tau_clamp), cfg.normaliser_eps)
+        self.settings = UpdateSettings(cfg.objective.alpha, cfg.student.shift, tuple(cfg.objective.tau_clamp), cfg.objective.normaliser_eps)
         # Counters that define the run; saved in checkpoints.
         self.step_count = 0
         self.generator_step_count = 0
@@ -94,13 +94,13 @@ class DistillModule(pl.LightningModule):
 
     # ---- pieces -----------------------------------------------------------
     def _cast_trained(self, dtype: torch.dtype) -> None:
-        """What is trained in ``dtype`` (cfg.master_dtype): full copies cast whole, LoRA adapters
+        """What is trained in ``dtype`` (cfg.optimisation.master_dtype): full copies cast whole, LoRA adapters
         parameter by parameter (peft gives them the base's dtype and computes each adapter in its own),
         so a bfloat16 teacher keeps float32 master weights and optimiser states for what moves."""
         for m in (self.generator, self.fake):
             if m is None:
                 continue
-            if self.cfg.lora.get("rank", 0):
+            if self.cfg.optimisation.lora.get("rank", 0):
                 for p in m.parameters():
                     p.data = p.data.to(dtype)
             else:
@@ -113,7 +113,7 @@ class DistillModule(pl.LightningModule):
 
     def sample(self, noise: Tensor, cond) -> Tensor:
         """The student's few-step sample (no gradients)."""
-        return sample_student(self.generator, noise, cond, self.times, self.cfg.student_sampler)
+        return sample_student(self.generator, noise, cond, self.times, self.cfg.student.student_sampler)
 
     def _student_input(self, cond, batch: int) -> tuple[Tensor, Tensor]:
         """Draw a step index k and the student's input at t_k (backward simulation).  Under FSDP every
@@ -121,7 +121,7 @@ class DistillModule(pl.LightningModule):
         k = int(torch.randint(len(self.times), ()).item())
         k = rank_zeros_draw(self._trainer.strategy if self._trainer is not None else None, k, self.device)
         noise = torch.randn(batch, *self.generator.sample_shape, device=self.device)
-        x_t = backward_simulate(self.generator, noise, cond, self.times, k, self.cfg.student_sampler)
+        x_t = backward_simulate(self.generator, noise, cond, self.times, k, self.cfg.student.student_sampler)
         return x_t, self.times[k].expand(batch)
 
     def _critic_params(self) -> list:
@@ -130,11 +130,11 @@ class DistillModule(pl.LightningModule):
     def _renoised(self, x0: Tensor, t_like: Tensor) -> tuple[Tensor, Tensor]:
         """x0 re-noised at tau' ~ U(0,1), shifted by the run's time shift (the DM term queries the fake
         model at shifted times too) and clamped: what the fake model and the discriminator read."""
-        tau = sample_tau(CRITIC_TAU, t_like, self.settings.shift, tuple(self.cfg.tau_clamp)).to(x0.device)
+        tau = sample_tau(CRITIC_TAU, t_like, self.settings.shift, tuple(self.cfg.objective.tau_clamp)).to(x0.device)
         return renoise(x0, torch.randn_like(x0), tau), tau
 
     def configure_optimizers(self):
-        c = self.cfg
+        c = self.cfg.optimisation
         opt_g = torch.optim.AdamW(self.generator.parameters(), lr=c.lr_generator, betas=tuple(c.betas), weight_decay=c.weight_decay)
         if self.fake is None:
             return [opt_g]
@@ -143,9 +143,9 @@ class DistillModule(pl.LightningModule):
 
     # ---- one step -----------------------------------------------------------
     def _logged_step(self) -> bool:
-        """Whether Lightning logs this step (log_every_n_steps = cfg.log_every, counted in
+        """Whether Lightning logs this step (log_every_n_steps = cfg.evaluation.log_every, counted in
         steps done; step_count is this step's index until the step ends)."""
-        return (self.step_count + 1) % self.cfg.log_every == 0
+        return (self.step_count + 1) % self.cfg.evaluation.log_every == 0
 
     def training_step(self, batch, batch_idx):
         cond = condition_of(batch)
@@ -156,7 +156,7 @@ class DistillModule(pl.LightningModule):
         logs: dict[str, Tensor | float] = {}
         self._step_had_nonfinite = False
         sample = None
-        if self.step_count % self.cfg.ttur == 0:
+        if self.step_count % self.cfg.schedule.ttur == 0:
             # the generator's logs are kept until the next logged step: generator steps (every ttur-th) and
             # logged steps (every log_every-th) need not coincide (with 5 and 10 they never would)
             self._generator_logs = {}
@@ -187,7 +187,7 @@ class DistillModule(pl.LightningModule):
             logs["loss_gan_generator"] = gan.detach()
             loss = loss + self.arm.gan_weight * gan
         if self.arm.meanvar_weight:
-            reg = meanvar_kl(x, self.cfg.meanvar_mu, self.cfg.meanvar_var, self.cfg.meanvar_scope)
+            reg = meanvar_kl(x, self.cfg.objective.meanvar_mu, self.cfg.objective.meanvar_var, self.cfg.objective.meanvar_scope)
             logs["loss_meanvar"] = reg.detach()
             loss = loss + self.arm.meanvar_weight * reg
         finite = torch.isfinite(update).all() & torch.isfinite(x.detach()).all()
@@ -207,7 +207,7 @@ class DistillModule(pl.LightningModule):
                 sample = (self.generator.x0(x_t, t, cond), t)
         x0 = sample[0]
         x_tau, tau = self._renoised(x0, sample[1])
-        loss = critic_loss(self.fake.x0(x_tau, tau, cond), x0, tau, self.cfg.critic_target)
+        loss = critic_loss(self.fake.x0(x_tau, tau, cond), x0, tau, self.cfg.objective.critic_target)
         logs["loss_critic"] = loss.detach()
         if self.arm.gan_disc_weight:
             if real is None:
@@ -240,7 +240,7 @@ class DistillModule(pl.LightningModule):
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         strategy = self._trainer.strategy if self._trainer is not None else None
-        grad_norm = reduce_and_clip(strategy, params, self.cfg.grad_clip)  # the global norm
+        grad_norm = reduce_and_clip(strategy, params, self.cfg.optimisation.grad_clip)  # the global norm
         logs[f"grad_norm_{name}"] = grad_norm.detach()
         ok = torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)
         stepped = self._on_every_rank(ok if finite is None else ok & finite)
@@ -263,7 +263,7 @@ class DistillModule(pl.LightningModule):
     def _count_nonfinite_run(self) -> None:
         """Stop after max_nonfinite_in_row training steps in a row had a skipped update."""
         self.nonfinite_in_row = self.nonfinite_in_row + 1 if self._step_had_nonfinite else 0
-        if self.nonfinite_in_row >= self.cfg.max_nonfinite_in_row:
+        if self.nonfinite_in_row >= self.cfg.optimisation.max_nonfinite_in_row:
             raise NonFiniteError(
                 f"{self.nonfinite_in_row} steps in a row had non-finite losses or updates at step {self.step_count}; "
                 "lower the learning rates or alpha, or raise normaliser_eps, then resume from the last checkpoint.")
@@ -275,7 +275,7 @@ class DistillModule(pl.LightningModule):
         """The frozen teacher's entries of state_dict (full fine-tuning: ``teacher.*``; LoRA: the
         shared base ``base.*`` without the adapters), which checkpoints do not hold."""
         trained = {id(p) for m in (self.generator, self.fake) if m is not None for p in m.parameters()}
-        prefix = "base." if self.cfg.lora.get("rank", 0) else "teacher."
+        prefix = "base." if self.cfg.optimisation.lora.get("rank", 0) else "teacher."
         return {k: v for k, v in self.state_dict(keep_vars=True).items() if k.startswith(prefix) and id(v) not in trained}
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -332,7 +332,7 @@ class DistillModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         if self.global_rank > 0:
-            seed_rank(self.cfg.seed, self.global_rank)
+            seed_rank(self.cfg.run.seed, self.global_rank)
 
     def on_train_batch_start(self, batch, batch_idx):
         if getattr(self, "_pending_rng", None) is not None:

@@ -50,8 +50,8 @@ def load_run(run_dir: Path, checkpoint: str = "final.ckpt") -> DistillModule:
 
 
 def require_text_scale(cfg: RunConfig) -> None:
-    if cfg.scale not in TEXT_TO_IMAGE:
-        raise UserError(f"sampling from prompts needs a text-to-image scale ({', '.join(TEXT_TO_IMAGE)}), not {cfg.scale!r}; "
+    if cfg.run.scale not in TEXT_TO_IMAGE:
+        raise UserError(f"sampling from prompts needs a text-to-image scale ({', '.join(TEXT_TO_IMAGE)}), not {cfg.run.scale!r}; "
                         "image-scale runs keep their sample grids in <run>/samples/.")
 
 
@@ -63,7 +63,7 @@ def load_student(cfg: RunConfig, ckpt: Path):
     checkpoint = safe_torch_load(ckpt, "sample from a checkpoint ddmd_lab wrote (the run's own checkpoints/final.ckpt)",
                                  "checkpoint", mmap=True)
     model = load_model(cfg, fresh=True)
-    if int(cfg.lora.get("rank", 0)) > 0:
+    if int(cfg.optimisation.lora.get("rank", 0)) > 0:
         module = DistillModule(model.backbone, cfg)
         module.load_weights(checkpoint)  # refuses a checkpoint of another teacher
         return model, module.generator

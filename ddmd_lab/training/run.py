@@ -31,18 +31,18 @@ from ddmd_lab.report.run_record import RunRecord
 
 def make_loggers(cfg: RunConfig, run_dir: Path) -> list:
     loggers: list = [CSVLogger(run_dir, name="logs")]  # logs/version_<k>: a resume never overwrites
-    if cfg.wandb != "disabled":
+    if cfg.run.wandb != "disabled":
         # Offline unless the user asked for online: nothing may wait on the network.
-        if cfg.wandb == "offline":
+        if cfg.run.wandb == "offline":
             os.environ["WANDB_MODE"] = "offline"
         import wandb  # deferred: wandb takes seconds to import; only a W&B logger needs it
         from pytorch_lightning.loggers import WandbLogger  # deferred: Lightning takes ~10 s to import
 
         # W&B's banners off: offline, the run's summary says how to sync (silent); online, its link stays (quiet)
-        settings = wandb.Settings(silent=True) if cfg.wandb == "offline" else wandb.Settings(quiet=True)
+        settings = wandb.Settings(silent=True) if cfg.run.wandb == "offline" else wandb.Settings(quiet=True)
         logger = WandbLogger(project="ddmd_lab", name=run_dir.name, save_dir=str(run_dir),
-                             offline=cfg.wandb == "offline", config=cfg.to_dict(),
-                             group=f"{cfg.scale}/{cfg.arm.name}", settings=settings)
+                             offline=cfg.run.wandb == "offline", config=cfg.to_dict(),
+                             group=f"{cfg.run.scale}/{cfg.arm.name}", settings=settings)
         # Lightning passes wandb.init an `anonymous` it no longer reads, and W&B warns about it at every run
         # (wandb/wandb#10909 names Lightning's logger): leave it out
         getattr(logger, "_wandb_init", {}).pop("anonymous", None)
@@ -72,7 +72,7 @@ def run_ablation(cfg: RunConfig) -> Path:
         run_dir = Path(handed_over)
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
-        run_dir = new_run_dir(Path(cfg.runs_dir), cfg.scale, cfg.arm.name, cfg.seed)
+        run_dir = new_run_dir(Path(cfg.run.runs_dir), cfg.run.scale, cfg.arm.name, cfg.run.seed)
     if not (run_dir / "config.yaml").exists():
         save_config(cfg, run_dir / "config.yaml")
     plan_run(cfg, run_dir)
@@ -86,7 +86,7 @@ def run_ablation(cfg: RunConfig) -> Path:
 
 
 def _distributed(cfg: RunConfig) -> bool:
-    return cfg.strategy != "auto" or cfg.num_nodes > 1 or not (cfg.devices in (1, "1") or cfg.devices == [0])
+    return cfg.parallel.strategy != "auto" or cfg.parallel.num_nodes > 1 or not (cfg.parallel.devices in (1, "1") or cfg.parallel.devices == [0])
 
 
 def make_strategy(cfg: RunConfig):
@@ -96,7 +96,7 @@ def make_strategy(cfg: RunConfig):
 
 def plan_run(cfg: RunConfig, run_dir: Path) -> None:
     """memory_plan.json of a text-to-image run: the plan of the teacher just loaded (load_model keeps it)."""
-    if cfg.scale in TEXT_TO_IMAGE:
+    if cfg.run.scale in TEXT_TO_IMAGE:
         write_run_plan(cfg, run_dir, load_model(cfg, training=True))
 
 
@@ -104,9 +104,9 @@ def resume_ablation(target: str, scale: str | None = None, arm: str | None = Non
     """Continue an interrupted run in its own folder, from its last checkpoint."""
     run_dir, ckpt = resolve_resume(target)
     cfg = read_config(run_dir / "config.yaml")
-    if (scale and scale != cfg.scale) or (arm and arm != cfg.arm.name):
-        raise UserError(f"RESUME={target} is a run of arm {cfg.arm.name!r} at scale {cfg.scale!r}, not "
-                        f"{arm or cfg.arm.name!r} at {scale or cfg.scale!r}; drop ARM/SCALE or pass the run's own.")
+    if (scale and scale != cfg.run.scale) or (arm and arm != cfg.arm.name):
+        raise UserError(f"RESUME={target} is a run of arm {cfg.arm.name!r} at scale {cfg.run.scale!r}, not "
+                        f"{arm or cfg.arm.name!r} at {scale or cfg.run.scale!r}; drop ARM/SCALE or pass the run's own.")
     fix = "resume from another checkpoint of the run (one ddmd_lab wrote), or start a new run"
     checkpoint = safe_torch_load(ckpt, fix, "checkpoint", mmap=True)
     try:
@@ -127,18 +127,18 @@ def resume_ablation(target: str, scale: str | None = None, arm: str | None = Non
 @rank_zero_only
 def announce(cfg: RunConfig, what: str) -> None:
     """One line before the work starts: what is being run."""
-    print(f"{what} {cfg.arm.name} at scale {cfg.scale}: {cfg.steps} steps ({cfg.generator_steps} generator steps, "
-          f"ttur {cfg.ttur}), alpha {cfg.alpha:g}, batch {cfg.batch_size}, seed {cfg.seed}", flush=True)
+    print(f"{what} {cfg.arm.name} at scale {cfg.run.scale}: {cfg.schedule.steps} steps ({cfg.schedule.generator_steps} generator steps, "
+          f"ttur {cfg.schedule.ttur}), alpha {cfg.objective.alpha:g}, batch {cfg.schedule.batch_size}, seed {cfg.run.seed}", flush=True)
 
 
 def check_inputs(cfg: RunConfig) -> None:
     """The scale's inputs besides the weights (its ``check_inputs``, where it has one), checked before
     any model loads: a bad prompts file or folder fails in seconds, not after minutes of loading."""
-    check = getattr(get_scale(cfg.scale), "check_inputs", None)
+    check = getattr(get_scale(cfg.run.scale), "check_inputs", None)
     if check is not None:
         check(cfg)
-    if cfg.alpha < 1 and cfg.arm.uses_ca:
-        warnings.warn(f"alpha={cfg.alpha:g} is below 1, and arm {cfg.arm.name!r} uses the CA term: its (alpha - 1) "
+    if cfg.objective.alpha < 1 and cfg.arm.uses_ca:
+        warnings.warn(f"alpha={cfg.objective.alpha:g} is below 1, and arm {cfg.arm.name!r} uses the CA term: its (alpha - 1) "
                       "factor turns negative, so CA pushes samples away from the conditional (anti-guidance); use "
                       "alpha >= 1, or an arm without CA (dm_only) for alpha = 1.", UserWarning, stacklevel=2)
 
@@ -156,26 +156,26 @@ def _drop_rows_after(path: Path, step: int) -> None:
 
 
 def _fit(cfg: RunConfig, run_dir: Path, teacher, init=None, ckpt_path: Path | None = None, start_step: int = 0) -> Path:
-    scale = get_scale(cfg.scale)
+    scale = get_scale(cfg.run.scale)
     allow_tf32()
-    pl.seed_everything(cfg.seed, verbose=False)
+    pl.seed_everything(cfg.run.seed, verbose=False)
     module = DistillModule(teacher, cfg, init)
-    checkpoints = AtomicCheckpoint(run_dir / "checkpoints", cfg.checkpoint_every)
+    checkpoints = AtomicCheckpoint(run_dir / "checkpoints", cfg.run.checkpoint_every)
     trainer = pl.Trainer(
         max_epochs=1,
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
+        accelerator=cfg.parallel.accelerator,
+        devices=cfg.parallel.devices,
         strategy=make_strategy(cfg),
-        precision=cfg.precision,
-        num_nodes=cfg.num_nodes,
+        precision=cfg.parallel.precision,
+        num_nodes=cfg.parallel.num_nodes,
         use_distributed_sampler=False,  # every rank reads its own batch of each step (data/steps.py)
         logger=make_loggers(cfg, run_dir),
         # order matters: the checkpoint after a step already holds that step's evaluation
-        callbacks=[*([DiagnosticsCallback(run_dir)] if cfg.diagnostics_every else []),  # its rows before the checkpoint
-                   EvalCallback(scale.make_evaluator(cfg, run_dir), run_dir, cfg.eval_every, figures=run_figures),
-                   checkpoints, *([StepProgressBar("distillation")] if cfg.progress_bar else [])],
-        log_every_n_steps=cfg.log_every,
-        enable_progress_bar=cfg.progress_bar,
+        callbacks=[*([DiagnosticsCallback(run_dir)] if cfg.evaluation.diagnostics_every else []),  # its rows before the checkpoint
+                   EvalCallback(scale.make_evaluator(cfg, run_dir), run_dir, cfg.evaluation.eval_every, figures=run_figures),
+                   checkpoints, *([StepProgressBar("distillation")] if cfg.run.progress_bar else [])],
+        log_every_n_steps=cfg.evaluation.log_every,
+        enable_progress_bar=cfg.run.progress_bar,
         enable_model_summary=False,
         enable_checkpointing=False,
         num_sanity_val_steps=0,

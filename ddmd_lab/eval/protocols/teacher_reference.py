@@ -26,9 +26,9 @@ from ddmd_lab.util.io import atomic_write_text
 def reference_path(cfg, identity: dict, prompts: list[str], seed: int) -> Path:
     """Where the teacher's colour means for these evaluation prompts and noise are cached; ``identity``
     says what decides the teacher's images at the run's alpha (the scale's ``teacher_identity``)."""
-    key = {"identity": identity, "prompts": prompts, "seed": seed, "precision": cfg.precision}
+    key = {"identity": identity, "prompts": prompts, "seed": seed, "precision": cfg.parallel.precision}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Path(cfg.cache_dir) / "teacher_eval" / f"{cfg.scale}-{len(prompts)}-{digest}.json"
+    return Path(cfg.run.cache_dir) / "teacher_eval" / f"{cfg.run.scale}-{len(prompts)}-{digest}.json"
 
 
 def read_reference(path: Path) -> dict | None:
@@ -58,11 +58,11 @@ class TeacherColour:
         for i in range(0, len(self.rows), self.batch):
             cond = to_device(model.backbone.cat_conditions(self.rows[i:i + self.batch]), device)
             z = pipeline_teacher_sample(model.family, module.teacher, model.pipeline.scheduler, guidance,
-                                        self.noise[i:i + self.batch].to(device), cond, self.cfg.alpha, model.teacher_steps)
+                                        self.noise[i:i + self.batch].to(device), cond, self.cfg.objective.alpha, model.teacher_steps)
             parts.append(colour_stats(model.decode(z).cpu()))
         per_image = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         result = {"colour": mean_stats(per_image), "n": len(self.rows), "steps": model.teacher_steps,
-                  "alpha": self.cfg.alpha, "precision": self.cfg.precision}
+                  "alpha": self.cfg.objective.alpha, "precision": self.cfg.parallel.precision}
         trainer = getattr(module, "_trainer", None)
         if trainer is None or trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)

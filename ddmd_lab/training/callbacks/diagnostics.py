@@ -35,11 +35,11 @@ COLUMNS = ("step", "generator_step", "by", "bin", "tau_lo", "tau_hi", "count", *
 def due(module) -> bool:
     """Whether this step's generator update is diagnosed: every ``diagnostics_every``-th generator step and the
     run's last one, where a DiagnosticsCallback is attached."""
-    every = module.cfg.diagnostics_every
+    every = module.cfg.evaluation.diagnostics_every
     if every <= 0 or not getattr(module, "diagnostics_on", False):
         return False
-    g = module.step_count // module.cfg.ttur  # this generator step's index (skipped updates count)
-    return (g + 1) % every == 0 or g == module.cfg.generator_steps - 1
+    g = module.step_count // module.cfg.schedule.ttur  # this generator step's index (skipped updates count)
+    return (g + 1) % every == 0 or g == module.cfg.schedule.generator_steps - 1
 
 
 def diagnostics_seed(seed: int, step: int, rank: int) -> int:
@@ -50,13 +50,13 @@ def diagnostics_seed(seed: int, step: int, rank: int) -> int:
 def diagnose_step(module, terms, cond, t_student) -> dict:
     """The binned diagnostics of this generator step's terms (called inside the step, before its update)."""
     x = terms.x
-    gen = torch.Generator(device=x.device).manual_seed(diagnostics_seed(module.cfg.seed, module.step_count,
+    gen = torch.Generator(device=x.device).manual_seed(diagnostics_seed(module.cfg.run.seed, module.step_count,
                                                                          module.global_rank))
     cuda = [x.device.index or 0] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):  # whatever a network draws here (dropout), training never sees it
         samples = measure(module.arm, x, cond, t_student, module.teacher, module.fake, module.settings,
                           terms=terms, generator=gen)
-    return {"step": module.step_count + 1, "generator_step": module.step_count // module.cfg.ttur + 1,
+    return {"step": module.step_count + 1, "generator_step": module.step_count // module.cfg.schedule.ttur + 1,
             "bins": bin_samples(samples)}
 
 

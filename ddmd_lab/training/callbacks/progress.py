@@ -9,7 +9,7 @@ from ddmd_lab.util.progress import PLAIN_EVERY, Progress
 
 class StepProgressBar(ProgressBar):
     """Lightning's progress bar counting the run's steps (``step k/N``, across epochs and resumes),
-    with ETA and the key numbers.  A module with ``step_count`` and ``cfg.steps`` (DistillModule)
+    with ETA and the key numbers.  A module with ``step_count`` and ``cfg.schedule.steps`` (DistillModule)
     is counted in those, with its generator steps and its logged losses (read after the steps that
     logged them: reading a device tensor every step would wait for the device); others (teachers,
     classifiers) in batches up to ``max_steps`` or ``max_epochs`` epochs, with what they log to the bar."""
@@ -35,7 +35,7 @@ class StepProgressBar(ProgressBar):
     def _total(trainer: "pl.Trainer", module) -> int:
         cfg = getattr(module, "cfg", None)
         if hasattr(module, "step_count") and cfg is not None:
-            return int(cfg.steps)
+            return int(cfg.schedule.steps)
         if trainer.max_steps and trainer.max_steps > 0:
             return int(trainer.max_steps)
         batches = trainer.num_training_batches
