@@ -194,7 +194,7 @@ def test_gan_arm_data_errors_name_the_fix(pipeline_folders, coco, tmp_path):
 
 
 def test_gan_batches_pair_real_latents_with_their_own_captions(pipeline_folders, coco, tmp_path, monkeypatch):
-    cfg = replace(_cfg(pipeline_folders, "lumina2", tmp_path), batch_size=3, steps=4)
+    cfg = _cfg(pipeline_folders, "lumina2", tmp_path).replace(batch_size=3, steps=4)
     model = text2image.load_model(cfg)
     real = coco_images(coco, None, None)
     latents = cached_latents(tmp_path, model.vae, real.files, 32)

@@ -12,7 +12,7 @@ from PIL import Image
 from ddmd_lab.commands.cli import main
 from ddmd_lab.config import load_config, parse_overrides
 from ddmd_lab.errors import UserError
-from ddmd_lab.training.run import check_inputs
+from ddmd_lab.training.run import check_run_inputs
 from ddmd_lab.scales import text2image
 
 from .tiny_coco import make_coco
@@ -45,15 +45,15 @@ def test_an_empty_or_unreadable_prompts_file(pipeline_folders, tmp_path, no_load
     empty = tmp_path / "empty.txt"
     empty.write_text("\n   \n\n")
     with pytest.raises(UserError, match=r"prompt file .*empty.txt holds no prompts .* write one prompt per line"):
-        check_inputs(cfg_of(pipeline_folders, tmp_path, prompts=empty))
+        check_run_inputs(cfg_of(pipeline_folders, tmp_path, prompts=empty))
     binary = tmp_path / "prompts.bin.txt"
     binary.write_bytes(bytes(range(128, 256)) * 4)
     with pytest.raises(UserError, match=r"cannot be read as UTF-8 text \(UnicodeDecodeError\)"):
-        check_inputs(cfg_of(pipeline_folders, tmp_path, prompts=binary))
+        check_run_inputs(cfg_of(pipeline_folders, tmp_path, prompts=binary))
     captions = tmp_path / "captions.json"
     captions.write_text('{"annotations": []}')
     with pytest.raises(UserError, match="holds no prompts"):
-        check_inputs(cfg_of(pipeline_folders, tmp_path, prompts=captions))
+        check_run_inputs(cfg_of(pipeline_folders, tmp_path, prompts=captions))
     # from the command line: one line, exit 2, no run folder
     args = ["ablation", "--scale", "zimage", "--steps", "1"]
     for item in [f"teacher.source={pipeline_folders['zimage']}", "teacher.resolution=32", f"data.prompts={empty}",
@@ -66,7 +66,7 @@ def test_an_empty_or_unreadable_prompts_file(pipeline_folders, tmp_path, no_load
 
 
 def test_coco_captions_naming_missing_or_unreadable_images(pipeline_folders, tmp_path, no_loading):
-    """A GAN arm's real images (checked by check_inputs, before the VAE encodes any), and both
+    """A GAN arm's real images (checked by check_run_inputs, before the VAE encodes any), and both
     eval-coco protocols' reference images (checked before any Inception feature is computed)."""
     from ddmd_lab.eval.protocols.coco import coco_subset, resolve_coco
     from ddmd_lab.eval.protocols.dmd2 import resolve_dmd2
@@ -77,12 +77,12 @@ def test_coco_captions_naming_missing_or_unreadable_images(pipeline_folders, tmp
     files[1].write_bytes(b"")  # an interrupted download
     files[3].write_bytes(b"<html>404</html>")  # not an image
     with pytest.raises(UserError, match=r"2 of 5 real images cannot be read, e\.g\. .*jpg; replace or remove them"):
-        check_inputs(cfg_of(pipeline_folders, tmp_path, "zimage", "decoupled_hybrid_gan", captions))
+        check_run_inputs(cfg_of(pipeline_folders, tmp_path, "zimage", "decoupled_hybrid_gan", captions))
     with pytest.raises(UserError, match=r"2 of 5 COCO images cannot be read as images, e\.g\. .*; re-download them"):
         coco_subset(captions, images, n=5)
     files[0].unlink()
     with pytest.raises(UserError, match=r"1 of the 5 images captions_val2014.json names are missing"):
-        check_inputs(cfg_of(pipeline_folders, tmp_path, "zimage", "decoupled_hybrid_gan", captions))
+        check_run_inputs(cfg_of(pipeline_folders, tmp_path, "zimage", "decoupled_hybrid_gan", captions))
 
     subset = tmp_path / "coco10k" / "subset"
     subset.mkdir(parents=True)
@@ -99,13 +99,13 @@ def test_a_resolution_the_vae_and_patching_cannot_take(pipeline_folders, tmp_pat
     """Tiny checkpoints: VAE factor 2 (two blocks), transformers patch 2 (so multiples of 4), SDXL's UNet any."""
     with pytest.raises(UserError, match=r"resolution 34 does not fit this checkpoint: it must be a multiple of 4 "
                                         r"\(VAE factor 2 x patch 2\); set teacher.resolution, e\.g\. 32 or 36"):
-        check_inputs(cfg_of(pipeline_folders, tmp_path, "zimage", "decoupled_hybrid", prompts, "teacher.resolution=34"))
+        check_run_inputs(cfg_of(pipeline_folders, tmp_path, "zimage", "decoupled_hybrid", prompts, "teacher.resolution=34"))
     with pytest.raises(UserError, match="resolution 34 does not fit"):  # sampling and export check it first too
         text2image.load_model(cfg_of(pipeline_folders, tmp_path, "lumina2", "decoupled_hybrid", prompts,
                                      "teacher.resolution=34"))
     with pytest.raises(UserError, match=r"multiple of 2 \(VAE factor 2 x patch 1\)"):
-        check_inputs(cfg_of(pipeline_folders, tmp_path, "sdxl", "decoupled_hybrid", prompts, "teacher.resolution=33"))
-    check_inputs(cfg_of(pipeline_folders, tmp_path, "sdxl", "decoupled_hybrid", prompts, "teacher.resolution=34"))
+        check_run_inputs(cfg_of(pipeline_folders, tmp_path, "sdxl", "decoupled_hybrid", prompts, "teacher.resolution=33"))
+    check_run_inputs(cfg_of(pipeline_folders, tmp_path, "sdxl", "decoupled_hybrid", prompts, "teacher.resolution=34"))
 
 
 def test_a_folder_of_another_family(pipeline_folders, tmp_path, prompts, no_loading):
@@ -113,7 +113,7 @@ def test_a_folder_of_another_family(pipeline_folders, tmp_path, prompts, no_load
                  f"teacher.source={pipeline_folders['sdxl']}")
     with pytest.raises(UserError, match=r"holds a StableDiffusionXLPipeline, not the ZImagePipeline of family "
                                         r"'zimage'; set teacher.family to match"):
-        check_inputs(cfg)
+        check_run_inputs(cfg)
     with pytest.raises(UserError, match="holds a StableDiffusionXLPipeline"):
         text2image.load_model(cfg)
 
@@ -126,8 +126,8 @@ def test_a_lora_target_that_matches_no_module(pipeline_folders, tmp_path, prompt
                      "lora={rank: 2, targets: [to_q, to_qq]}")
         with pytest.raises(UserError, match=rf"lora.targets \['to_qq'\] match no module of {net} \(its linear / conv "
                                             r"layers end in e\.g\. .*to_q.*\); name those"):
-            check_inputs(cfg)
-    check_inputs(cfg_of(pipeline_folders, tmp_path, "zimage", "decoupled_hybrid", prompts,
+            check_run_inputs(cfg)
+    check_run_inputs(cfg_of(pipeline_folders, tmp_path, "zimage", "decoupled_hybrid", prompts,
                         "lora={rank: 2, targets: [to_q, to_out.0]}"))
 
 
@@ -167,11 +167,11 @@ def test_alpha_below_one_with_the_ca_term_warns(tmp_path):
     cfg = load_config("toy2d", "decoupled_hybrid", parse_overrides(["alpha=0.5"]))
     with pytest.warns(UserWarning, match=r"alpha=0.5 is below 1, and arm 'decoupled_hybrid' uses the CA term: its "
                                          r"\(alpha - 1\) factor turns negative"):
-        check_inputs(cfg)
+        check_run_inputs(cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        check_inputs(load_config("toy2d", "dm_only", parse_overrides(["alpha=0.5"])))  # no CA: nothing to say
-        check_inputs(load_config("toy2d", "decoupled_hybrid", parse_overrides(["alpha=1"])))
+        check_run_inputs(load_config("toy2d", "dm_only", parse_overrides(["alpha=0.5"])))  # no CA: nothing to say
+        check_run_inputs(load_config("toy2d", "decoupled_hybrid", parse_overrides(["alpha=1"])))
 
 
 def test_clip_weights_of_another_model_are_refused_before_sampling(pipeline_folders, tmp_path, monkeypatch, capsys):

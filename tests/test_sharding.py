@@ -187,9 +187,9 @@ def test_fsdp_refuses_lora_and_blockless_backbones_naming_ddp():
         RunConfig.of(strategy="fsdp", fsdp_teacher="offload")
     with pytest.raises(UserError, match="ToyFlowMLP has none.*use strategy=ddp"):
         block_classes(ToyFlowMLP())
-    assert isinstance(make_strategy(RunConfig.of(strategy="fsdp", fsdp_teacher="replicate")), PerBlockFSDP)
-    assert isinstance(make_strategy(RunConfig.of(strategy="auto", devices=2)), PerOptimizerDDP)
-    assert make_strategy(RunConfig()) == "auto"
+    assert isinstance(make_strategy(RunConfig.of(strategy="fsdp", fsdp_teacher="replicate").parallel), PerBlockFSDP)
+    assert isinstance(make_strategy(RunConfig.of(strategy="auto", devices=2).parallel), PerOptimizerDDP)
+    assert make_strategy(RunConfig().parallel) == "auto"
 
 
 # ---- the probe (runs inside each rank) -----------------------------------------------------------

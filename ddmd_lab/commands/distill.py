@@ -15,9 +15,9 @@ def cmd_teacher(args) -> None:
     if scale.teacher_cached(cfg) and not args.retrain:
         print(f"teacher cached at {folder} (use --retrain to train again)")
     else:
-        from ddmd_lab.training.networks import train_teacher  # deferred: Lightning
+        from ddmd_lab.training.networks import retrain_teacher  # deferred: Lightning
 
-        folder = train_teacher(cfg)
+        folder = retrain_teacher(cfg)
         print(f"teacher trained and saved to {folder}")
     report = folder / "teacher.json"
     if not report.is_file():  # the process that trained it stopped before its report
@@ -27,9 +27,9 @@ def cmd_teacher(args) -> None:
 
 def cmd_classifier(args) -> None:
     cfg = config_from_args(args, DEFAULT_ARM)
-    from ddmd_lab.training.networks import train_classifier  # deferred: Lightning
+    from ddmd_lab.training.networks import ensure_classifier  # deferred: Lightning
 
-    print((train_classifier(cfg) / "classifier.json").read_text())
+    print((ensure_classifier(cfg) / "classifier.json").read_text())
 
 
 def cmd_ablation(args) -> None:

@@ -52,7 +52,7 @@ def pipeline_call_args(family: str, times: torch.Tensor, shift: float, alphas_cu
 
 
 def export_student(run_dir: Path, out: Path | None = None) -> Path:
-    from ddmd_lab.training.restore import load_student, require_text_scale, run_checkpoint  # deferred: Lightning
+    from ddmd_lab.training.restore import load_pipeline_student, require_text_scale, run_checkpoint  # deferred: Lightning
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -63,7 +63,7 @@ def export_student(run_dir: Path, out: Path | None = None) -> Path:
     cfg = read_config(run_dir / "config.yaml")
     require_text_scale(cfg)
     family = cfg.teacher["family"]
-    model, student = load_student(cfg, run_checkpoint(run_dir))
+    model, student = load_pipeline_student(cfg, run_checkpoint(run_dir))
     pipe, backbone = model.pipeline, model.backbone
     times = times_for_model(backbone, cfg.student.student_steps, cfg.student.shift, cfg.student.student_times)
     call = pipeline_call_args(family, times, cfg.student.shift, getattr(backbone, "alphas_cumprod", None))

@@ -21,7 +21,7 @@ def run_spectra(run_dir: Path, samples: int = 500) -> dict:
     module = load_run(Path(run_dir))
     if module.cfg.run.scale == "toy2d":
         raise UserError("spectra need images; run them on an image scale (fashion or mnist).")
-    return get_scale(module.cfg.run.scale).Evaluator(module.cfg, Path(run_dir)).term_spectra(module, samples)
+    return get_scale(module.cfg.run.scale).make_evaluator(module.cfg, Path(run_dir)).term_spectra(module, samples)
 
 
 def teacher_ca_spectra_path(cfg) -> Path:

@@ -2,8 +2,8 @@
 from ddmd_lab.config.files import (experiments_dir, known_arm_names, known_scales, load_config, parse_overrides,
                                    read_config, resolve_arm, save_config, scale_settings)
 from ddmd_lab.config.sections import (Evaluation, Objective, Optimisation, Parallel, RunConfig, RunSettings, Schedule,
-                                      Student)
+                                      StudentSampling)
 
-__all__ = ["RunConfig", "RunSettings", "Schedule", "Student", "Objective", "Optimisation", "Evaluation", "Parallel",
+__all__ = ["RunConfig", "RunSettings", "Schedule", "StudentSampling", "Objective", "Optimisation", "Evaluation", "Parallel",
            "experiments_dir", "known_scales", "parse_overrides", "load_config", "scale_settings", "save_config",
            "read_config", "known_arm_names", "resolve_arm"]

@@ -54,7 +54,7 @@ class Schedule:
 
 
 @dataclass(frozen=True)
-class Student:
+class StudentSampling:
     """The few-step generator's times and how it moves between them, the same in training (backward
     simulation) and in use."""
     student_steps: int = 4
@@ -157,7 +157,7 @@ class Parallel:
 
 
 # (section name, its class) in the order of the attributes; teacher / data are the scale's own dicts
-SECTIONS = (("run", RunSettings), ("schedule", Schedule), ("student", Student), ("objective", Objective),
+SECTIONS = (("run", RunSettings), ("schedule", Schedule), ("student", StudentSampling), ("objective", Objective),
             ("optimisation", Optimisation), ("evaluation", Evaluation), ("parallel", Parallel))
 SECTION_OF = {f.name: name for name, cls in SECTIONS for f in fields(cls)}
 # the flat keys in the order config.yaml has always written them
@@ -178,7 +178,7 @@ class RunConfig:
     arm: Arm = field(default_factory=lambda: REGISTRY["decoupled_hybrid"])
     run: RunSettings = field(default_factory=RunSettings)
     schedule: Schedule = field(default_factory=Schedule)
-    student: Student = field(default_factory=Student)
+    student: StudentSampling = field(default_factory=StudentSampling)
     objective: Objective = field(default_factory=Objective)
     optimisation: Optimisation = field(default_factory=Optimisation)
     evaluation: Evaluation = field(default_factory=Evaluation)

@@ -30,7 +30,7 @@ from ddmd_lab.scales import images as scale
 from ddmd_lab.core.rollout import teacher_cfg_sample
 from ddmd_lab.scales.text2image import data_settings
 from ddmd_lab.util.devices import to_device
-from ddmd_lab.training.networks import train_classifier
+from ddmd_lab.training.networks import ensure_classifier
 
 FINETUNE_NOISE_SEED = 4321  # its own noise, apart from the distillation evaluation's (scales.base.EVAL_SEED)
 TEXT_EVAL_CAP = 64  # real-model decoding is expensive; a grid needs no more
@@ -43,7 +43,7 @@ def _stats(images: Tensor, prefix: str = "") -> dict:
     return {prefix + k: v for k, v in out.items()}, spectrum
 
 
-class Evaluator:
+class FinetuneEvaluator:
     """Fixed noise and conditions for the old and the new concept; subclasses score them."""
 
     batch = 250
@@ -87,7 +87,7 @@ class Evaluator:
         return samples
 
 
-class ImageEvaluator(Evaluator):
+class ImageFinetuneEvaluator(FinetuneEvaluator):
     """fashion / mnist: classes as conditions, the scales' classifiers as judges."""
 
     def __init__(self, student: Student, concept, ft):
@@ -101,14 +101,14 @@ class ImageEvaluator(Evaluator):
         self.old_cond = torch.arange(ft.eval_samples) % self.k
         self.new_cond = torch.full((ft.eval_new,), self.k, dtype=torch.long)
         real = scale.real_eval_images(cfg)
-        train_classifier(cfg)  # cached after the run; trained here only where it was deleted
+        ensure_classifier(cfg)  # cached after the run; trained here only where it was deleted
         self.old_judge = scale.ClassifierMetrics(scale.classifier(cfg), real)
         self.real_spectrum = raps(real)
         # the concept's dataset's classifier, trained (once, cached) with the run's evaluation settings; its data root
         # is the run's only for the run's own dataset
         source = cfg if concept.source == cfg.run.scale else cfg.replace(
             scale=concept.source, data={k: v for k, v in cfg.data.items() if k != "root"})
-        train_classifier(source)
+        ensure_classifier(source)
         self.new_judge = scale.ClassifierMetrics(scale.classifier(source), concept.test)
         self.new_spectrum = raps(concept.test)
 
@@ -141,7 +141,7 @@ class ImageEvaluator(Evaluator):
         return torch.cat(rows), n
 
 
-class TextEvaluator(Evaluator):
+class TextFinetuneEvaluator(FinetuneEvaluator):
     """Z-Image / Lumina2: the run's evaluation prompts (old) and the folder's captions (new)."""
 
     batch = 4

@@ -141,7 +141,7 @@ def _image_student(cfg: RunConfig, ckpt: Path):
 
 
 def _text_student(cfg: RunConfig, ckpt: Path):
-    model, student = restore.load_student(cfg, ckpt)
+    model, student = restore.load_pipeline_student(cfg, ckpt)
     if isinstance(student, AdapterView):
         _merged(model.backbone)
     return model.backbone.eval(), model

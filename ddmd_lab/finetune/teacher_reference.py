@@ -13,7 +13,7 @@ import torch
 
 from ddmd_lab.finetune.config import FinetuneConfig
 from ddmd_lab.finetune.data import parse_data
-from ddmd_lab.finetune.evaluate import ImageEvaluator
+from ddmd_lab.finetune.evaluate import ImageFinetuneEvaluator
 from ddmd_lab.finetune.student import load_student
 from ddmd_lab.scales.images import teacher_settings
 from ddmd_lab.training.networks import load_networks
@@ -25,7 +25,7 @@ def teacher_reference(spec: dict, guidances: list[float]) -> dict[float, dict]:
     cfg_ft = FinetuneConfig.from_overrides({**settings, "device": "cpu"})
     torch.manual_seed(cfg_ft.seed)
     student = load_student(Path(spec["run"]), cfg_ft, "cpu")
-    ev = ImageEvaluator(student, parse_data(spec["data"], student.cfg.run.scale, student.cfg.data.get("root")), cfg_ft)
+    ev = ImageFinetuneEvaluator(student, parse_data(spec["data"], student.cfg.run.scale, student.cfg.data.get("root")), cfg_ft)
     teacher, _ = load_networks(student.cfg)
     steps = teacher_settings(student.cfg)["ode_steps"]
     return {float(g): ev.measure_teacher(teacher, g, steps) for g in guidances}

@@ -35,7 +35,7 @@ from ddmd_lab.errors import UserError
 from ddmd_lab.util.io import atomic_torch_save, atomic_write_text, new_run_dir
 from ddmd_lab.finetune.config import FinetuneConfig
 from ddmd_lab.finetune.data import CaptionFolder, ImageConcept, parse_data
-from ddmd_lab.finetune.evaluate import ImageEvaluator, TextEvaluator, grid_settings, write_grid
+from ddmd_lab.finetune.evaluate import ImageFinetuneEvaluator, TextFinetuneEvaluator, grid_settings, write_grid
 from ddmd_lab.finetune.objective import denoising_loss, draw_student_times
 from ddmd_lab.finetune.student import ADAPTER, Student, load_student
 from ddmd_lab.data.real_latents import encode_latents, read_image
@@ -169,10 +169,10 @@ def finetune(run: str, data: str, overrides: dict | None = None, log=print) -> P
     if student.checkpoint.name != "final.ckpt":
         log(f"warning: {run_dir} has no final.ckpt (unfinished run): fine-tuning its {student.checkpoint.name}.")
     if isinstance(concept, ImageConcept):
-        train_data, ev = ImageData(student, concept), ImageEvaluator(student, concept, ft)
+        train_data, ev = ImageData(student, concept), ImageFinetuneEvaluator(student, concept, ft)
     else:
         train_data = TextData(student, concept)
-        ev = TextEvaluator(student, concept, ft, train_data.images)
+        ev = TextFinetuneEvaluator(student, concept, ft, train_data.images)
     out = new_run_dir(Path(ft.runs_dir or cfg.run.runs_dir), cfg.run.scale, "finetune", ft.seed)
     loop = FinetuneLoop(student, train_data, ft)
     record = {"run": str(run_dir), "checkpoint": str(student.checkpoint), "data": str(data), "concept": concept.describe(),

@@ -48,19 +48,20 @@ BLOCKS = frozenset(name for classes, _ in CHECKPOINTED.values() for name in clas
 MODELS = ("teacher", "generator", "fake")
 
 
-def make_strategy(cfg):
-    """Lightning's strategy for cfg.parallel.strategy: ``ddp`` (and ``auto`` on several devices, where Lightning
-    would pick DDP) -> PerOptimizerDDP, ``fsdp`` -> PerBlockFSDP; anything else goes to Lightning as named."""
-    s = str(cfg.parallel.strategy)
-    if s == "ddp" or (s == "auto" and _several_devices(cfg)):
+def make_strategy(parallel):
+    """Lightning's strategy for the config's parallel section (config.Parallel): ``ddp`` (and ``auto`` on several
+    devices, where Lightning would pick DDP) -> PerOptimizerDDP, ``fsdp`` -> PerBlockFSDP; anything else goes to
+    Lightning as named."""
+    s = str(parallel.strategy)
+    if s == "ddp" or (s == "auto" and _several_devices(parallel)):
         return PerOptimizerDDP()
     if s == "fsdp":
-        return PerBlockFSDP(fsdp_teacher=cfg.parallel.fsdp_teacher)
+        return PerBlockFSDP(fsdp_teacher=parallel.fsdp_teacher)
     return s
 
 
-def _several_devices(cfg) -> bool:
-    return cfg.parallel.num_nodes > 1 or not (cfg.parallel.devices in (1, "1") or cfg.parallel.devices == [0])
+def _several_devices(parallel) -> bool:
+    return parallel.num_nodes > 1 or not (parallel.devices in (1, "1") or parallel.devices == [0])
 
 
 # ---- gradients -------------------------------------------------------------------------------------

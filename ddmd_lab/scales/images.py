@@ -182,7 +182,7 @@ def condition_loader(cfg: RunConfig, start_step: int = 0):
     return step_loader(make_batch, cfg.run.seed, start_step, cfg.schedule.steps)
 
 
-class Evaluator:
+class ImageEvaluator:
     """Cheap metrics every eval point; Inception FID once at the end."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path | None = None):
@@ -280,7 +280,7 @@ def reference_rows(cfg: RunConfig) -> dict[str, dict]:
     name = f"teacher, {t['ode_steps']}-step CFG ODE, alpha={cfg.objective.alpha:g}"
     path = teacher_dir(cfg) / f"reference_alpha{cfg.objective.alpha:g}_ode{t['ode_steps']}_eval{cfg.evaluation.eval_samples}_fid{cfg.evaluation.fid_samples}.json"
     if not path.is_file():
-        ev, teacher = Evaluator(cfg), load_teacher(cfg).eval()
+        ev, teacher = ImageEvaluator(cfg), load_teacher(cfg).eval()
 
         def sample(noise, labels):
             with torch.no_grad():
@@ -294,5 +294,5 @@ def reference_rows(cfg: RunConfig) -> dict[str, dict]:
     return {name: json.loads(path.read_text())}
 
 
-def make_evaluator(cfg: RunConfig, run_dir: Path | None = None) -> Evaluator:
-    return Evaluator(cfg, run_dir)
+def make_evaluator(cfg: RunConfig, run_dir: Path | None = None) -> ImageEvaluator:
+    return ImageEvaluator(cfg, run_dir)

@@ -351,7 +351,7 @@ def evaluator_prompts(cfg: RunConfig) -> list[str]:
     return text2image_eval.eval_prompts(data_settings(cfg)["eval_prompts"], cfg.evaluation.eval_samples)
 
 
-def make_evaluator(cfg: RunConfig, run_dir: Path | None = None) -> text2image_eval.Evaluator:
+def make_evaluator(cfg: RunConfig, run_dir: Path | None = None) -> text2image_eval.TextToImageEvaluator:
     """The sample-grid evaluator (text2image_eval.py) on the evaluator's prompts, their conditions encoded
     now (or read from the embedding cache with data.precompute), and with data.eval_vs_teacher the
     teacher's identity at the run's alpha (its colour reference)."""
@@ -365,7 +365,7 @@ def make_evaluator(cfg: RunConfig, run_dir: Path | None = None) -> text2image_ev
         with text_encoders_on(model, encode_device(cfg)):
             rows = encode_rows(model, prompts, d["eval_batch"])
     teacher = teacher_identity(cfg, None, cfg.objective.alpha) if d["eval_vs_teacher"] else None
-    return text2image_eval.Evaluator(cfg, run_dir, model, prompts, rows, nrow, d["eval_batch"], teacher)
+    return text2image_eval.TextToImageEvaluator(cfg, run_dir, model, prompts, rows, nrow, d["eval_batch"], teacher)
 
 
 def reference_rows(cfg: RunConfig) -> dict[str, dict]:

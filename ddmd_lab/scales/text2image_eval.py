@@ -28,7 +28,7 @@ def eval_prompts(prompts: list[str], samples: int) -> list[str]:
     return [prompts[i % len(prompts)] for i in range(n)]
 
 
-class Evaluator:
+class TextToImageEvaluator:
     """Sample grid of fixed prompts and noise at every evaluation point, with the output
     statistics of the decoded images (the variance curves: CA-only's oversaturation shows
     up as rising std and saturated share) and of the latents, and their colour and contrast

@@ -131,7 +131,7 @@ def load_trained(cfg: RunConfig) -> ToyFlowMLP:
 @torch.no_grad()
 def teacher_metrics(cfg: RunConfig, teacher: ToyFlowMLP, ode_steps: int = 100) -> dict:
     """How close the teacher's many-step CFG ODE is to the exact one, at alpha 1 and cfg.objective.alpha."""
-    ev = Evaluator(cfg)
+    ev = ToyEvaluator(cfg)
     out = {}
     for alpha in sorted({1.0, cfg.objective.alpha}):
         samples = teacher_cfg_sample(teacher.eval(), ev.noise, ev.labels, alpha, ode_steps)
@@ -150,7 +150,7 @@ def condition_loader(cfg: RunConfig, start_step: int = 0):
     return step_loader(make_batch, cfg.run.seed, start_step, cfg.schedule.steps)
 
 
-class Evaluator:
+class ToyEvaluator:
     """Metrics of a student on fixed noise and labels, against exact references."""
 
     def __init__(self, cfg: RunConfig):
@@ -184,14 +184,14 @@ class Evaluator:
         return self.metrics(module.sample(self.noise.to(module.device), self.labels.to(module.device)))
 
 
-def make_evaluator(cfg: RunConfig, run_dir: Path | None = None) -> Evaluator:
-    return Evaluator(cfg)
+def make_evaluator(cfg: RunConfig, run_dir: Path | None = None) -> ToyEvaluator:
+    return ToyEvaluator(cfg)
 
 
 def reference_rows(cfg: RunConfig) -> dict[str, dict]:
     """Rows for tables: fresh exact samples measured like a student, so their
     distances are the finite-sample floor of each distance column."""
-    ev = Evaluator(cfg)
+    ev = ToyEvaluator(cfg)
     gen = torch.Generator().manual_seed(EVAL_SEED + 1)
     fresh_target = ev.mix.cfg_ode_sample(torch.randn(len(ev.labels), 2, generator=gen), ev.labels, cfg.objective.alpha, steps=200)
     fresh_conditional = ev.mix.sample(ev.labels, gen)

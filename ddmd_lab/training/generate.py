@@ -28,7 +28,7 @@ from ddmd_lab.data.prompts import warn_truncated
 from ddmd_lab.eval.fid import to_uint8_hwc
 from ddmd_lab.eval.grid import save_grid
 from ddmd_lab.scales.text2image import load_model
-from ddmd_lab.training.restore import default_device, load_student, require_text_scale, run_checkpoint, run_config
+from ddmd_lab.training.restore import default_device, load_pipeline_student, require_text_scale, run_checkpoint, run_config
 from ddmd_lab.util.devices import to_device
 from ddmd_lab.util.io import atomic_write_text
 
@@ -90,7 +90,7 @@ def student_sampler(run_dir: Path, steps: int | None = None, guidance: float | N
     cfg = run_config(run_dir)
     require_text_scale(cfg)
     family = cfg.teacher["family"]
-    model, student = load_student(cfg, run_checkpoint(Path(run_dir)))
+    model, student = load_pipeline_student(cfg, run_checkpoint(Path(run_dir)))
     _place(model, device)
     n = steps or cfg.student.student_steps
     if n != cfg.student.student_steps:

@@ -26,7 +26,7 @@ def load_networks(cfg: RunConfig):
     return scale.load_teacher(cfg), load_init(cfg) if load_init is not None else None
 
 
-def train_teacher(cfg: RunConfig) -> Path:
+def retrain_teacher(cfg: RunConfig) -> Path:
     """Train the scale's teacher again (``make teacher --retrain``); the old cache stays beside the new one."""
     scale = get_scale(cfg.run.scale)
     if not hasattr(scale, "train_teacher"):
@@ -34,7 +34,7 @@ def train_teacher(cfg: RunConfig) -> Path:
     return scale.train_teacher(cfg, Fitters)
 
 
-def train_classifier(cfg: RunConfig) -> Path:
+def ensure_classifier(cfg: RunConfig) -> Path:
     """The image scale's classifier, trained where it is not cached."""
     scale = get_scale(cfg.run.scale)
     if not hasattr(scale, "classifier_dir"):

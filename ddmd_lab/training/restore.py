@@ -55,7 +55,7 @@ def require_text_scale(cfg: RunConfig) -> None:
                         "image-scale runs keep their sample grids in <run>/samples/.")
 
 
-def load_student(cfg: RunConfig, ckpt: Path):
+def load_pipeline_student(cfg: RunConfig, ckpt: Path):
     """(the pipeline, the student) from a text-to-image run's checkpoint, holding one copy of the weights:
     full fine-tuning loads the generator's weights into the loaded network itself; LoRA rebuilds the
     adapters on the loaded teacher (checkpoints hold no frozen base) and loads them."""

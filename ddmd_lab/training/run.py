@@ -24,8 +24,8 @@ from ddmd_lab.training.callbacks.progress import StepProgressBar
 from ddmd_lab.scales.base import TEXT_TO_IMAGE, get_scale
 from ddmd_lab.scales.text2image import load_model
 from ddmd_lab.training.networks import load_networks
-from ddmd_lab.parallel.strategies import make_strategy as sharding_strategy
-from ddmd_lab.report.plots import run_figures as figures
+from ddmd_lab.parallel.strategies import make_strategy
+from ddmd_lab.report.plots import run_figures
 from ddmd_lab.report.run_record import RunRecord
 
 
@@ -64,7 +64,7 @@ RUN_DIR_ENV = "DDMD_RUN_DIR"
 
 def run_ablation(cfg: RunConfig) -> Path:
     """A new run in a new folder (made only once the teacher and data load)."""
-    check_inputs(cfg)
+    check_run_inputs(cfg)
     announce(cfg, "run")
     teacher, init = load_networks(cfg)
     handed_over = os.environ.get(RUN_DIR_ENV)
@@ -89,11 +89,6 @@ def _distributed(cfg: RunConfig) -> bool:
     return cfg.parallel.strategy != "auto" or cfg.parallel.num_nodes > 1 or not (cfg.parallel.devices in (1, "1") or cfg.parallel.devices == [0])
 
 
-def make_strategy(cfg: RunConfig):
-    """ddp: each optimiser's own gradients averaged after its backward; fsdp: per-block sharding (sharding.py)."""
-    return sharding_strategy(cfg)
-
-
 def plan_run(cfg: RunConfig, run_dir: Path) -> None:
     """memory_plan.json of a text-to-image run: the plan of the teacher just loaded (load_model keeps it)."""
     if cfg.run.scale in TEXT_TO_IMAGE:
@@ -115,7 +110,7 @@ def resume_ablation(target: str, scale: str | None = None, arm: str | None = Non
         raise UserError(f"checkpoint {ckpt} holds no ddmd_lab step counter, so it is not a checkpoint of a "
                         f"distillation run; {fix}.") from None
     del checkpoint
-    check_inputs(cfg)
+    check_run_inputs(cfg)
     announce(cfg, f"resuming {run_dir} at step {step}:")
     for rows in ("metrics.csv", "diagnostics.csv"):
         _drop_rows_after(run_dir / rows, step)
@@ -131,7 +126,7 @@ def announce(cfg: RunConfig, what: str) -> None:
           f"ttur {cfg.schedule.ttur}), alpha {cfg.objective.alpha:g}, batch {cfg.schedule.batch_size}, seed {cfg.run.seed}", flush=True)
 
 
-def check_inputs(cfg: RunConfig) -> None:
+def check_run_inputs(cfg: RunConfig) -> None:
     """The scale's inputs besides the weights (its ``check_inputs``, where it has one), checked before
     any model loads: a bad prompts file or folder fails in seconds, not after minutes of loading."""
     check = getattr(get_scale(cfg.run.scale), "check_inputs", None)
@@ -165,14 +160,14 @@ def _fit(cfg: RunConfig, run_dir: Path, teacher, init=None, ckpt_path: Path | No
         max_epochs=1,
         accelerator=cfg.parallel.accelerator,
         devices=cfg.parallel.devices,
-        strategy=make_strategy(cfg),
+        strategy=make_strategy(cfg.parallel),
         precision=cfg.parallel.precision,
         num_nodes=cfg.parallel.num_nodes,
         use_distributed_sampler=False,  # every rank reads its own batch of each step (data/steps.py)
         logger=make_loggers(cfg, run_dir),
         # order matters: the checkpoint after a step already holds that step's evaluation
         callbacks=[*([DiagnosticsCallback(run_dir)] if cfg.evaluation.diagnostics_every else []),  # its rows before the checkpoint
-                   EvalCallback(scale.make_evaluator(cfg, run_dir), run_dir, cfg.evaluation.eval_every, figures=run_figures),
+                   EvalCallback(scale.make_evaluator(cfg, run_dir), run_dir, cfg.evaluation.eval_every, figures=run_folder_figures),
                    checkpoints, *([StepProgressBar("distillation")] if cfg.run.progress_bar else [])],
         log_every_n_steps=cfg.evaluation.log_every,
         enable_progress_bar=cfg.run.progress_bar,
@@ -189,9 +184,9 @@ def _fit(cfg: RunConfig, run_dir: Path, teacher, init=None, ckpt_path: Path | No
     return run_dir
 
 
-def run_figures(run_dir: Path, cfg: RunConfig) -> dict[str, str]:
+def run_folder_figures(run_dir: Path, cfg: RunConfig) -> dict[str, str]:
     """The report's figures of a finished run (the evaluation callback hands over its folder)."""
-    return figures(RunRecord(run_dir, cfg))
+    return run_figures(RunRecord(run_dir, cfg))
 
 
 def allow_tf32() -> None:

@@ -30,7 +30,7 @@ from ddmd_lab.parallel.strategies import sharded_ids
 
 class EvalCallback(pl.Callback):
     """``figures(run_dir, cfg) -> {W&B key: PNG file name in run_dir}``: made from the finished run's
-    measurements, logged with the summary (run.run_figures: the report's plots); None: none."""
+    measurements, logged with the summary (run.run_folder_figures: the report's plots); None: none."""
 
     def __init__(self, evaluate: Callable, run_dir: Path, every: int, figures: Callable | None = None):
         self.evaluate, self.run_dir, self.every, self.figures = evaluate, Path(run_dir), every, figures
