@@ -141,7 +141,7 @@ def test_the_key_follows_the_text_path_and_nothing_else(setup, tmp_path):
     assert folder(source=str(copy2)) == before
     # sdxl's conditions carry the image size (time ids): its key follows teacher.resolution
     sdxl = [_cfg(_settings(setup, "sdxl", f"teacher.resolution={r}"), "sdxl") for r in (32, 64)]
-    assert len({cache_folder(c.cache_dir, text_identity(c), PROMPTS) for c in sdxl}) == 2
+    assert len({cache_folder(c.run.cache_dir, text_identity(c), PROMPTS) for c in sdxl}) == 2
 
 
 def test_an_interrupted_write_leaves_no_readable_cache(setup, tmp_path):

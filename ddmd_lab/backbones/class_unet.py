@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from diffusers import UNet2DModel
 from torch import Tensor
 
-from ddmd_lab.errors import UserError
-from ddmd_lab.core.flow import diffusers_timestep_from_t, expand_like
 from ddmd_lab.backbones.base import Backbone
+from ddmd_lab.core.flow import diffusers_timestep_from_t, expand_like
+from ddmd_lab.errors import UserError
 
 UNET_SIZES = {
     # name: (block_out_channels, down block types)

@@ -23,13 +23,13 @@ generator step's backward (SDXL: 87 blocks, ~175 switches: seconds per step).
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ddmd_lab.errors import UserError
-from collections import Counter
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # diffusers' attention projections (UNets and DiTs)
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ddmd_lab.core.flow import alpha_bar_from_t, ddpm_timestep_from_t, expand_like, t_from_ddpm_timestep, vp_scale, x0_from_ddpm_eps
 from ddmd_lab.backbones.base import Backbone
-from ddmd_lab.backbones.text_to_image import TextToImage, TextWindow, latent_shape
 from ddmd_lab.backbones.feature_tap import grid_size, pooled, run_until
+from ddmd_lab.backbones.text_to_image import TextToImage, TextWindow, latent_shape
+from ddmd_lab.core.flow import (alpha_bar_from_t, ddpm_timestep_from_t, expand_like, t_from_ddpm_timestep, vp_scale,
+                                x0_from_ddpm_eps)
 
 
 @dataclass

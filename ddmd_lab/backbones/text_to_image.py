@@ -14,9 +14,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ddmd_lab.errors import UserError
 from ddmd_lab.backbones.base import Backbone
 from ddmd_lab.backbones.pipeline_sampling import PipelineCFG, pipeline_teacher_sample
+from ddmd_lab.errors import UserError
 
 
 @dataclass

@@ -14,8 +14,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ddmd_lab.core.flow import x0_from_velocity
 from ddmd_lab.backbones.base import Backbone
+from ddmd_lab.core.flow import x0_from_velocity
 
 
 class ToyBackbone(Backbone):

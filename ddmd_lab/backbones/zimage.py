@@ -19,10 +19,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ddmd_lab.core.flow import expand_like, x0_from_velocity
 from ddmd_lab.backbones.base import Backbone
-from ddmd_lab.backbones.text_to_image import TextToImage, TextWindow, latent_shape
 from ddmd_lab.backbones.feature_tap import grid_size, run_until, token_maps
+from ddmd_lab.backbones.text_to_image import TextToImage, TextWindow, latent_shape
+from ddmd_lab.core.flow import expand_like, x0_from_velocity
 
 
 def zimage_prompt_text(tokenizer, prompt: str, system_prompt: str | None = None, thinking: str | None = None) -> str:

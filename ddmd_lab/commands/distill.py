@@ -1,7 +1,6 @@
 """``make teacher / classifier / ablation / sweep``: train a scale's teacher or classifier, distil with an arm."""
 from __future__ import annotations
 
-
 from ddmd_lab.commands.common import DEFAULT_ARM, add_run_options, config_from_args
 from ddmd_lab.config import RunSettings, known_arm_names
 from ddmd_lab.errors import UserError

@@ -21,12 +21,14 @@ from ddmd_lab.data.prompts import warn_truncated
 from ddmd_lab.errors import UserError
 from ddmd_lab.eval.clip_score import ClipScorer
 from ddmd_lab.eval.fid import InceptionFeatures, to_uint8_hwc
-from ddmd_lab.eval.protocols.coco import CAPTIONS_FILE, Protocol, coco_subset, dmd2_reference_stats, evaluate_coco
+from ddmd_lab.eval.protocols.coco import CAPTIONS_FILE
 from ddmd_lab.eval.protocols.coco import RESULT_DIR as COCO_RESULT_DIR
-from ddmd_lab.eval.protocols.coco import reference_stats, resolve_coco, subset_hash
+from ddmd_lab.eval.protocols.coco import (Protocol, coco_subset, dmd2_reference_stats, evaluate_coco, reference_stats,
+                                          resolve_coco, subset_hash)
 from ddmd_lab.eval.protocols.dmd2 import LAYOUT, find_dmd2_root, resolve_dmd2
-from ddmd_lab.eval.protocols.hps import HPS_WEIGHTS_ENV, HpsScorer, evaluate_hps, flatten_styles, read_hps_prompts
+from ddmd_lab.eval.protocols.hps import HPS_WEIGHTS_ENV
 from ddmd_lab.eval.protocols.hps import RESULT_DIR as HPS_RESULT_DIR
+from ddmd_lab.eval.protocols.hps import HpsScorer, evaluate_hps, flatten_styles, read_hps_prompts
 from ddmd_lab.eval.protocols.prompt_eval import FolderSource, Plan, SamplerSource, teacher_images
 from ddmd_lab.scales.text2image import teacher_identity
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from ddmd_lab.config import RunConfig, read_config
-from ddmd_lab.errors import UserError
 from ddmd_lab.core.flow import ddpm_timestep_from_t, unshift_time
 from ddmd_lab.core.rollout import student_times, times_for_model
+from ddmd_lab.errors import UserError
 
 
 def student_scheduler(family: str, scheduler, sampler: str, shift: float, num_steps: int):
@@ -52,7 +52,8 @@ def pipeline_call_args(family: str, times: torch.Tensor, shift: float, alphas_cu
 
 
 def export_student(run_dir: Path, out: Path | None = None) -> Path:
-    from ddmd_lab.training.restore import load_pipeline_student, require_text_scale, run_checkpoint  # deferred: Lightning
+    from ddmd_lab.training.restore import (load_pipeline_student, require_text_scale,  # deferred: Lightning
+                                           run_checkpoint)
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():

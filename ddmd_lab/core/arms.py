@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from ddmd_lab.errors import UserError
 from ddmd_lab.core.tau import TauRule
+from ddmd_lab.errors import UserError
 
 NORMALISERS = ("shared", "per_term", "per_loss", "none")
 

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from ddmd_lab.errors import UserError
-from ddmd_lab.util.io import atomic_torch_save, atomic_write_text, safe_torch_load
 from ddmd_lab.eval.fid import fid_from_stats, stats
+from ddmd_lab.util.io import atomic_torch_save, atomic_write_text, safe_torch_load
 
 
 class SmallClassifier(nn.Module):

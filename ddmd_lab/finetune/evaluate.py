@@ -19,18 +19,17 @@ import contextlib
 import torch
 from torch import Tensor
 
+from ddmd_lab.core.guidance import alpha_from_offset
+from ddmd_lab.core.rollout import Guided, sample_student, teacher_cfg_sample
 from ddmd_lab.eval.colour import colour_stats, mean_stats
 from ddmd_lab.eval.grid import save_grid
 from ddmd_lab.eval.spectra import high_frequency_excess, raps, spectral_centroid
 from ddmd_lab.eval.stats import output_stats
-from ddmd_lab.core.guidance import alpha_from_offset
-from ddmd_lab.core.rollout import Guided, sample_student
 from ddmd_lab.finetune.student import Student
 from ddmd_lab.scales import images as scale
-from ddmd_lab.core.rollout import teacher_cfg_sample
 from ddmd_lab.scales.text2image import data_settings
-from ddmd_lab.util.devices import to_device
 from ddmd_lab.training.networks import ensure_classifier
+from ddmd_lab.util.devices import to_device
 
 FINETUNE_NOISE_SEED = 4321  # its own noise, apart from the distillation evaluation's (scales.base.EVAL_SEED)
 TEXT_EVAL_CAP = 64  # real-model decoding is expensive; a grid needs no more

@@ -18,16 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddmd_lab.backbones.lora import DEFAULT_TARGETS, AdapterView, check_targets
 from ddmd_lab.config import RunConfig, read_config
-from ddmd_lab.errors import UserError
 from ddmd_lab.core.rollout import times_for_model
+from ddmd_lab.errors import UserError
 from ddmd_lab.finetune.config import FinetuneConfig
-from ddmd_lab.training.restore import default_device, run_checkpoint
-from ddmd_lab.util.io import safe_torch_load
+from ddmd_lab.training import restore
 from ddmd_lab.training.module import DistillModule
 from ddmd_lab.training.networks import load_networks
-from ddmd_lab.training import restore
-from ddmd_lab.backbones.lora import DEFAULT_TARGETS, AdapterView, check_targets
+from ddmd_lab.training.restore import default_device, run_checkpoint
+from ddmd_lab.util.io import safe_torch_load
 
 ADAPTER = "finetune"
 FAMILIES = ("fashion", "mnist", "zimage", "lumina2")  # flow-matching students (objective.py)
@@ -91,7 +91,8 @@ class Student:
     @contextlib.contextmanager
     def adapter_off(self):
         """The student as the run left it (the adapter's layers bypassed; the new label row stays)."""
-        from peft.tuners.tuners_utils import BaseTunerLayer  # deferred: peft pulls in transformers; only LoRA paths need it
+        from peft.tuners.tuners_utils import \
+            BaseTunerLayer  # deferred: peft pulls in transformers; only LoRA paths need it
 
         layers = [m for m in self.backbone.denoiser().modules() if isinstance(m, BaseTunerLayer)]
         for layer in layers:
@@ -165,7 +166,8 @@ def default_targets(scale: str) -> tuple[str, ...]:
 
 
 def _add_adapter(student: Student, ft: FinetuneConfig) -> None:
-    from peft import LoraConfig, inject_adapter_in_model  # deferred: peft pulls in transformers; only LoRA paths need it
+    from peft import (LoraConfig,  # deferred: peft pulls in transformers; only LoRA paths need it
+                      inject_adapter_in_model)
 
     backbone = student.backbone
     net = backbone.denoiser()

@@ -27,24 +27,24 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
-from ddmd_lab.training.checkpointing import teacher_fingerprint
+from ddmd_lab.config import read_config
+from ddmd_lab.data.image_files import uint8_to_signed
+from ddmd_lab.data.real_latents import encode_latents, read_image
 from ddmd_lab.errors import UserError
-from ddmd_lab.util.io import atomic_torch_save, atomic_write_text, new_run_dir
 from ddmd_lab.finetune.config import FinetuneConfig
 from ddmd_lab.finetune.data import CaptionFolder, ImageConcept, parse_data
 from ddmd_lab.finetune.evaluate import ImageFinetuneEvaluator, TextFinetuneEvaluator, grid_settings, write_grid
 from ddmd_lab.finetune.objective import denoising_loss, draw_student_times
 from ddmd_lab.finetune.student import ADAPTER, Student, load_student
-from ddmd_lab.data.real_latents import encode_latents, read_image
-from ddmd_lab.data.image_files import uint8_to_signed
 from ddmd_lab.scales.text2image import teacher_settings
-import numpy as np
-from ddmd_lab.util.devices import to_device
-from ddmd_lab.config import read_config
+from ddmd_lab.training.checkpointing import teacher_fingerprint
 from ddmd_lab.training.restore import run_checkpoint
+from ddmd_lab.util.devices import to_device
+from ddmd_lab.util.io import atomic_torch_save, atomic_write_text, new_run_dir
 
 
 class ImageData:

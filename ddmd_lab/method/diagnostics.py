@@ -30,6 +30,7 @@ from ddmd_lab.core.tau import sample_tau
 from ddmd_lab.method.tau_bins import OWN
 from ddmd_lab.method.update import Draws, Terms, UpdateSettings, update_terms
 
+
 # ---- per sample (pure) ---------------------------------------------------------------------------
 def per_sample(ca: Tensor | None, dm: Tensor | None, norm_ca: Tensor | None = None,
                norm_dm: Tensor | None = None) -> dict[str, Tensor]:

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ddmd_lab.core.arms import Arm
 from ddmd_lab.backbones.base import batched_x0
+from ddmd_lab.core.arms import Arm
 from ddmd_lab.core.flow import renoise
 from ddmd_lab.core.guidance import cfg
 from ddmd_lab.core.objective import ca_vector, dm_vector, dmd_normaliser, per_sample_norm

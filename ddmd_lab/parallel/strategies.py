@@ -34,14 +34,17 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+from lightning_fabric.strategies.fsdp import \
+    _get_full_state_dict_context  # no public route in Lightning's FSDP1 strategy
+from pytorch_lightning.core.optimizer import LightningOptimizer
 from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
 from torch import Tensor
-from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision
+from torch.distributed.fsdp import (FullOptimStateDictConfig, FullStateDictConfig, FullyShardedDataParallel,
+                                    MixedPrecision, OptimStateKeyType, StateDictType)
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-from ddmd_lab.errors import UserError
 from ddmd_lab.backbones.blocks import CHECKPOINTED
-from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, OptimStateKeyType, StateDictType
+from ddmd_lab.errors import UserError
 
 BUCKET_BYTES = 25 * 2 ** 20  # DDP's default bucket_cap_mb (25): gradients are all-reduced in flattened buckets this big; the memory plan counts one
 BLOCKS = frozenset(name for classes, _ in CHECKPOINTED.values() for name in classes)
@@ -252,8 +255,6 @@ class PerBlockFSDP(FSDPStrategy):
         offloading on a CPU device: torch gathers every state of a parameter into one reused buffer
         and offloads with ``.cpu()``, which copies nothing on a CPU, so each state would alias the
         last (exp_avg saved as exp_avg_sq); without offloading it clones."""
-        from pytorch_lightning.core.optimizer import LightningOptimizer  # deferred: Lightning takes ~10 s to import
-
         if isinstance(optimizer, LightningOptimizer):
             optimizer = optimizer._optimizer
         if self._state_dict_type != "full":
@@ -270,8 +271,6 @@ class PerBlockFSDP(FSDPStrategy):
     def lightning_module_state_dict(self) -> dict:
         """Lightning's full state dict (rank 0), except a sharded frozen teacher, which checkpoints
         leave out anyway (DistillModule.on_save_checkpoint): it is not gathered to be dropped."""
-        from lightning_fabric.strategies.fsdp import _get_full_state_dict_context  # deferred: Lightning takes ~10 s to import
-
         model = self.model
         skip = {"teacher"} if isinstance(getattr(model, "teacher", None), ShardedBackbone) else set()
         state: dict = OrderedDict()

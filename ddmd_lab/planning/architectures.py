@@ -9,6 +9,7 @@ memory plan (memory_plan.py) turns these facts into bytes per GPU.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import warnings
 from collections import defaultdict
@@ -17,13 +18,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from ddmd_lab.backbones.blocks import CHECKPOINTED
-from ddmd_lab.errors import UserError
-from ddmd_lab.config import experiments_dir
-import logging
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+
+from ddmd_lab.backbones.blocks import CHECKPOINTED
+from ddmd_lab.config import experiments_dir
+from ddmd_lab.errors import UserError
 
 DENOISER = {"sdxl": "unet", "zimage": "transformer", "lumina2": "transformer"}
 

@@ -33,15 +33,17 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ddmd_lab.backbones.blocks import CHECKPOINTED
-from ddmd_lab.parallel.strategies import BUCKET_BYTES as DDP_BUCKET_BYTES
-from ddmd_lab.planning.architectures import Activations, Facts, architecture_facts, compute_bytes, family_specs, model_specs
-from ddmd_lab.errors import UserError
-from ddmd_lab.config import scale_settings
-from ddmd_lab.scales.text2image import TEACHER_DEFAULTS, data_settings
-from ddmd_lab.backbones.lora import DEFAULT_TARGETS
-from ddmd_lab.util.io import atomic_write_text
 import torch
+
+from ddmd_lab.backbones.blocks import CHECKPOINTED
+from ddmd_lab.backbones.lora import DEFAULT_TARGETS
+from ddmd_lab.config import scale_settings
+from ddmd_lab.errors import UserError
+from ddmd_lab.parallel.strategies import BUCKET_BYTES as DDP_BUCKET_BYTES
+from ddmd_lab.planning.architectures import (Activations, Facts, architecture_facts, compute_bytes, family_specs,
+                                             model_specs)
+from ddmd_lab.scales.text2image import TEACHER_DEFAULTS, data_settings
+from ddmd_lab.util.io import atomic_write_text
 
 GIB = 2 ** 30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}

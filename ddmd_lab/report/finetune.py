@@ -24,7 +24,6 @@ from ddmd_lab.report.tables import Table, render_tables
 from ddmd_lab.report.teacher_guidance import TEACHER_GUIDANCE_FILE, TeacherGuidance, keep_teacher_guidance
 from ddmd_lab.util.io import atomic_write_text, publish_dir
 
-
 # -- tables, figures, the page -----------------------------------------------------------------------------
 
 def _est(values) -> str:

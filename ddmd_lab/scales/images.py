@@ -19,10 +19,10 @@ import torch
 
 from ddmd_lab.backbones.class_unet import ClassUNet, build_unet
 from ddmd_lab.config import RunConfig, scale_settings
+from ddmd_lab.core.rollout import teacher_cfg_sample
 from ddmd_lab.data.images import ImageSet, load_image_set
 from ddmd_lab.data.steps import step_loader
 from ddmd_lab.errors import UserError
-from ddmd_lab.scales.base import EVAL_SEED
 from ddmd_lab.eval.classifier import ClassifierMetrics, load_classifier, train_classifier
 from ddmd_lab.eval.colour import colour_stats, mean_stats, relative
 from ddmd_lab.eval.fid import InceptionFeatures, cached_reference_stats, fid_from_stats, stats
@@ -30,8 +30,8 @@ from ddmd_lab.eval.grid import save_grid
 from ddmd_lab.eval.spectra import high_frequency_excess, raps, spectral_centroid
 from ddmd_lab.eval.stats import output_stats
 from ddmd_lab.eval.term_spectra import observer_excess, term_spectra
+from ddmd_lab.scales.base import EVAL_SEED
 from ddmd_lab.util.io import atomic_save_npz, atomic_write_text, publish_dir
-from ddmd_lab.core.rollout import teacher_cfg_sample
 
 TEACHER_DEFAULTS = {"size": "small", "patch": 2, "steps": 2500, "batch_size": 128, "lr": 1e-3, "p_uncond": 0.1, "seed": 0,
                     "eval_samples": 500, "ode_steps": 20, "alphas": [1.0, 1.5, 2.0, 3.0]}

@@ -23,7 +23,8 @@ import torch
 from ddmd_lab.backbones import lumina2, sdxl, zimage
 from ddmd_lab.backbones.lora import DEFAULT_TARGETS, check_targets
 from ddmd_lab.backbones.pipeline_sampling import PipelineCFG
-from ddmd_lab.backbones.pipelines import DTYPES, load_pipeline, meta_denoiser, pipeline_folder, resolution_step, resolve_source
+from ddmd_lab.backbones.pipelines import (DTYPES, load_pipeline, meta_denoiser, pipeline_folder, resolution_step,
+                                          resolve_source)
 from ddmd_lab.backbones.text_to_image import TextToImage, check_resolution
 from ddmd_lab.config import RunConfig, scale_settings
 from ddmd_lab.data.embeddings import Embeddings, cache_folder, open_embeddings, text_files_fingerprint, write_embeddings

@@ -18,13 +18,13 @@ import torch
 
 from ddmd_lab.backbones.toy import ExactToyDenoiser, ToyFlowMLP
 from ddmd_lab.config import RunConfig
+from ddmd_lab.core.rollout import teacher_cfg_sample
 from ddmd_lab.data.steps import step_loader
 from ddmd_lab.data.toy2d import ToyMixture
 from ddmd_lab.errors import UserError
-from ddmd_lab.scales.base import EVAL_SEED
 from ddmd_lab.eval.distances import classwise_energy_distance
+from ddmd_lab.scales.base import EVAL_SEED
 from ddmd_lab.util.io import atomic_write_text, publish_dir, safe_torch_load
-from ddmd_lab.core.rollout import teacher_cfg_sample
 
 TEACHER_DEFAULTS = {"kind": "trained", "hidden": 256, "depth": 3, "steps": 3000, "batch_size": 1024, "lr": 2e-3,
                     "p_uncond": 0.1, "seed": 0, "data_size": 200_000}

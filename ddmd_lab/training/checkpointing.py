@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from tqdm import tqdm  # writes above a progress bar, or plainly without one
 
 from ddmd_lab.errors import UserError
-from tqdm import tqdm  # writes above a progress bar, or plainly without one
 
 # Fault injection for tests: "kill_during_write:N" SIGKILLs the process while
 # it writes its N-th checkpoint (after the temporary file is half written).

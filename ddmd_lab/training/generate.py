@@ -28,7 +28,8 @@ from ddmd_lab.data.prompts import warn_truncated
 from ddmd_lab.eval.fid import to_uint8_hwc
 from ddmd_lab.eval.grid import save_grid
 from ddmd_lab.scales.text2image import load_model
-from ddmd_lab.training.restore import default_device, load_pipeline_student, require_text_scale, run_checkpoint, run_config
+from ddmd_lab.training.restore import (default_device, load_pipeline_student, require_text_scale, run_checkpoint,
+                                       run_config)
 from ddmd_lab.util.devices import to_device
 from ddmd_lab.util.io import atomic_write_text
 

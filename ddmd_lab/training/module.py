@@ -17,25 +17,25 @@ from __future__ import annotations
 import contextlib
 import copy
 
-
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from ddmd_lab.training.checkpointing import TEACHER_FINGERPRINT, check_teacher, teacher_fingerprint
+from ddmd_lab.backbones.lora import DEFAULT_TARGETS, LoraPlan, shared_base_views
 from ddmd_lab.config import RunConfig
-from ddmd_lab.data.steps import condition_of, real_data_of
-from ddmd_lab.errors import NonFiniteError, UserError
-from ddmd_lab.method.gan import DiscriminatorHead, discriminator_loss, generator_gan_loss
 from ddmd_lab.core.flow import renoise
 from ddmd_lab.core.objective import critic_loss, meanvar_kl, proxy_loss
 from ddmd_lab.core.rollout import backward_simulate, sample_student, times_for_model
 from ddmd_lab.core.tau import TauRule, sample_tau
+from ddmd_lab.data.steps import condition_of, real_data_of
+from ddmd_lab.errors import NonFiniteError, UserError
+from ddmd_lab.method.gan import DiscriminatorHead, discriminator_loss, generator_gan_loss
+from ddmd_lab.method.update import UpdateSettings, generator_update
 from ddmd_lab.parallel.ranks import every_rank, rng_state, seed_rank, set_rng_state
 from ddmd_lab.parallel.strategies import rank_zeros_draw, reduce_and_clip
-from ddmd_lab.method.update import UpdateSettings, generator_update
-from ddmd_lab.training.callbacks.diagnostics import diagnose_step, due as diagnostics_due
-from ddmd_lab.backbones.lora import DEFAULT_TARGETS, LoraPlan, shared_base_views
+from ddmd_lab.training.callbacks.diagnostics import diagnose_step
+from ddmd_lab.training.callbacks.diagnostics import due as diagnostics_due
+from ddmd_lab.training.checkpointing import TEACHER_FINGERPRINT, check_teacher, teacher_fingerprint
 
 CRITIC_TAU = TauRule("uniform", 0.0, 1.0)  # tau' ~ U(0,1) for the fake model's denoising loss
 
@@ -46,14 +46,13 @@ class DistillModule(pl.LightningModule):
         not the frozen teacher (scales.load_networks); None: copies of the teacher."""
         super().__init__()
         self.cfg, self.arm = cfg, cfg.arm
-        if init is not None and cfg.optimisation.lora.get("rank", 0):
+        lora = cfg.optimisation.lora
+        if init is not None and cfg.optimisation.lora_rank:
             raise UserError("LoRA adapts the frozen teacher's own network, so the trained networks cannot start "
                             "from a separate initialisation (toy2d's teacher.kind=exact); set lora.rank=0.")
-        if cfg.optimisation.lora.get("rank", 0):
+        if cfg.optimisation.lora_rank:
             # one base held once (registered as self.base); teacher / generator / fake are views
-
-            plan = LoraPlan(int(cfg.optimisation.lora["rank"]), float(cfg.optimisation.lora.get("alpha", cfg.optimisation.lora["rank"])),
-                            tuple(cfg.optimisation.lora.get("targets", DEFAULT_TARGETS)))
+            plan = LoraPlan(int(lora["rank"]), float(lora.get("alpha", lora["rank"])), tuple(lora.get("targets", DEFAULT_TARGETS)))
             self.base = teacher.eval()
             views = shared_base_views(teacher, plan, ("generator", "fake") if self.arm.train_fake else ("generator",))
             self.teacher, self.generator, self.fake = views["teacher"], views["generator"], views.get("fake")

@@ -12,21 +12,21 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from ddmd_lab.training.checkpointing import AtomicCheckpoint, resolve_resume
 from ddmd_lab.config import RunConfig, read_config, save_config
 from ddmd_lab.errors import UserError
-from ddmd_lab.training.callbacks.evaluation import EvalCallback
-from ddmd_lab.training.callbacks.diagnostics import DiagnosticsCallback
-from ddmd_lab.util.io import atomic_write_text, new_run_dir, safe_torch_load
-from ddmd_lab.planning.memory_plan import write_run_plan
-from ddmd_lab.training.module import DistillModule
-from ddmd_lab.training.callbacks.progress import StepProgressBar
-from ddmd_lab.scales.base import TEXT_TO_IMAGE, get_scale
-from ddmd_lab.scales.text2image import load_model
-from ddmd_lab.training.networks import load_networks
 from ddmd_lab.parallel.strategies import make_strategy
+from ddmd_lab.planning.memory_plan import write_run_plan
 from ddmd_lab.report.plots import run_figures
 from ddmd_lab.report.run_record import RunRecord
+from ddmd_lab.scales.base import TEXT_TO_IMAGE, get_scale
+from ddmd_lab.scales.text2image import load_model
+from ddmd_lab.training.callbacks.diagnostics import DiagnosticsCallback
+from ddmd_lab.training.callbacks.evaluation import EvalCallback
+from ddmd_lab.training.callbacks.progress import StepProgressBar
+from ddmd_lab.training.checkpointing import AtomicCheckpoint, resolve_resume
+from ddmd_lab.training.module import DistillModule
+from ddmd_lab.training.networks import load_networks
+from ddmd_lab.util.io import atomic_write_text, new_run_dir, safe_torch_load
 
 
 def make_loggers(cfg: RunConfig, run_dir: Path) -> list:
@@ -36,7 +36,7 @@ def make_loggers(cfg: RunConfig, run_dir: Path) -> list:
         if cfg.run.wandb == "offline":
             os.environ["WANDB_MODE"] = "offline"
         import wandb  # deferred: wandb takes seconds to import; only a W&B logger needs it
-        from pytorch_lightning.loggers import WandbLogger  # deferred: Lightning takes ~10 s to import
+        from pytorch_lightning.loggers import WandbLogger  # deferred: it imports wandb (seconds); only W&B runs need it
 
         # W&B's banners off: offline, the run's summary says how to sync (silent); online, its link stays (quiet)
         settings = wandb.Settings(silent=True) if cfg.run.wandb == "offline" else wandb.Settings(quiet=True)
@@ -201,7 +201,7 @@ def allow_tf32() -> None:
 def _finish_wandb(loggers) -> None:
     """Close this run's W&B run: Lightning leaves it open, and the next run of a sweep
     in the same process would otherwise log into it."""
-    from pytorch_lightning.loggers import WandbLogger  # deferred: Lightning takes ~10 s to import
+    from pytorch_lightning.loggers import WandbLogger  # deferred: it imports wandb (seconds); only W&B runs need it
 
     if any(isinstance(lg, WandbLogger) for lg in loggers):
         import wandb  # deferred: wandb takes seconds to import; only a W&B logger needs it

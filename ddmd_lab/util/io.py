@@ -1,17 +1,18 @@
 """Files that must never be half-written or overwritten, nor run code when read."""
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import re
 import secrets
 import time
 from pathlib import Path
 
-from ddmd_lab.errors import UserError
-import io
 import numpy as np
 import torch
-import pickle
-import re
+
+from ddmd_lab.errors import UserError
 
 
 def _tmp_beside(path: Path) -> Path:

@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from typing import Iterable, Iterator
+
 from tqdm import tqdm
 
 PLAIN_EVERY = 5  # percent between two plain lines

@@ -57,7 +57,8 @@ def default_hps_weights() -> Path:
 
 def hps_preprocess(img: Image.Image, size: int = 224) -> Tensor:
     """HPSv2's ``ResizeMaxSize`` val transform (see the module doc), (3, size, size)."""
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD  # deferred: open_clip takes seconds to import
+    from open_clip.constants import (OPENAI_DATASET_MEAN,  # deferred: open_clip takes seconds to import
+                                     OPENAI_DATASET_STD)
 
     x = TF.to_tensor(img.convert("RGB"))
     h, w = x.shape[1:]

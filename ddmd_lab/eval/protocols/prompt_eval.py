@@ -25,8 +25,9 @@ from PIL import Image
 from torch import Tensor
 
 from ddmd_lab.errors import UserError
-from ddmd_lab.eval.colour import colour_stats, mean_stats, relative
+from ddmd_lab.eval.colour import colour_stats
 from ddmd_lab.eval.colour import describe as describe_colour
+from ddmd_lab.eval.colour import mean_stats, relative
 from ddmd_lab.eval.protocols.dmd2 import image_files
 from ddmd_lab.util.io import atomic_write_text, publish_dir
 from ddmd_lab.util.progress import Progress

@@ -115,7 +115,7 @@ class DiagnosticsCallback(pl.Callback):
         if diagnosis is None or not trainer.is_global_zero:
             return
         append_rows(self.run_dir / CSV_NAME, rows(diagnosis))
-        from pytorch_lightning.loggers import WandbLogger  # deferred: Lightning takes ~10 s to import
+        from pytorch_lightning.loggers import WandbLogger  # deferred: it imports wandb (seconds); only W&B runs need it
 
         scalars, per_bin = log_values(diagnosis)
         for logger in module.loggers:

@@ -23,9 +23,9 @@ from typing import Callable
 import pytorch_lightning as pl
 import torch
 
-from ddmd_lab.util.io import atomic_write_text
-from ddmd_lab.training.callbacks.wandb_media import log_final, log_step_media
 from ddmd_lab.parallel.strategies import sharded_ids
+from ddmd_lab.training.callbacks.wandb_media import log_final, log_step_media
+from ddmd_lab.util.io import atomic_write_text
 
 
 class EvalCallback(pl.Callback):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _wandb_loggers(loggers) -> list:
-    from pytorch_lightning.loggers import WandbLogger  # deferred: Lightning takes ~10 s to import
+    from pytorch_lightning.loggers import WandbLogger  # deferred: it imports wandb (seconds); only W&B runs need it
 
     return [lg for lg in loggers if isinstance(lg, WandbLogger)]
 
