@@ -13,7 +13,7 @@ import torch
 from ddmd_lab.config import RunConfig
 from ddmd_lab.eval.colour import colour_stats, mean_stats, relative
 from ddmd_lab.eval.grid import save_grid
-from ddmd_lab.eval.protocols.teacher_reference import TeacherColour, read_reference, reference_path
+from ddmd_lab.eval.protocols.teacher_reference import ReferenceSettings, TeacherColour, read_reference, reference_path
 from ddmd_lab.eval.spectra import raps, spectral_centroid
 from ddmd_lab.eval.stats import output_stats
 from ddmd_lab.scales.base import EVAL_SEED
@@ -47,7 +47,7 @@ class TextToImageEvaluator:
         self.noise = torch.randn(len(prompts), *self.model.backbone.sample_shape, generator=gen)
         self.teacher_colour = None
         if teacher is not None:
-            self.teacher_colour = TeacherColour(cfg, self.model, teacher, self.prompts, self.rows, self.noise,
+            self.teacher_colour = TeacherColour(reference_settings(cfg), self.model, teacher, self.prompts, self.rows, self.noise,
                                                 self.batch, EVAL_SEED)
 
     def samples(self, module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,10 +77,14 @@ class TextToImageEvaluator:
         return metrics
 
 
+def reference_settings(cfg: RunConfig) -> ReferenceSettings:
+    return ReferenceSettings(cfg.run.cache_dir, cfg.run.scale, cfg.objective.alpha, cfg.parallel.precision)
+
+
 def teacher_row(cfg: RunConfig, teacher: dict, prompts: list[str]) -> dict[str, dict]:
     """The teacher's colour row on the evaluator's ``prompts`` and noise, where a run's first evaluation
     cached it (nothing is sampled here; ``teacher`` its identity); empty where it did not."""
-    ref = read_reference(reference_path(cfg, teacher, prompts, EVAL_SEED))
+    ref = read_reference(reference_path(reference_settings(cfg), teacher, prompts, EVAL_SEED))
     if ref is None:
         return {}
     return {f"teacher, {ref['steps']}-step CFG, alpha={ref['alpha']:g}": ref["colour"]}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +24,22 @@ from ddmd_lab.util.devices import to_device
 from ddmd_lab.util.io import atomic_write_text
 
 
-def reference_path(cfg, identity: dict, prompts: list[str], seed: int) -> Path:
+@dataclass(frozen=True)
+class ReferenceSettings:
+    """What of a run decides (and keeps) the teacher's reference besides the teacher's own identity: the
+    caller (scales/text2image_eval.py) takes it from the run's config."""
+    cache_dir: str
+    scale: str
+    alpha: float
+    precision: str
+
+
+def reference_path(run: ReferenceSettings, identity: dict, prompts: list[str], seed: int) -> Path:
     """Where the teacher's colour means for these evaluation prompts and noise are cached; ``identity``
     says what decides the teacher's images at the run's alpha (the scale's ``teacher_identity``)."""
-    key = {"identity": identity, "prompts": prompts, "seed": seed, "precision": cfg.parallel.precision}
+    key = {"identity": identity, "prompts": prompts, "seed": seed, "precision": run.precision}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Path(cfg.run.cache_dir) / "teacher_eval" / f"{cfg.run.scale}-{len(prompts)}-{digest}.json"
+    return Path(run.cache_dir) / "teacher_eval" / f"{run.scale}-{len(prompts)}-{digest}.json"
 
 
 def read_reference(path: Path) -> dict | None:
@@ -38,10 +49,10 @@ def read_reference(path: Path) -> dict | None:
 class TeacherColour:
     """``get(module)``: the teacher's colour means (dict), sampled on first use unless cached."""
 
-    def __init__(self, cfg, model, identity: dict, prompts: list[str], rows: list, noise: torch.Tensor, batch: int,
-                 seed: int):
-        self.cfg, self.model, self.rows, self.noise, self.batch = cfg, model, rows, noise, batch
-        self.path = reference_path(cfg, identity, prompts, seed)
+    def __init__(self, run: ReferenceSettings, model, identity: dict, prompts: list[str], rows: list,
+                 noise: torch.Tensor, batch: int, seed: int):
+        self.run, self.model, self.rows, self.noise, self.batch = run, model, rows, noise, batch
+        self.path = reference_path(run, identity, prompts, seed)
         self.cached = read_reference(self.path)
 
     @torch.no_grad()
@@ -58,11 +69,11 @@ class TeacherColour:
         for i in range(0, len(self.rows), self.batch):
             cond = to_device(model.backbone.cat_conditions(self.rows[i:i + self.batch]), device)
             z = pipeline_teacher_sample(model.family, module.teacher, model.pipeline.scheduler, guidance,
-                                        self.noise[i:i + self.batch].to(device), cond, self.cfg.objective.alpha, model.teacher_steps)
+                                        self.noise[i:i + self.batch].to(device), cond, self.run.alpha, model.teacher_steps)
             parts.append(colour_stats(model.decode(z).cpu()))
         per_image = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         result = {"colour": mean_stats(per_image), "n": len(self.rows), "steps": model.teacher_steps,
-                  "alpha": self.cfg.objective.alpha, "precision": self.cfg.parallel.precision}
+                  "alpha": self.run.alpha, "precision": self.run.precision}
         trainer = getattr(module, "_trainer", None)
         if trainer is None or trainer.is_global_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
