@@ -49,7 +49,8 @@ def main(args) -> None:
     cond = condition_of(next(iter(loader)))
     torch.manual_seed(0)
     cost = evaluation_costs(teacher, cond, base.schedule.batch_size, args.repeats)
-    print(f"scale {base.run.scale}, batch {base.schedule.batch_size}, {base.student.student_steps}-step student, ttur {base.schedule.ttur}, "
+    print(f"scale {base.run.scale}, batch {base.schedule.batch_size}, {base.student.student_steps}-step student, "
+          f"ttur {base.schedule.ttur}, "
           f"{steps} steps per arm, torch threads {torch.get_num_threads()}")
     print("network evaluations (median ms): " + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in cost.items()))
     print(f"host reads / step: ddmd_lab's own .item() / bool() / ... per step, logging every {base.evaluation.log_every} steps")

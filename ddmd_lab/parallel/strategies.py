@@ -46,7 +46,8 @@ from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from ddmd_lab.backbones.blocks import CHECKPOINTED
 from ddmd_lab.errors import UserError
 
-BUCKET_BYTES = 25 * 2 ** 20  # DDP's default bucket_cap_mb (25): gradients are all-reduced in flattened buckets this big; the memory plan counts one
+# DDP's default bucket_cap_mb (25): gradients are all-reduced in flattened buckets this big; the memory plan counts one
+BUCKET_BYTES = 25 * 2 ** 20
 BLOCKS = frozenset(name for classes, _ in CHECKPOINTED.values() for name in classes)
 MODELS = ("teacher", "generator", "fake")
 

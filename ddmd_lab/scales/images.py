@@ -278,7 +278,9 @@ def reference_rows(cfg: RunConfig) -> dict[str, dict]:
     same FID sample count), cached in the teacher's folder."""
     t = teacher_settings(cfg)
     name = f"teacher, {t['ode_steps']}-step CFG ODE, alpha={cfg.objective.alpha:g}"
-    path = teacher_dir(cfg) / f"reference_alpha{cfg.objective.alpha:g}_ode{t['ode_steps']}_eval{cfg.evaluation.eval_samples}_fid{cfg.evaluation.fid_samples}.json"
+    samples = cfg.evaluation
+    path = teacher_dir(cfg) / (f"reference_alpha{cfg.objective.alpha:g}_ode{t['ode_steps']}_eval{samples.eval_samples}"
+                               f"_fid{samples.fid_samples}.json")
     if not path.is_file():
         ev, teacher = ImageEvaluator(cfg), load_teacher(cfg).eval()
 

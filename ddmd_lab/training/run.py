@@ -86,7 +86,8 @@ def run_ablation(cfg: RunConfig) -> Path:
 
 
 def _distributed(cfg: RunConfig) -> bool:
-    return cfg.parallel.strategy != "auto" or cfg.parallel.num_nodes > 1 or not (cfg.parallel.devices in (1, "1") or cfg.parallel.devices == [0])
+    p = cfg.parallel
+    return p.strategy != "auto" or p.num_nodes > 1 or not (p.devices in (1, "1") or p.devices == [0])
 
 
 def plan_run(cfg: RunConfig, run_dir: Path) -> None:
