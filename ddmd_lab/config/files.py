@@ -36,14 +36,19 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def read_yaml(path: Path) -> dict:
+    """A scale or arm file's mapping (empty file: {}); broken YAML stops with one sentence."""
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML ({exc.__class__.__name__}); fix the file.") from None
+
+
 def load_config(scale: str, arm: str, overrides: dict | None = None) -> RunConfig:
     path = experiments_dir() / "scales" / f"{scale}.yaml"
     if not path.is_file():
         raise UserError(f"unknown scale {scale!r}; known scales: {', '.join(known_scales())}.")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML ({exc.__class__.__name__}); fix the file.") from None
+    data = read_yaml(path)
     arm_obj, arm_overrides = resolve_arm(arm)
     overrides = dict(overrides or {})
     arm_changes = overrides.pop("arm", None)
@@ -104,10 +109,7 @@ def resolve_arm(name: str, directory: Path | None = None) -> tuple[Arm, dict]:
     path = directory / f"{name}.yaml"
     if not path.is_file():
         raise UserError(f"unknown arm {name!r}; known arms: {', '.join(known_arm_names(directory))}.")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML ({exc.__class__.__name__}); fix the file.") from None
+    spec = read_yaml(path)
     extra = set(spec) - {"base", "arm", "overrides", "description"}
     if extra or "base" not in spec:
         raise UserError(f"{path}: an arm variant needs 'base' and may have 'arm', 'overrides', 'description'; found {sorted(spec)}.")
