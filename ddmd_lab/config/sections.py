@@ -106,6 +106,10 @@ class Optimisation:
     weight_decay: float = 0.01
     grad_clip: float = 10.0
     max_nonfinite_in_row: int = 20
+    # exponential moving average of the generator's weights (0 = off): what is evaluated, sampled and
+    # exported as the student; the decay ramps up as min(ema_decay, (1 + n) / (10 + n)) over its first
+    # n updates, so the average does not remember the teacher-initialised weights for long
+    ema_decay: float = 0.0
     # LoRA on one shared frozen base (backbones/lora.py): {rank: 0} is full fine-tuning of two copies
     lora: dict = field(default_factory=lambda: {"rank": 0})
     gradient_checkpointing: bool = False  # diffusers' own, on the trained networks
@@ -116,6 +120,7 @@ class Optimisation:
     def __post_init__(self):
         _check([
             (self.master_dtype in ("float32", "bfloat16"), "master_dtype must be float32 or bfloat16"),
+            (0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1) (0 = no EMA)"),
             (set(self.lora) <= {"rank", "alpha", "targets"} and int(self.lora.get("rank", 0)) >= 0,
              "lora takes rank (0 = off), alpha and targets, e.g. lora={rank: 16, alpha: 16}"),
         ])
@@ -134,9 +139,13 @@ class Evaluation:
     # CA/DM diagnostics per tau bin (method/diagnostics.py) every this many generator steps and at the last one; 0 = off
     diagnostics_every: int = 10
     fid_samples: int = 0  # Inception FID at the end of a run on this many samples (0 = none)
+    # a run's score: the mean of each metric over its last score_last evaluations (the final value is one
+    # reading of an oscillating path); tables and verdicts use it
+    score_last: int = 1
 
     def __post_init__(self):
         _check([(self.eval_every >= 1 and self.log_every >= 1, "eval_every and log_every must be at least 1"),
+                (self.score_last >= 1, "score_last must be at least 1 (the number of last evaluations averaged)"),
                 (self.diagnostics_every >= 0, "diagnostics_every must be 0 (off) or a number of generator steps")])
 
 
@@ -164,7 +173,8 @@ SECTION_OF = {f.name: name for name, cls in SECTIONS for f in fields(cls)}
 KEY_ORDER = ("scale", "arm", "seed", "steps", "ttur", "batch_size", "alpha", "shift", "student_steps", "student_times",
              "student_sampler", "tau_clamp", "normaliser_eps", "critic_target", "meanvar_mu", "meanvar_var",
              "meanvar_scope", "lr_generator", "lr_fake", "betas", "weight_decay", "grad_clip", "max_nonfinite_in_row",
-             "eval_every", "log_every", "eval_samples", "diagnostics_every", "fid_samples", "checkpoint_every", "wandb",
+             "ema_decay",              "eval_every", "log_every", "eval_samples", "diagnostics_every", "fid_samples", "score_last",
+             "checkpoint_every", "wandb",
              "runs_dir", "cache_dir", "accelerator", "devices", "strategy", "fsdp_teacher", "lora", "precision",
              "gradient_checkpointing", "master_dtype", "num_nodes", "progress_bar", "teacher", "data")
 KNOWN_KEYS = frozenset(KEY_ORDER)
