@@ -256,7 +256,7 @@ def _taus(shift: float, n: int = 20000) -> torch.Tensor:
     module = DistillModule(ToyFlowMLP(num_classes=3, hidden=8, depth=1),
                            RunConfig.of(arm=REGISTRY["coupled"], shift=shift, wandb="disabled"))
     torch.manual_seed(5)
-    _, tau = module._renoised(torch.zeros(n, 2), torch.full((n,), 0.5))
+    _, tau = module._renoised(torch.zeros(n, 2), torch.full((n,), 0.5), "critic")
     return tau
 
 

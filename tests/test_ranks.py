@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ARM = "decoupled_hybrid"  # CA above t, DM uniform, GAN: every kind of draw
 SETS = ["steps=8", "ttur=2", "batch_size=16", "eval_every=4", "eval_samples=64", "checkpoint_every=2",
         "log_every=2", "strategy=ddp", "devices=2", "accelerator=cpu", "progress_bar=false", "wandb=disabled",
-        "teacher={steps: 30, data_size: 4096, hidden: 32}"]
+        "teacher={steps: 30, data_size: 4096, hidden: 32}", "ema_decay=0.9"]
 NAN_ON = "1:2"  # rank 1 only, step 2 (a generator step with ttur=2)
 HANG = 240  # seconds; a healthy two-rank run here takes ~20-40 s
 _launches = [0]
@@ -241,8 +241,8 @@ def _probe_main() -> int:
         record(x_t=x_t[:2].tolist(), t=t[0].item())
         return x_t, t
 
-    def probe_renoised(self, x0, t_like):
-        x_tau, tau = renoised(self, x0, t_like)
+    def probe_renoised(self, x0, t_like, purpose):
+        x_tau, tau = renoised(self, x0, t_like, purpose)
         record(tau_critic=tau[:2].tolist())
         return x_tau, tau
 

@@ -16,7 +16,7 @@ from ddmd_lab.errors import NonFiniteError, UserError
 from ddmd_lab.training.run import resume_ablation, run_ablation
 
 SMALL = ["teacher={steps: 100, data_size: 4096, hidden: 64}", "batch_size=64", "ttur=3", "eval_every=25",
-         "eval_samples=200", "checkpoint_every=20", "progress_bar=false", "wandb=disabled"]
+         "eval_samples=200", "checkpoint_every=20", "progress_bar=false", "wandb=disabled", "ema_decay=0.9"]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,12 @@ def _assert_same_run(a, b):
     assert ca["ddmd_counters"] == cb["ddmd_counters"]
     for k, v in ca["state_dict"].items():
         assert torch.equal(v, cb["state_dict"][k]), k
+    # the generator's weight average: each rank's, to resume, and the student's whole weights
+    assert len(ca["ddmd_ema"]) == len(cb["ddmd_ema"])
+    for ea, eb in zip(ca["ddmd_ema"], cb["ddmd_ema"]):
+        assert ea["updates"] == eb["updates"] and all(torch.equal(x, y) for x, y in zip(ea["average"], eb["average"]))
+    assert ca["ddmd_student"].keys() == cb["ddmd_student"].keys()
+    assert all(torch.equal(v, cb["ddmd_student"][k]) for k, v in ca["ddmd_student"].items())
     for oa, ob in zip(ca["optimizer_states"], cb["optimizer_states"]):
         for sa, sb in zip(oa["state"].values(), ob["state"].values()):
             assert torch.equal(sa["exp_avg"], sb["exp_avg"])

@@ -8,6 +8,7 @@ of the schedule whatever the rule asked for.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -30,6 +31,15 @@ class TauRule:
     def __post_init__(self):
         if self.kind not in TAU_KINDS:
             raise ValueError(f"tau rule kind {self.kind!r} is unknown; use one of {', '.join(TAU_KINDS)}.")
+        for end in ("lo", "hi"):  # finite numbers (YAML 1.1 reads 5e-2 as a string); NaN would pass no comparison
+            value = getattr(self, end)
+            try:
+                number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+            except ValueError:
+                number = None
+            if number is None or not math.isfinite(number):
+                raise ValueError(f"tau rule {end} must be a finite number in [0, 1], got {value!r}.")
+            object.__setattr__(self, end, number)
         if not (0.0 <= self.lo <= self.hi <= 1.0):
             raise ValueError(f"tau rule needs 0 <= lo <= hi <= 1, got lo={self.lo}, hi={self.hi}.")
 
@@ -44,9 +54,11 @@ def sample_tau(
     clamp: tuple[float, float] = (0.02, 0.98),
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Draw one tau per sample of the batch (t_student has shape (B,))."""
+    """Draw one tau per sample of the batch (t_student has shape (B,)); from ``generator`` (drawn on
+    its device) or torch's global RNG."""
     b = t_student.shape[0]
-    u = torch.rand(b, generator=generator, device=t_student.device, dtype=torch.float32)
+    where = generator.device if generator is not None else t_student.device
+    u = torch.rand(b, generator=generator, device=where, dtype=torch.float32).to(t_student.device)
     if rule.kind == "uniform":
         lo = torch.full_like(u, rule.lo)
     else:  # above_t: the student's t is in actual (shifted) time

@@ -2,7 +2,8 @@
 
 Batch k of a run is drawn from a generator seeded by (seed, k), so a run
 resumed at step k reads exactly the batches the uninterrupted run would have
-read, with no sampler state to save.
+read, with no sampler state to save.  It is the "batches" stream of core/streams.py: arms run with one
+seed read the same labels (drawn first) and real images at every step.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ddmd_lab.core.streams import stream_seed
 
 
 class StepBatches(Dataset):
@@ -22,7 +25,7 @@ class StepBatches(Dataset):
     def __getitem__(self, step: int):
         # each data-parallel rank draws its own batch of the step (the global batch is batch x ranks)
         rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step + rank * 7_919_000_003)
+        g = torch.Generator().manual_seed(stream_seed(self.seed, rank, "batches", step))
         return self.make_batch(g)
 
 

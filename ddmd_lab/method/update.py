@@ -18,6 +18,7 @@ from ddmd_lab.core.arms import Arm
 from ddmd_lab.core.flow import renoise
 from ddmd_lab.core.guidance import cfg
 from ddmd_lab.core.objective import ca_vector, dm_vector, dmd_normaliser, per_sample_norm
+from ddmd_lab.core.streams import Streams
 from ddmd_lab.core.tau import sample_tau
 
 
@@ -39,16 +40,22 @@ class Draws:
     noise_dm: Tensor | None
 
 
-def draw(arm: Arm, x: Tensor, t_student: Tensor, s: UpdateSettings) -> Draws:
-    def one(rule):
-        tau = sample_tau(rule, t_student, s.shift, s.tau_clamp).to(x.device)
-        return tau, torch.randn_like(x)
+def draw(arm: Arm, x: Tensor, t_student: Tensor, s: UpdateSettings, streams: Streams | None = None,
+         step: int = 0) -> Draws:
+    """The step's (tau, noise) per term: from the run's keyed streams at ``step`` (core/streams.py: the CA
+    draw, which is also coupled's shared one, comes from the tau_ca / noise_ca streams, the DM draw from
+    tau_dm / noise_dm), or from torch's global RNG where no streams are given."""
+    def one(term, rule):
+        if streams is None:
+            return sample_tau(rule, t_student, s.shift, s.tau_clamp).to(x.device), torch.randn_like(x)
+        tau = sample_tau(rule, t_student, s.shift, s.tau_clamp, streams.at(f"tau_{term}", step)).to(x.device)
+        return tau, streams.randn(f"noise_{term}", step, x.shape, x.device).to(x.dtype)
 
-    tau_ca, noise_ca = one(arm.tau_ca) if arm.uses_ca else (None, None)
+    tau_ca, noise_ca = one("ca", arm.tau_ca) if arm.uses_ca else (None, None)
     if arm.uses_dm and arm.shared_draw and arm.uses_ca:
         tau_dm, noise_dm = tau_ca, noise_ca
     else:
-        tau_dm, noise_dm = one(arm.tau_dm) if arm.uses_dm else (None, None)
+        tau_dm, noise_dm = one("dm", arm.tau_dm) if arm.uses_dm else (None, None)
     return Draws(tau_ca, noise_ca, tau_dm, noise_dm)
 
 
@@ -76,10 +83,12 @@ def update_terms(
     fake,
     s: UpdateSettings,
     draws: Draws | None = None,
+    streams: Streams | None = None,
+    step: int = 0,
 ) -> Terms:
     """The arm's CA and DM terms for generator output x: one batched teacher call, one fake call."""
     x = x.detach().float()
-    d = draws or draw(arm, x, t_student, s)
+    d = draws or draw(arm, x, t_student, s, streams, step)
     shared = arm.shared_draw and arm.uses_ca and arm.uses_dm
     queries: dict[str, tuple] = {}
     if arm.uses_dm:
@@ -125,6 +134,8 @@ def generator_update(
     s: UpdateSettings,
     draws: Draws | None = None,
     out: dict | None = None,
+    streams: Streams | None = None,
+    step: int = 0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Return the x0-space update Delta for generator output x, and logs.
 
@@ -132,7 +143,7 @@ def generator_update(
     the caller does only on the steps it logs.  ``out``, where given, receives the
     step's Terms under ``"terms"`` (the diagnostics read them).
     """
-    terms = update_terms(arm, x, cond, t_student, teacher, fake, s, draws)
+    terms = update_terms(arm, x, cond, t_student, teacher, fake, s, draws, streams, step)
     if out is not None:
         out["terms"] = terms
     return terms.update, term_logs(terms)

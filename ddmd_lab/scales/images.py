@@ -30,7 +30,7 @@ from ddmd_lab.eval.grid import save_grid
 from ddmd_lab.eval.spectra import high_frequency_excess, raps, spectral_centroid
 from ddmd_lab.eval.stats import output_stats
 from ddmd_lab.eval.term_spectra import observer_excess, term_spectra
-from ddmd_lab.scales.base import EVAL_SEED
+from ddmd_lab.scales.base import EVAL_SEED, evaluation_generator
 from ddmd_lab.util.io import atomic_save_npz, atomic_write_text, publish_dir
 
 TEACHER_DEFAULTS = {"size": "small", "patch": 2, "steps": 2500, "batch_size": 128, "lr": 1e-3, "p_uncond": 0.1, "seed": 0,
@@ -214,8 +214,13 @@ class ImageEvaluator:
                 **relative(colour, self.real_colour, "vs_real")}, spectrum
 
     def _sample(self, module, noise, labels, batch: int = 250) -> torch.Tensor:
-        return torch.cat([module.sample(noise[i:i + batch].to(module.device), labels[i:i + batch].to(module.device)).cpu()
+        g = evaluation_generator()
+        return torch.cat([module.sample(noise[i:i + batch].to(module.device), labels[i:i + batch].to(module.device), g).cpu()
                           for i in range(0, len(noise), batch)])
+
+    def measure(self, module) -> dict:
+        """The metrics alone (no grid, no spectrum written): the raw generator's, beside its average's."""
+        return self.metrics(self._sample(module, self.noise, self.labels))[0]
 
     def __call__(self, module) -> dict:
         samples = self._sample(module, self.noise, self.labels)

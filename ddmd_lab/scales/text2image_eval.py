@@ -16,7 +16,7 @@ from ddmd_lab.eval.grid import save_grid
 from ddmd_lab.eval.protocols.teacher_reference import ReferenceSettings, TeacherColour, read_reference, reference_path
 from ddmd_lab.eval.spectra import raps, spectral_centroid
 from ddmd_lab.eval.stats import output_stats
-from ddmd_lab.scales.base import EVAL_SEED
+from ddmd_lab.scales.base import EVAL_SEED, evaluation_generator
 from ddmd_lab.util.devices import to_device
 
 
@@ -54,11 +54,11 @@ class TextToImageEvaluator:
         """(latents, images in [-1, 1]) of the student on the fixed prompts and noise."""
         backbone, device = self.model.backbone, module.device
         self.model.vae.to(device)
-        latents, images = [], []
+        latents, images, g = [], [], evaluation_generator()
         for i in range(0, len(self.rows), self.batch):
             cond = backbone.cat_conditions(self.rows[i:i + self.batch])
             cond = to_device(cond, device)
-            z = module.sample(self.noise[i:i + self.batch].to(device), cond)
+            z = module.sample(self.noise[i:i + self.batch].to(device), cond, g)
             latents.append(z.float().cpu())
             images.append(self.model.decode(z).cpu())
         return torch.cat(latents), torch.cat(images)

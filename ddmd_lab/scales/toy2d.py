@@ -23,7 +23,7 @@ from ddmd_lab.data.steps import step_loader
 from ddmd_lab.data.toy2d import ToyMixture
 from ddmd_lab.errors import UserError
 from ddmd_lab.eval.distances import classwise_energy_distance
-from ddmd_lab.scales.base import EVAL_SEED
+from ddmd_lab.scales.base import EVAL_SEED, evaluation_generator
 from ddmd_lab.util.io import atomic_write_text, publish_dir, safe_torch_load
 
 TEACHER_DEFAULTS = {"kind": "trained", "hidden": 256, "depth": 3, "steps": 3000, "batch_size": 1024, "lr": 2e-3,
@@ -181,7 +181,10 @@ class ToyEvaluator:
         }
 
     def __call__(self, module) -> dict:
-        return self.metrics(module.sample(self.noise.to(module.device), self.labels.to(module.device)))
+        return self.metrics(module.sample(self.noise.to(module.device), self.labels.to(module.device),
+                                          evaluation_generator()))
+
+    measure = __call__  # nothing written: the raw generator's metrics are the same call
 
 
 def make_evaluator(cfg: RunConfig, run_dir: Path | None = None) -> ToyEvaluator:

@@ -122,6 +122,12 @@ def check_teacher(checkpoint: dict, fingerprint: str, cfg) -> None:
                     f"teacher the run was trained from ({fix}), or start a new run.")
 
 
+def student_state(checkpoint: dict) -> dict:
+    """The checkpoint's state_dict with the student in place of the generator's last weights: its
+    weight average, where the run kept one (``ddmd_student``, DistillModule.on_save_checkpoint)."""
+    return {**checkpoint["state_dict"], **checkpoint.get("ddmd_student", {})}
+
+
 def resolve_resume(target: str) -> tuple[Path, Path]:
     """(run folder, checkpoint) from a run folder or a checkpoint file."""
     path = Path(target)

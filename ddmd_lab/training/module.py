@@ -6,10 +6,15 @@ denoiser), manual optimisation with TTUR.  The cadence is counted here, not
 read from trainer.global_step, because Lightning counts every optimiser's
 step there (a critic and a generator step make global_step advance by two).
 
-Under data parallelism every rank holds the same model (initialised from
-cfg.run.seed) but draws its own training randomness (see seed_rank), every rank
-skips a non-finite update or none does (_update), and each rank's RNG state
-is checkpointed.  Values are read from the device only on the steps that are
+Every training draw comes from a stream keyed by (seed, rank, purpose, step)
+(core/streams.py): two arms with one seed share their labels, start noise and
+every draw they make alike, and a resumed run draws what the uninterrupted one
+did.  Under data parallelism every rank holds the same model (initialised from
+cfg.run.seed) but draws its own training randomness (its rank is in the key),
+every rank skips a non-finite update or none does (_update), and each rank's
+RNG state is checkpointed (for anything drawn outside the streams).  With
+ema_decay > 0 the generator's weight average (method/ema.py) is the student:
+evaluated, sampled and exported.  Values are read from the device only on the steps that are
 logged, plus one agreed finiteness flag per update.
 """
 from __future__ import annotations
@@ -26,16 +31,18 @@ from ddmd_lab.config import RunConfig
 from ddmd_lab.core.flow import renoise
 from ddmd_lab.core.objective import critic_loss, meanvar_kl, proxy_loss
 from ddmd_lab.core.rollout import backward_simulate, sample_student, times_for_model
+from ddmd_lab.core.streams import Streams
 from ddmd_lab.core.tau import TauRule, sample_tau
 from ddmd_lab.data.steps import condition_of, real_data_of
 from ddmd_lab.errors import NonFiniteError, UserError
+from ddmd_lab.method.ema import WeightAverage
 from ddmd_lab.method.gan import DiscriminatorHead, discriminator_loss, generator_gan_loss
 from ddmd_lab.method.update import UpdateSettings, generator_update
 from ddmd_lab.parallel.ranks import every_rank, rng_state, seed_rank, set_rng_state
-from ddmd_lab.parallel.strategies import rank_zeros_draw, reduce_and_clip
+from ddmd_lab.parallel.strategies import rank_zeros_draw, reduce_and_clip, sharded_ids
 from ddmd_lab.training.callbacks.diagnostics import diagnose_step
 from ddmd_lab.training.callbacks.diagnostics import due as diagnostics_due
-from ddmd_lab.training.checkpointing import TEACHER_FINGERPRINT, check_teacher, teacher_fingerprint
+from ddmd_lab.training.checkpointing import TEACHER_FINGERPRINT, check_teacher, student_state, teacher_fingerprint
 
 CRITIC_TAU = TauRule("uniform", 0.0, 1.0)  # tau' ~ U(0,1) for the fake model's denoising loss
 
@@ -85,6 +92,11 @@ class DistillModule(pl.LightningModule):
         # diagnostics (eval/diagnostics_callback.py): measured in due generator steps where its callback switches
         # them on; the step's binned result waits here for the callback
         self.diagnostics_on, self.diagnosis = False, None
+        # the generator's weight average, built at train start from the weights as this rank holds them
+        # (shards under FSDP); _pending_ema: a checkpoint's, until then
+        self.ema: WeightAverage | None = None
+        self._pending_ema = None
+        self._stream_cache: tuple | None = None
         # Checkpoints leave the frozen teacher out (it is the scale's, loaded before the module);
         # its fingerprint, taken before Lightning moves or casts anything, says which teacher it was.
         frozen = self._frozen_state()
@@ -110,27 +122,40 @@ class DistillModule(pl.LightningModule):
         self.teacher.eval()  # the teacher never leaves eval mode
         return self
 
-    def sample(self, noise: Tensor, cond) -> Tensor:
-        """The student's few-step sample (no gradients)."""
-        return sample_student(self.generator, noise, cond, self.times, self.cfg.student.student_sampler)
+    def sample(self, noise: Tensor, cond, generator: torch.Generator | None = None) -> Tensor:
+        """The student's few-step sample (no gradients); the re-noising between its steps draws from
+        ``generator`` (an evaluator's own), or torch's global RNG."""
+        return sample_student(self.generator, noise, cond, self.times, self.cfg.student.student_sampler, generator)
+
+    def streams(self) -> Streams:
+        """This rank's keyed random streams (core/streams.py), on the module's device."""
+        key = (self.global_rank if self._trainer is not None else 0, str(self.device))
+        if self._stream_cache is None or self._stream_cache[0] != key:
+            self._stream_cache = (key, Streams(self.cfg.run.seed, key[0], self.device))
+        return self._stream_cache[1]
 
     def _student_input(self, cond, batch: int) -> tuple[Tensor, Tensor]:
         """Draw a step index k and the student's input at t_k (backward simulation).  Under FSDP every
         rank runs k generator calls, each a collective: rank 0's k then holds for all (sharding.py)."""
-        k = int(torch.randint(len(self.times), ()).item())
+        s, step = self.streams(), self.step_count
+        k = s.randint("student_k", step, len(self.times))
         k = rank_zeros_draw(self._trainer.strategy if self._trainer is not None else None, k, self.device)
-        noise = torch.randn(batch, *self.generator.sample_shape, device=self.device)
-        x_t = backward_simulate(self.generator, noise, cond, self.times, k, self.cfg.student.student_sampler)
+        noise = s.randn("start_noise", step, (batch, *self.generator.sample_shape), self.device)
+        x_t = backward_simulate(self.generator, noise, cond, self.times, k, self.cfg.student.student_sampler,
+                                s.at("student_noise", step))
         return x_t, self.times[k].expand(batch)
 
     def _critic_params(self) -> list:
         return list(self.fake.parameters()) + (list(self.disc.parameters()) if self.disc is not None else [])
 
-    def _renoised(self, x0: Tensor, t_like: Tensor) -> tuple[Tensor, Tensor]:
+    def _renoised(self, x0: Tensor, t_like: Tensor, purpose: str) -> tuple[Tensor, Tensor]:
         """x0 re-noised at tau' ~ U(0,1), shifted by the run's time shift (the DM term queries the fake
-        model at shifted times too) and clamped: what the fake model and the discriminator read."""
-        tau = sample_tau(CRITIC_TAU, t_like, self.settings.shift, tuple(self.cfg.objective.tau_clamp)).to(x0.device)
-        return renoise(x0, torch.randn_like(x0), tau), tau
+        model at shifted times too) and clamped: what the fake model and the discriminator read.
+        ``purpose``: whose draw it is (critic, gan, real: core/streams.py)."""
+        s, step = self.streams(), self.step_count
+        tau = sample_tau(CRITIC_TAU, t_like, self.settings.shift, tuple(self.cfg.objective.tau_clamp),
+                         s.at(f"{purpose}_tau", step)).to(x0.device)
+        return renoise(x0, s.randn(f"{purpose}_noise", step, x0.shape, x0.device).to(x0.dtype), tau), tau
 
     def configure_optimizers(self):
         c = self.cfg.optimisation
@@ -176,12 +201,13 @@ class DistillModule(pl.LightningModule):
         x_t, t = self._student_input(cond, len(cond))
         x = self.generator.x0(x_t, t, cond)
         keep = {} if diagnostics_due(self) else None
-        update, ulogs = generator_update(self.arm, x, cond, t, self.teacher, self.fake, self.settings, out=keep)
+        update, ulogs = generator_update(self.arm, x, cond, t, self.teacher, self.fake, self.settings, out=keep,
+                                         streams=self.streams(), step=self.step_count)
         if keep:
             self.diagnosis = diagnose_step(self, keep["terms"], cond, t)
         loss = proxy_loss(x, update)
         if self.arm.gan_weight:
-            x_tau, tau = self._renoised(x, t)
+            x_tau, tau = self._renoised(x, t, "gan")
             gan = generator_gan_loss(self.disc(self.fake.features(x_tau, tau, cond)))
             logs["loss_gan_generator"] = gan.detach()
             loss = loss + self.arm.gan_weight * gan
@@ -197,6 +223,8 @@ class DistillModule(pl.LightningModule):
                      "gen/out_mean": x.detach().mean(), "gen/out_std": x.detach().std()})
         if self._update(loss, opt, list(self.generator.parameters()), logs, "generator", finite):
             self.generator_step_count += 1
+            if self.ema is not None:
+                self.ema.update()
         return x.detach(), t
 
     def _critic_step(self, cond, sample, opt, logs, real: Tensor | None = None) -> None:
@@ -205,13 +233,13 @@ class DistillModule(pl.LightningModule):
                 x_t, t = self._student_input(cond, len(cond))
                 sample = (self.generator.x0(x_t, t, cond), t)
         x0 = sample[0]
-        x_tau, tau = self._renoised(x0, sample[1])
+        x_tau, tau = self._renoised(x0, sample[1], "critic")
         loss = critic_loss(self.fake.x0(x_tau, tau, cond), x0, tau, self.cfg.objective.critic_target)
         logs["loss_critic"] = loss.detach()
         if self.arm.gan_disc_weight:
             if real is None:
                 raise UserError(f"arm {self.arm.name!r} needs real data in each batch; this scale's loader gives none.")
-            real_tau, real_t = self._renoised(real.to(x0.device).float(), sample[1])
+            real_tau, real_t = self._renoised(real.to(x0.device).float(), sample[1], "real")
             # generated and real batches through the fake's features in one call (per-sample network)
             feats = self.fake.features(torch.cat([x_tau.detach(), real_tau]), torch.cat([tau, real_t]),
                                        self.fake.cat_conditions([cond, cond]))
@@ -296,9 +324,30 @@ class DistillModule(pl.LightningModule):
         return result
 
     def load_weights(self, checkpoint: dict) -> None:
-        """A checkpoint's trained weights outside a Trainer (sampling, export, spectra)."""
+        """A checkpoint's trained weights outside a Trainer (sampling, export, spectra): its student,
+        i.e. the generator's weight average where the run kept one."""
         check_teacher(checkpoint, self.teacher_fingerprint, self.cfg)
-        self.load_state_dict(checkpoint["state_dict"])
+        self.load_state_dict(student_state(checkpoint))
+
+    # ---- the generator's weight average -------------------------------------------------
+    def _ema_params(self) -> list[Tensor]:
+        return [p for p in self.generator.parameters() if p.requires_grad]
+
+    def ema_weights(self):
+        """A context in which the generator holds its weight average (a no-op without one)."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+
+    def _student_entries(self) -> dict[str, Tensor]:
+        """The generator's weight average as state_dict entries (whole tensors, keyed as in the
+        checkpoint's state_dict): what load_weights puts in place of the raw weights.  Under FSDP the
+        strategy gathers them (a collective: every rank saves)."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        with self.ema.applied():
+            if sharded_ids(self):  # FSDP: the generator is its own root, keyed generator.*
+                state = strategy.lightning_module_state_dict()
+                return {k: v.detach().cpu().clone() for k, v in state.items() if k.startswith("generator.")}
+            ids = {id(p) for p in self.ema.params}
+            return {k: v.detach().cpu().clone() for k, v in self.state_dict(keep_vars=True).items() if id(v) in ids}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         for k in self._frozen_keys:  # what training changes only: no frozen teacher / LoRA base
@@ -308,6 +357,12 @@ class DistillModule(pl.LightningModule):
         checkpoint["ddmd_config"] = self.cfg.to_dict()
         # every rank's state, in rank order (every rank calls trainer.save_checkpoint)
         checkpoint["ddmd_rng"] = every_rank(rng_state())
+        if self.ema is not None:
+            # to resume: each rank's average as it holds it (under FSDP its shards; elsewhere the ranks
+            # agree, so one); to sample: the average as whole weights
+            state = self.ema.state()
+            checkpoint["ddmd_ema"] = every_rank(state) if sharded_ids(self) else [state]
+            checkpoint["ddmd_student"] = self._student_entries()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_teacher(checkpoint, self.teacher_fingerprint, self.cfg)  # then Lightning calls load_state_dict
@@ -328,6 +383,21 @@ class DistillModule(pl.LightningModule):
         # global RNG between restoring and the first step (e.g. the DataLoader's
         # base seed), which an uninterrupted run does not do at that point.
         self._pending_rng = states[self.global_rank] if states is not None else None
+        averages = checkpoint.get("ddmd_ema")
+        if averages is not None:
+            self._pending_ema = averages[self.global_rank if len(averages) > 1 else 0]
+        elif self.cfg.optimisation.ema_decay > 0 and self.generator_step_count > 0:
+            raise UserError("this checkpoint holds no weight average of the generator but the run's ema_decay is "
+                            f"{self.cfg.optimisation.ema_decay}; resume with the config it was written with "
+                            "(ema_decay=0), or start a new run.")
+
+    def on_fit_start(self) -> None:
+        if self.cfg.optimisation.ema_decay > 0 and self.ema is None:
+            # built here: after the strategy placed (and sharded) the weights and a checkpoint was read,
+            # before the first evaluation (EvalCallback.on_train_start)
+            pending, self._pending_ema = self._pending_ema, None
+            self.ema = WeightAverage(self._ema_params(), self.cfg.optimisation.ema_decay,
+                                     pending["updates"] if pending else 0, pending["average"] if pending else None)
 
     def on_train_start(self) -> None:
         if self.global_rank > 0:

@@ -11,6 +11,7 @@ from ddmd_lab.config import RunConfig, read_config
 from ddmd_lab.errors import UserError
 from ddmd_lab.scales.base import TEXT_TO_IMAGE
 from ddmd_lab.scales.text2image import load_model
+from ddmd_lab.training.checkpointing import student_state
 from ddmd_lab.training.module import DistillModule
 from ddmd_lab.training.networks import load_networks
 from ddmd_lab.util.io import safe_torch_load
@@ -67,7 +68,7 @@ def load_pipeline_student(cfg: RunConfig, ckpt: Path):
         module = DistillModule(model.backbone, cfg)
         module.load_weights(checkpoint)  # refuses a checkpoint of another teacher
         return model, module.generator
-    weights = {k[len("generator."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("generator.")}
+    weights = {k[len("generator."):]: v for k, v in student_state(checkpoint).items() if k.startswith("generator.")}
     model.backbone.load_state_dict(weights)
     return model, model.backbone
 

@@ -1,5 +1,9 @@
 """Evaluation during distillation: fixed noise, one metrics.csv row per point.
 
+With a weight average (ema_decay > 0) the metrics are the average's (the student), and the raw
+generator's are logged beside them as ``raw_<metric>`` where the evaluator can measure without
+writing (its ``measure``).
+
 The scale supplies ``evaluate(module) -> dict``; this callback decides when to
 call it (before the first step, every ``every`` steps, at the end), appends a
 row to metrics.csv and writes summary.json from the last row.
@@ -59,7 +63,11 @@ class EvalCallback(pl.Callback):
         cuda = [module.device.index or 0] if module.device.type == "cuda" else []
         # in the run's precision (bf16-mixed: autocast, as the training step), not float32
         with torch.random.fork_rng(devices=cuda), module.trainer.precision_plugin.forward_context():
-            metrics = self.evaluate(module)
+            with module.ema_weights():  # the student: the generator's weight average, where the run keeps one
+                metrics = self.evaluate(module)
+            measure = getattr(self.evaluate, "measure", None)  # metrics alone, nothing written
+            if module.ema is not None and measure is not None:
+                metrics.update({f"raw_{k}": v for k, v in measure(module).items()})
         module.train(was_training)
         row = {"step": module.step_count, "generator_steps": module.generator_step_count, **metrics}
         self.rows.append(row)
@@ -97,7 +105,7 @@ class EvalCallback(pl.Callback):
         if final is not None:
             was_training = module.training
             module.eval()
-            with module.trainer.precision_plugin.forward_context():  # as _record (FSDP bf16: bf16 weights)
+            with module.trainer.precision_plugin.forward_context(), module.ema_weights():  # as _record
                 extra = final(module)
             module.train(was_training)
         if not trainer.is_global_zero:
