@@ -1,6 +1,8 @@
 # ddmd_lab -- every target creates the virtual environment first if it is missing.
 #   make ablation ARM=decoupled_hybrid [SCALE=toy2d] [STEPS=N] [SEED=S] [SET="k=v k=v"]
 #   make ablation RESUME=runs/<scale>/<arm>/<run-id>   (or RESUME=auto ARM=<arm>)
+#   make power CLAIM=<name>   (seeds a claim of analysis/claims.yaml needs, from its pilot runs)
+#   make sweep CLAIM=<name> [SEEDS=0,1,2]   (its terms' runs: SEEDS for a pilot, else as many as make power asks)
 #   make tables|report [SCALE=fashion] [FORMAT=latex]   make dashboard [WANDB_ENTITY=you]
 #   make sample RUN=<run> PROMPT="a cat"  (or SCALE=zimage SET="teacher.source=<folder>" for the teacher)
 #   make gpu-check   (one GPU, < 8 min: full-size SDXL / Z-Image, random weights: memory vs plan, step vs floor, bf16 vs fp32)
@@ -28,6 +30,7 @@ SEED   ?=
 STEPS  ?=
 ARMS   ?=
 SEEDS  ?=
+CLAIM  ?=
 SET    ?=
 RUN_ARGS = $(if $(SCALE),--scale $(SCALE)) $(if $(STEPS),--steps $(STEPS)) $(if $(SEED),--seed $(SEED)) $(foreach kv,$(SET),--set $(kv))
 
@@ -53,7 +56,7 @@ SAMPLE_ARGS = $(if $(RUN),--run $(RUN)) $(if $(PROMPT),--prompt "$(PROMPT)") $(i
   $(if $(GUIDANCE),--guidance $(GUIDANCE)) $(if $(SAMPLE_STEPS),--sample-steps $(SAMPLE_STEPS))
 WANDB_ENTITY ?=
 
-.PHONY: setup ablation sweep teacher classifier tables report dashboard notebooks spectra diagnose sample eval-coco eval-hps eval-dpg export plan gpu-check embed bench finetune finetune-report test
+.PHONY: setup ablation sweep power teacher classifier tables report dashboard notebooks spectra diagnose sample eval-coco eval-hps eval-dpg export plan gpu-check embed bench finetune finetune-report test
 setup: $(VENV)/.installed
 
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
@@ -74,7 +77,10 @@ ablation: setup
 	$(PY) -m ddmd_lab ablation $(if $(ARM),--arm $(ARM)) $(if $(RESUME),--resume $(RESUME)) $(RUN_ARGS)
 
 sweep: setup
-	$(PY) -m ddmd_lab sweep $(if $(ARMS),--arms $(ARMS)) $(if $(SEEDS),--seeds $(SEEDS)) $(RUN_ARGS)
+	$(PY) -m ddmd_lab sweep $(if $(CLAIM),--claim $(CLAIM)) $(if $(ARMS),--arms $(ARMS)) $(if $(SEEDS),--seeds $(SEEDS)) $(RUN_ARGS)
+
+power: setup
+	$(PY) -m ddmd_lab power --claim $(CLAIM)
 
 teacher: setup
 	$(PY) -m ddmd_lab teacher $(RUN_ARGS)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ddmd_lab.commands.common import DEFAULT_ARM, add_run_options, config_from_args
-from ddmd_lab.config import RunSettings, known_arm_names
+from ddmd_lab.commands.power import claim_power, claim_runs
+from ddmd_lab.config import RunSettings, known_arm_names, parse_overrides
 from ddmd_lab.errors import UserError
 from ddmd_lab.scales.base import get_scale
 
@@ -50,17 +51,41 @@ def cmd_ablation(args) -> None:
 def cmd_sweep(args) -> None:
     from ddmd_lab.training.run import print_summary, run_ablation  # deferred: Lightning
 
-    arms = args.arms.split(",") if args.arms else known_arm_names()
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()] if args.seeds else []
     except ValueError:
         raise UserError(f"SEEDS={args.seeds!r} is not a comma-separated list of integers, e.g. SEEDS=0,1,2.") from None
-    configs = [config_from_args(args, a) for a in arms]  # validate every arm before the first run starts
-    # seed-major: every arm of seed 0 first, so a sweep stopped early still holds paired comparisons
-    runs = [cfg.replace(seed=s) for s in seeds for cfg in configs] if seeds else configs
+    if args.claim:
+        runs = _claim_sweep(args, seeds)
+    else:
+        arms = args.arms.split(",") if args.arms else known_arm_names()
+        configs = [config_from_args(args, a) for a in arms]  # validate every arm before the first run starts
+        # seed-major: every arm of seed 0 first, so a sweep stopped early still holds paired comparisons
+        runs = [cfg.replace(seed=s) for s in seeds for cfg in configs] if seeds else configs
     for cfg in runs:
         print(f"\n=== {cfg.arm.name} (seed {cfg.run.seed}) ===")
         print_summary(run_ablation(cfg))
+
+
+def _claim_sweep(args, seeds: list[int]) -> list:
+    """The runs a claim of analysis/claims.yaml still needs: its terms' arms and settings, for SEEDS or,
+    without them, for the seeds its power analysis asks (make power CLAIM=...)."""
+    if args.arms or args.scale:
+        raise UserError("CLAIM names its arms and scale (analysis/claims.yaml); drop ARMS / SCALE.")
+    runs_dir = parse_overrides(args.overrides).pop("runs_dir", RunSettings.runs_dir)
+    if not seeds:
+        lines, n = claim_power(args.claim, runs_dir)
+        print("\n".join(lines))
+        if n is None:
+            raise UserError(f"claim {args.claim!r} has no pilot to size it from; run a pilot first: "
+                            f"make sweep CLAIM={args.claim} SEEDS=0,1,2")
+        seeds = list(range(n))
+    extra = {k: v for k, v in parse_overrides(args.overrides).items() if k != "runs_dir"}
+    if args.seed is not None:
+        raise UserError("CLAIM runs its seeds from SEEDS (or its power analysis); drop SEED.")
+    runs = claim_runs(args.claim, runs_dir, seeds, args.steps, extra)
+    print(f"claim {args.claim}: {len(runs)} run(s) to make for seeds {seeds[0]}..{seeds[-1]}")
+    return runs
 
 
 def register(sub) -> None:
@@ -82,5 +107,7 @@ def register(sub) -> None:
     p = sub.add_parser("sweep", help="run every known arm, registry and experiments/arms/ variants (or --arms a,b,c)")
     p.add_argument("--arms", default="")
     p.add_argument("--seeds", default="", help="comma-separated seeds, each arm run once per seed (paired across arms)")
+    p.add_argument("--claim", default="", help="a claim of analysis/claims.yaml: run its terms for SEEDS, or for the "
+                   "seeds its power analysis asks (the runs it already has are kept)")
     add_run_options(p)
     p.set_defaults(func=cmd_sweep)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ddmd_lab.report import plots
+from ddmd_lab.report.claims import claims_section
 from ddmd_lab.report.diagnostics_plots import diagnostics_section
 from ddmd_lab.report.runs import finished_runs, require_runs
 from ddmd_lab.report.scale_facts import ScaleFacts
@@ -37,7 +38,7 @@ def write_report(runs_dir: str | Path, scale: str, facts: ScaleFacts, reports_di
         teacher = _teacher_ca_spectra(facts.teacher_ca_spectra)  # read once: a figure and a finding use it
         lines = _figures(runs, staging, teacher, facts.reference) + diagnostics_section(runs, staging)
         groups = seed_groups(finished_runs(runs_dir, scale))
-        seeded = _seeded_section(groups, staging)
+        seeded = claims_section(groups, scale) + _seeded_section(groups, staging)
         page = [f"# ddmd_lab report: {scale}", "",
                 f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make report SCALE={scale}` "
                 f"from the finished runs under `{Path(runs_dir) / scale}`: runs that differ only in the seed are one "
@@ -59,7 +60,7 @@ def _seeded_section(groups, folder: Path) -> list[str]:
     out = []
     comps = claims(groups)
     if comps:
-        out += ["## Verdicts over seeds (paired differences, 95% intervals)", "",
+        out += ["## Exploratory comparisons (paired differences, each at 95%, not corrected for multiplicity)", "",
                 *[f"- {c.line()}" for c in comps], ""]
     for name, title, draw in (("seeds.png", "Every configuration over its seeds", plots.seeded_bars),
                               ("convergence.png", "Convergence: metrics over generator steps of the longest runs",

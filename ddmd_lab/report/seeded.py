@@ -15,7 +15,7 @@ from typing import Iterable
 
 from ddmd_lab.config import load_config
 from ddmd_lab.report.run_record import RunRecord
-from ddmd_lab.report.stats import Estimate, group_key, mean_interval, paired_difference, verdict
+from ddmd_lab.report.stats import Estimate, group_key, mean_interval, paired_difference, score, verdict
 
 # keys that never distinguish groups: where and how a run logs, the seed, and the arm's own text
 IGNORED = ("seed", "runs_dir", "cache_dir", "wandb", "progress_bar", "arm.name", "arm.description", "student_steps")
@@ -73,7 +73,8 @@ class Group:
         return f"{self.arm} [{extra}]" if extra else self.arm
 
     def values(self, metric: str) -> dict[int, float]:
-        return {s: float(r.summary[metric]) for s, r in self.runs.items() if r.summary.get(metric) is not None}
+        """{seed: the run's score on ``metric``} (stats.score: mean of its last score_last evaluations)."""
+        return {s: v for s, r in self.runs.items() if (v := score(r.summary, metric)) is not None}
 
     def estimate(self, metric: str) -> Estimate:
         return mean_interval(self.values(metric).values())
@@ -177,14 +178,15 @@ SCHEDULE_NAMES = {"coupled": "#1 coupled", "decoupled_full": "#2 decoupled_full"
 
 
 def claims(groups: list[Group], metric: str = "domain_fd", steps: int = 4) -> list[Comparison]:
-    """The comparisons issue 14 asks for, wherever both sides were run with common seeds:
-    schedules against each other and DM alone, each normaliser against the default, the fake
-    model's learning rate against the default, and Fig. 4a's tau ranges of CA alone."""
+    """The exploratory comparisons (each at 95%, uncorrected), wherever both sides were run with common
+    seeds: schedules against each other and DM alone, each normaliser against the default, the fake
+    model's learning rate against the default.  The questions fixed in advance (#4 vs #1 under both
+    normalisers, Fig. 4a) are judged from analysis/claims.yaml (report/claims.py), not here."""
     lower = METRICS[metric]
     base = {a: find(groups, a, steps) for a in SCHEDULE_NAMES}
     name = SCHEDULE_NAMES
     out = [compare(f"{name[a]} better than {name[b]}", base[a], base[b], metric, lower)
-           for a, b in (("decoupled_hybrid", "coupled"), ("decoupled_hybrid", "decoupled_full"),
+           for a, b in (("decoupled_hybrid", "decoupled_full"),
                         ("decoupled_hybrid", "decoupled_constrained"), ("decoupled_full", "coupled"),
                         ("decoupled_constrained", "coupled"), ("coupled", "dm_only"), ("decoupled_hybrid", "dm_only"))]
     variants = [g for g in groups if g.student_steps == steps and g.arm in SCHEDULE_NAMES and len(g.label) == 1]
@@ -194,16 +196,6 @@ def claims(groups: list[Group], metric: str = "domain_fd", steps: int = 4) -> li
             out.append(compare(f"{g.arm}: normaliser {value} better than the default", g, base[g.arm], metric, lower))
         elif key == "lr_fake":
             out.append(compare(f"{g.arm}: lr_fake {short_value(value)} differs from the default", g, base[g.arm], metric, None))
-    per_loss = {a: find(groups, a, steps, arm__normaliser="per_loss") for a in ("decoupled_hybrid", "coupled")}
-    out.append(compare("#4 better than #1, both with normaliser per_loss", per_loss["decoupled_hybrid"],
-                       per_loss["coupled"], metric, lower))
-    # Fig. 4a's arms run at their own length (fashion_seeds.sh: half the sweep's), so they carry a label: take
-    # the group that stands for each
-    stands = primary([g for g in groups if g.arm.startswith("ca_tau_")])
-    full, noisy, clean = (stands.get((f"ca_tau_{r}", 1)) for r in ("0-1", "0-0.05", "0.7-1"))
-    out += [compare("CA alone on noisy tau [0, 0.05] makes lower frequencies than on [0, 1]", noisy, full,
-                    "spectral_centroid", True),
-            compare("CA alone on [0, 1] better than on clean tau [0.7, 1] alone (which collapses)", full, clean, metric, lower)]
     return [c for c in out if c is not None]
 
 

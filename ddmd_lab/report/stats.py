@@ -60,6 +60,31 @@ def verdict(diff: Estimate, lower_is_better: bool = True) -> str:
     return "holds" if better else "does not hold" if worse else "inconclusive"
 
 
+def score(summary: Mapping, metric: str) -> float | None:
+    """A run's number for ``metric``: its score (the mean of its last score_last evaluations), or its
+    final value where the run has no scores (runs written before scores existed, end-of-run FID)."""
+    value = summary.get("scores", {}).get(metric, summary.get(metric))
+    return None if value is None else float(value)
+
+
+def last_evaluations_mean(rows: list[Mapping], k: int) -> dict[str, float]:
+    """Each numeric metric's mean over the last ``k`` evaluation rows (metrics.csv's): a run's score.
+    One evaluation reads one point of an oscillating training path; the mean of the last few is a
+    steadier number for the same run (``score_last`` in the config).  Non-finite readings count as
+    what they are: a metric that was NaN in any of the rows scores NaN."""
+    out: dict[str, float] = {}
+    last = list(rows)[-k:]
+    for key in (last[0] if last else {}):
+        if key in ("step", "generator_steps"):
+            continue
+        try:
+            values = [float(r[key]) for r in last]
+        except (TypeError, ValueError, KeyError):
+            continue
+        out[key] = sum(values) / len(values)
+    return out
+
+
 def group_key(config: Mapping, ignore: tuple[str, ...] = ("seed", "runs_dir", "cache_dir", "wandb", "progress_bar")) -> str:
     """A run's group: its resolved config without the seed (and without where and how it logs),
     as a canonical string; runs of one arm that differ in anything else are other groups."""
@@ -71,7 +96,7 @@ def by_seed(records: Iterable, metric: str) -> dict[str, dict[int, float]]:
     run twice in one group keeps its latest run."""
     out: dict[str, dict[int, float]] = {}
     for r in sorted(records, key=lambda r: r.path.name):
-        value = r.summary.get(metric)
+        value = score(r.summary, metric)
         if value is not None:
             out.setdefault(group_key(r.cfg.to_dict()), {})[r.cfg.run.seed] = float(value)
     return out

@@ -6,7 +6,8 @@ writing (its ``measure``).
 
 The scale supplies ``evaluate(module) -> dict``; this callback decides when to
 call it (before the first step, every ``every`` steps, at the end), appends a
-row to metrics.csv and writes summary.json from the last row.
+row to metrics.csv and writes summary.json from the last row, with each metric's score (``scores``):
+its mean over the last ``score_last`` evaluations (report/stats.last_evaluations_mean).
 
 Global rank 0 evaluates and writes.  Under FSDP (a strategy with
 ``evaluates_on_every_rank``) a forward needs every rank's shards, so every rank
@@ -28,6 +29,7 @@ import pytorch_lightning as pl
 import torch
 
 from ddmd_lab.parallel.strategies import sharded_ids
+from ddmd_lab.report.stats import last_evaluations_mean
 from ddmd_lab.training.callbacks.wandb_media import log_final, log_step_media
 from ddmd_lab.util.io import atomic_write_text
 
@@ -110,10 +112,18 @@ class EvalCallback(pl.Callback):
             module.train(was_training)
         if not trainer.is_global_zero:
             return
-        summary = {**last, **extra, **ranks, "skipped_steps": module.skipped_steps, "critic_steps": module.critic_step_count}
+        k = module.cfg.evaluation.score_last
+        scores = last_evaluations_mean(_read_rows(self.run_dir / "metrics.csv"), k)  # all rows, resumes too
+        summary = {**last, **extra, **ranks, "skipped_steps": module.skipped_steps, "critic_steps": module.critic_step_count,
+                   "score_last": k, "scores": scores}
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         figures = self.figures(self.run_dir, module.cfg) if self.figures is not None else {}
         log_final(module.loggers, self.run_dir, figures, summary)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def ranks_identical(module) -> bool | None:
