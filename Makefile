@@ -3,6 +3,7 @@
 #   make ablation RESUME=runs/<scale>/<arm>/<run-id>   (or RESUME=auto ARM=<arm>)
 #   make power CLAIM=<name>   (seeds a claim of analysis/claims.yaml needs, from its pilot runs)
 #   make sweep CLAIM=<name> [SEEDS=0,1,2]   (its terms' runs: SEEDS for a pilot, else as many as make power asks)
+#   make floors RUN=<run>   (its scale's noise floors: metric floor, evaluation noise; read by make report)
 #   make tables|report [SCALE=fashion] [FORMAT=latex]   make dashboard [WANDB_ENTITY=you]
 #   make sample RUN=<run> PROMPT="a cat"  (or SCALE=zimage SET="teacher.source=<folder>" for the teacher)
 #   make gpu-check   (one GPU, < 8 min: full-size SDXL / Z-Image, random weights: memory vs plan, step vs floor, bf16 vs fp32)
@@ -56,7 +57,7 @@ SAMPLE_ARGS = $(if $(RUN),--run $(RUN)) $(if $(PROMPT),--prompt "$(PROMPT)") $(i
   $(if $(GUIDANCE),--guidance $(GUIDANCE)) $(if $(SAMPLE_STEPS),--sample-steps $(SAMPLE_STEPS))
 WANDB_ENTITY ?=
 
-.PHONY: setup ablation sweep power teacher classifier tables report dashboard notebooks spectra diagnose sample eval-coco eval-hps eval-dpg export plan gpu-check embed bench finetune finetune-report test
+.PHONY: setup ablation sweep power floors teacher classifier tables report dashboard notebooks spectra diagnose sample eval-coco eval-hps eval-dpg export plan gpu-check embed bench finetune finetune-report test
 setup: $(VENV)/.installed
 
 FASHION_DIR ?= /usr/share/datasets/fashion-mnist
@@ -81,6 +82,9 @@ sweep: setup
 
 power: setup
 	$(PY) -m ddmd_lab power --claim $(CLAIM)
+
+floors: setup
+	$(PY) -m ddmd_lab floors --run $(RUN)
 
 teacher: setup
 	$(PY) -m ddmd_lab teacher $(RUN_ARGS)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ddmd_lab.commands import bench, distill, evaluate, export, finetune, inspect, plan, power, report, sample
+from ddmd_lab.commands import bench, distill, evaluate, export, finetune, floors, inspect, plan, power, report, sample
 from ddmd_lab.errors import NonFiniteError, UserError
 
 # in the order of `--help`
-COMMANDS = (distill, report, inspect, sample, evaluate, export, plan, finetune, bench, power)
+COMMANDS = (distill, report, inspect, sample, evaluate, export, plan, finetune, bench, power, floors)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,9 +4,11 @@ report/ only reads run folders; what it needs from a scale (its reference rows, 
 from a network (the teacher's reaction to guidance) is computed here and handed in."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+from ddmd_lab.commands.floors import floors_path
 from ddmd_lab.commands.inspect import teacher_ca_spectra_path
 from ddmd_lab.config import parse_overrides
 from ddmd_lab.errors import UserError
@@ -34,11 +36,13 @@ def teacher_ca_spectra(runs) -> Path | None:
     return teacher_ca_spectra_path(cfg) if hasattr(get_scale(cfg.run.scale), "teacher_dir") else None
 
 
-def scale_facts(runs_dir: str | Path, scale: str) -> ScaleFacts:
+def scale_facts(runs_dir: str | Path, scale: str, reports_dir: str | Path = "reports") -> ScaleFacts:
     """What the report of ``scale``'s runs needs from the scale itself (a UserError where no run finished)."""
     runs = require_runs(runs_dir, scale)
+    floors = floors_path(scale, reports_dir)
     return ScaleFacts(reference=scale_reference(runs), text_to_image=scale in TEXT_TO_IMAGE,
-                      teacher_ca_spectra=teacher_ca_spectra(runs))
+                      teacher_ca_spectra=teacher_ca_spectra(runs),
+                      noise_floors=json.loads(floors.read_text()) if floors.is_file() else None)
 
 
 def teacher_guidance(ft: Finetune, reports_dir: str | Path) -> TeacherGuidance:
@@ -61,7 +65,7 @@ def cmd_tables(args) -> None:
 def cmd_report(args) -> None:
     from ddmd_lab.report.report import write_report  # deferred: matplotlib (the report's figures)
 
-    folder = write_report(args.runs_dir, args.scale, scale_facts(args.runs_dir, args.scale), args.reports_dir)
+    folder = write_report(args.runs_dir, args.scale, scale_facts(args.runs_dir, args.scale, args.reports_dir), args.reports_dir)
     print(f"report written: {folder / 'README.md'}")
 
 

@@ -277,3 +277,35 @@ def power_lines(groups: list[Group], claim: Claim, all_claims: list[Claim]) -> l
             f"seeds needed: {n if n is not None else 'more than 1000'}",
             f"detectable now ({len(xs)} seeds): {detectable_effect(sd, len(xs), alpha):.4g}",
             f"n={max(n, 10) if n is not None else 1000}"]  # the sweep's seed count: at least 10
+
+
+def noise_floor_lines(groups: list[Group], floors: dict | None, metrics: tuple[str, ...]) -> list[str]:
+    """The report's noise floors: the metric's floor and the evaluation's noise (make floors), and the
+    training's noise (each seeded group's sd over its seeds' scores), side by side per metric."""
+    out = ["## Noise floors", ""]
+    if floors is None:
+        out += ["Not measured for this scale yet: `make floors RUN=<a finished run of it>`.", ""]
+    else:
+        out += [f"Measured by `make floors RUN={floors['run']}`: the metric's floor is real data (toy2d: exact "
+                f"target samples) scored like a student on {floors['eval_samples']} samples; the evaluation's noise "
+                f"is that run's student evaluated on {floors['evaluation_seeds']} evaluation seeds; the training's "
+                "noise is each seeded group's sd over its seeds' scores (below). Where the evaluation's sd is a "
+                "large share of the training's, more evaluation samples would sharpen every verdict.", ""]
+    for metric in metrics:
+        parts = []
+        if floors is not None and metric in floors.get("metric_floor", {}):
+            parts.append(f"floor {floors['metric_floor'][metric]:.4g}")
+        ev = (floors or {}).get("evaluation", {}).get(metric)
+        if ev is not None:
+            parts.append(f"evaluation sd {ev['sd']:.3g}")
+        training = [(g.name, g.student_steps, paired_sd(list(g.values(metric).values()))) for g in groups
+                    if len(g.values(metric)) >= 3]
+        if training:
+            sds = sorted(sd for _, _, sd in training)
+            parts.append(f"training sd over seeds {sds[0]:.3g} to {sds[-1]:.3g} (median {sds[len(sds) // 2]:.3g}, "
+                         f"{len(training)} groups of 3+ seeds)")
+            if ev is not None and sds[len(sds) // 2] > 0:
+                parts.append(f"evaluation / training: {ev['sd'] / sds[len(sds) // 2]:.2f}")
+        if parts:
+            out.append(f"- {metric}: " + "; ".join(parts) + ".")
+    return out + [""]

@@ -74,7 +74,7 @@ def guidance_table(sweep: Sweep, teacher: dict | None) -> Table:
 
 
 def verdict_table(title: str, verdicts: list[Verdict]) -> Table:
-    t = Table(title, ["comparison", "metric", "a", "b", "a - b (paired)", "verdict"])
+    t = Table(title, ["comparison", "metric", "a", "b", "a - b (paired)", "Holm p", "verdict"])
     t.rows = [v.row() for v in verdicts]
     return t
 
@@ -201,13 +201,16 @@ def write_finetune_report(sweep: Sweep, runs_dir: str | Path, scale: str, report
                 f"concept: {fts[0].spec['concept']}; LoRA targets: {', '.join(sweep.center[4])}; batch "
                 f"{fts[0].spec.get('batch_size', '?')}, the student's own times). Design: one factor at a time from the "
                 "center (analysis/sweeps/finetune.sh, DESIGN=center): it measures each factor with the others fixed, "
-                "not their interactions. Verdicts: the 95% Student-t interval of the paired difference "
-                "a - b lies wholly on the claimed side of 0 (holds), wholly on the other (does not hold), or "
-                "straddles it (inconclusive); 'differs' for two-sided claims. Claims 1-4 pool both students, "
-                "pairing on (student, seed); claim 5 pairs the two students of one seed.", "",
+                "not their interactions. Verdicts: each claim is a family; each comparison's two-sided paired "
+                "t-test p is Holm-adjusted within it, and a comparison holds (adjusted p < 0.05 on the claimed "
+                "side), does not hold (on the other side), differs (two-sided claims) or is inconclusive. Claims "
+                "1-4 pool both students, but the two students of one seed share its fine-tune draws: each seed's "
+                "value is the mean over its students, so n is the number of seeds; claim 5 pairs the two students "
+                "of one seed.", "",
                 "## Reproduce", "", *reproduce_lines(sweep, scale), "", "## Verdicts", ""]
         for (title, vs), table in zip(judged, tables):
-            page += [f"### {title}", ""] + ([f"- {v.claim}: {v.metric} {v.a} vs {v.b}; a - b = {v.diff} -- **{v.result}**"
+            page += [f"### {title}", ""] + ([f"- {v.claim}: {v.metric} {v.a} vs {v.b}; a - b = {v.diff}, Holm p "
+                                              f"{v.p_adjusted:.3g} -- **{v.result}**"
                                               for v in vs] or ["- not measured: the sweep has no setting for it"]) + [""]
         page += ["## Figures", "", "![saturation against sampling guidance](guidance.png)", "",
                  "![curves over fine-tune steps](curves.png)", "",

@@ -4,12 +4,15 @@
 Fine-tunes (``<runs_dir>/<scale>/finetune/*/result.json``) are grouped by what was set (student
 arm, rank, learning rate, train_guidance, steps, targets, concept); the fine-tune's seed is its
 student's seed in the sweep (analysis/sweeps/finetune.sh), so a comparison pairs a student with its
-own fine-tunes.  Claims 1-4 are about "a distilled student": they pool both arms, pairing on
-(arm, seed); claim 5 compares the arms, pairing on the seed.  Every number is read from the
+own fine-tunes.  Claims 1-4 are about "a distilled student": they pool both arms, but the two students
+of one seed share that seed's fine-tune draws, so they are one cluster: each seed's value is the mean
+over its students, and the pairs are the seeds (n = seeds, not students); claim 5 compares the arms,
+pairing on the seed.  Every number is read from the
 fine-tunes' grids.json (before / after, sampling guidance x step count) and metrics.csv.
 
-The five claims, each judged holds / does not hold / inconclusive from the 95% interval of the
-paired difference (report/stats.py):
+The five claims are five families: each comparison's two-sided paired t-test p is Holm-adjusted within
+its claim (report/claims.holm), and judged holds / does not hold (adjusted p < 0.05, on / against the
+claimed side), differs (two-sided claims) or inconclusive:
   1. sampling guidance oversaturates a distilled student more than it does the teacher:
      the rise of the old classes' saturated share from guidance 0 to g, student minus teacher;
   2. training with guidance compounds it: after fine-tunes at train_guidance g vs 0, the
@@ -17,8 +20,8 @@ paired difference (report/stats.py):
   3. low rank / low learning rate preserve the old classes and the output statistics:
      forgetting (old classes' classifier FD after - before) and |change of the saturated share|,
      rank 4 vs 32 and lr 1e-5 vs 1e-3, with what each learned of the new concept beside it;
-  4. the student's step count matters more after fine-tuning: |metric at N + 4 steps - at N|
-     after vs before;
+  4. the student's step count matters more after fine-tuning: metric at N + 4 steps - at N (signed:
+     an absolute value grows with noise alone), after vs before;
   5. coupled and decoupled_hybrid students differ under the same fine-tune (two-sided).
 """
 from __future__ import annotations
@@ -33,7 +36,8 @@ import numpy as np
 import yaml
 
 from ddmd_lab.errors import UserError
-from ddmd_lab.report.stats import Estimate, mean_interval, paired_difference, verdict
+from ddmd_lab.report.claims import holm, paired_p
+from ddmd_lab.report.stats import Estimate, mean_interval, paired_difference
 
 SAMPLE_GUIDANCE = 1.5  # claim 2 samples every side at this guidance, so only the training guidance differs
 ARM_NAMES = {"coupled": "#1 coupled", "decoupled_hybrid": "#4 decoupled_hybrid"}
@@ -146,24 +150,52 @@ class Verdict:
     a: Estimate
     b: Estimate
     diff: Estimate
-    result: str
+    higher_is_claimed: bool | None
+    p: float
+    p_adjusted: float = math.nan
+    result: str = "inconclusive"
 
     def row(self) -> list:
-        return [self.claim, self.metric, str(self.a), str(self.b), str(self.diff), self.result]
+        return [self.claim, self.metric, str(self.a), str(self.b), str(self.diff), f"{self.p_adjusted:.3g}", self.result]
+
+    def judged(self, p_adjusted: float, level: float = 0.05) -> "Verdict":
+        self.p_adjusted = p_adjusted
+        if math.isnan(p_adjusted) or p_adjusted >= level:
+            self.result = "inconclusive"
+        elif self.higher_is_claimed is None:
+            self.result = "differs"
+        else:
+            self.result = "holds" if (self.diff.mean > 0) == self.higher_is_claimed else "does not hold"
+        return self
+
+
+def by_seed(values: dict) -> dict:
+    """{seed: mean over the students of that seed} of {(arm, seed): value}: the students that share a
+    seed share its fine-tune draws, so they are one cluster, not independent pairs."""
+    if not values or not isinstance(next(iter(values)), tuple):
+        return values
+    cluster: dict = {}
+    for (_, seed), v in values.items():
+        cluster.setdefault(seed, []).append(v)
+    return {seed: sum(vs) / len(vs) for seed, vs in cluster.items()}
 
 
 def judge(claim: str, metric: str, a: dict, b: dict, higher_is_claimed: bool | None) -> Verdict | None:
-    """'a exceeds b' (higher_is_claimed True), 'a is below b' (False) or 'a differs from b' (None),
-    from the interval of the paired difference a - b over common keys."""
+    """'a exceeds b' (higher_is_claimed True), 'a is below b' (False) or 'a differs from b' (None): the
+    paired difference a - b over the common seeds (pooled students clustered by seed); the result is
+    set by ``holm_within`` once the claim's comparisons are all known."""
+    a, b = by_seed(a), by_seed(b)
     common = sorted(set(a) & set(b))
     if not common:
         return None
     diff = paired_difference(a, b)
-    if higher_is_claimed is None:
-        result = "inconclusive" if verdict(diff) == "inconclusive" else "differs"
-    else:
-        result = verdict(diff, lower_is_better=not higher_is_claimed)
-    return Verdict(claim, metric, mean_interval(a[k] for k in common), mean_interval(b[k] for k in common), diff, result)
+    return Verdict(claim, metric, mean_interval(a[k] for k in common), mean_interval(b[k] for k in common), diff,
+                   higher_is_claimed, paired_p([a[k] - b[k] for k in common]))
+
+
+def holm_within(verdicts: list[Verdict]) -> list[Verdict]:
+    """One claim's comparisons judged at family-wise 0.05 (Holm)."""
+    return [v.judged(p) for v, p in zip(verdicts, holm([v.p for v in verdicts]))]
 
 
 # -- what is measured of one fine-tune ------------------------------------------------------------------
@@ -183,12 +215,13 @@ def saturation_change(ft: Finetune) -> float:
 
 
 def step_gap(phase: str, metric: str, offset: int = 4, relative: bool = False):
-    """|metric at the student's steps + offset - at its steps| (guidance 0), or that over the metric at its
-    steps (``relative``: a fine-tune that raises the FD everywhere raises its absolute gaps with it)."""
+    """metric at the student's steps + offset - at its steps (guidance 0), or that over the metric at its
+    steps (``relative``: a fine-tune that raises the FD everywhere raises its gaps with it).  Signed: the
+    absolute value of a difference grows with its noise alone."""
     def gap(ft):
         at = ft.grid(phase, metric)
         scale = (abs(at) or math.nan) if relative else 1.0  # nan: left out of the interval
-        return abs(ft.grid(phase, metric, 0.0, ft.student_steps + offset) - at) / scale
+        return (ft.grid(phase, metric, 0.0, ft.student_steps + offset) - at) / scale
     return gap
 
 
@@ -237,7 +270,7 @@ def claims(sweep: Sweep, teacher: dict | None) -> list[tuple[str, list[Verdict]]
     four = []
     high = sweep.vary(lr=1e-3)
     for metric, relative in (("domain_fd", False), ("domain_fd", True), ("saturated", False)):
-        what = f"|{metric}(N + 4) - {metric}(N)|" + (f" / {metric}(N)" if relative else "")
+        what = f"{metric}(N + 4) - {metric}(N)" + (f" / {metric}(N)" if relative else "")
         for setting, name in ((c, "the center fine-tune"), (high, "the lr 1e-3 fine-tune")):
             if setting is None:
                 continue
@@ -256,4 +289,4 @@ def claims(sweep: Sweep, teacher: dict | None) -> list[tuple[str, list[Verdict]]
                            for arm in ("decoupled_hybrid", "coupled")]
                 five.append(judge(f"#4 and #1 students differ ({setting_name(setting)})", metric, *per_arm, None))
     out.append(("5. Fine-tuning a decoupled_hybrid and a coupled student differ", five))
-    return [(title, [v for v in vs if v is not None]) for title, vs in out]
+    return [(title, holm_within([v for v in vs if v is not None])) for title, vs in out]

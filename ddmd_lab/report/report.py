@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ddmd_lab.report import plots
-from ddmd_lab.report.claims import claims_section
+from ddmd_lab.report.claims import claims_section, noise_floor_lines
 from ddmd_lab.report.diagnostics_plots import diagnostics_section
 from ddmd_lab.report.runs import finished_runs, require_runs
 from ddmd_lab.report.scale_facts import ScaleFacts
@@ -23,6 +23,9 @@ from ddmd_lab.report.tables import paper_tables, render_tables
 from ddmd_lab.util.io import atomic_write_text, publish_dir
 
 KEY_ARMS = ("ca_only", "decoupled_hybrid", "coupled", "dm_only")  # spectra shown for these, where run
+# the metrics whose noise floors a report prints (the claims' metrics and their neighbours)
+FLOOR_METRICS = {"toy2d": ("dist_cfg_target", "dist_conditional", "class_precision"),
+                 "fashion": ("domain_fd", "class_adherence", "spectral_centroid", "saturated")}
 
 
 def write_report(runs_dir: str | Path, scale: str, facts: ScaleFacts, reports_dir: str | Path = "reports") -> Path:
@@ -38,7 +41,8 @@ def write_report(runs_dir: str | Path, scale: str, facts: ScaleFacts, reports_di
         teacher = _teacher_ca_spectra(facts.teacher_ca_spectra)  # read once: a figure and a finding use it
         lines = _figures(runs, staging, teacher, facts.reference) + diagnostics_section(runs, staging)
         groups = seed_groups(finished_runs(runs_dir, scale))
-        seeded = claims_section(groups, scale) + _seeded_section(groups, staging)
+        floors = noise_floor_lines(groups, facts.noise_floors, FLOOR_METRICS.get(scale, FLOOR_METRICS["fashion"]))
+        seeded = claims_section(groups, scale) + floors + _seeded_section(groups, staging)
         page = [f"# ddmd_lab report: {scale}", "",
                 f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make report SCALE={scale}` "
                 f"from the finished runs under `{Path(runs_dir) / scale}`: runs that differ only in the seed are one "

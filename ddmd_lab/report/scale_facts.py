@@ -14,3 +14,5 @@ class ScaleFacts:
     text_to_image: bool = False
     # where make spectra writes the teacher's CA spectra on real data (None: the scale has no teacher folder)
     teacher_ca_spectra: Path | None = None
+    # make floors' measurement (commands/floors.py): the metric's floor and the evaluation's noise, or None
+    noise_floors: dict | None = None

@@ -23,10 +23,11 @@ from ddmd_lab.errors import UserError
 EVAL_SEED = 1234  # every scale's evaluation noise, labels and prompts: the same for every run
 
 
-def evaluation_generator() -> torch.Generator:
+def evaluation_generator(seed: int = EVAL_SEED) -> torch.Generator:
     """The re-noising noise between a student's steps at evaluation, fresh for each evaluation: the
-    evaluator owns all its noise, so the same weights give the same metrics whatever ran before."""
-    return torch.Generator().manual_seed(stream_seed(EVAL_SEED, 0, "evaluation", 0))
+    evaluator owns all its noise, so the same weights give the same metrics whatever ran before.
+    (Another ``seed``: the same evaluation on other noise, to measure the evaluation's own noise.)"""
+    return torch.Generator().manual_seed(stream_seed(seed, 0, "evaluation", 0))
 
 SCALES = {"toy2d": "ddmd_lab.scales.toy2d", "fashion": "ddmd_lab.scales.images", "mnist": "ddmd_lab.scales.images",
           "zimage": "ddmd_lab.scales.text2image", "lumina2": "ddmd_lab.scales.text2image", "sdxl": "ddmd_lab.scales.text2image"}

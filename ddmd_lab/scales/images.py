@@ -185,11 +185,11 @@ def condition_loader(cfg: RunConfig, start_step: int = 0):
 class ImageEvaluator:
     """Cheap metrics every eval point; Inception FID once at the end."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path | None = None):
-        self.cfg, self.run_dir = cfg, run_dir
+    def __init__(self, cfg: RunConfig, run_dir: Path | None = None, seed: int = EVAL_SEED):
+        self.cfg, self.run_dir, self.seed = cfg, run_dir, seed
         data = image_set(cfg, "train")
         self.num_classes = data.num_classes
-        gen = torch.Generator().manual_seed(EVAL_SEED)
+        gen = torch.Generator().manual_seed(seed)
         n = cfg.evaluation.eval_samples
         self.noise = torch.randn(n, *data.images.shape[1:], generator=gen)
         self.labels = torch.arange(n) % self.num_classes
@@ -214,7 +214,7 @@ class ImageEvaluator:
                 **relative(colour, self.real_colour, "vs_real")}, spectrum
 
     def _sample(self, module, noise, labels, batch: int = 250) -> torch.Tensor:
-        g = evaluation_generator()
+        g = evaluation_generator(self.seed)
         return torch.cat([module.sample(noise[i:i + batch].to(module.device), labels[i:i + batch].to(module.device), g).cpu()
                           for i in range(0, len(noise), batch)])
 
@@ -301,5 +301,15 @@ def reference_rows(cfg: RunConfig) -> dict[str, dict]:
     return {name: json.loads(path.read_text())}
 
 
-def make_evaluator(cfg: RunConfig, run_dir: Path | None = None) -> ImageEvaluator:
-    return ImageEvaluator(cfg, run_dir)
+def make_evaluator(cfg: RunConfig, run_dir: Path | None = None, seed: int = EVAL_SEED) -> ImageEvaluator:
+    return ImageEvaluator(cfg, run_dir, seed)
+
+
+def metric_floor(cfg: RunConfig) -> dict:
+    """The metrics of real training images (labelled as the evaluation asks, eval_samples of them)
+    against the evaluation's real test images: what a perfect student would score."""
+    ev, data = ImageEvaluator(cfg), image_set(cfg, "train")
+    g = torch.Generator().manual_seed(EVAL_SEED + 2)
+    picks = [torch.nonzero(data.labels == c).flatten() for c in range(ev.num_classes)]
+    idx = torch.stack([picks[int(c)][torch.randint(len(picks[int(c)]), (), generator=g)] for c in ev.labels])
+    return ev.metrics(data.images[idx].float())[0]
