@@ -52,9 +52,9 @@ def test_resolved_config_round_trips(tmp_path):
 
 @pytest.mark.parametrize("overrides,fragment", [
     (["alpah=3"], "unknown key"),
-    (["alpha=three"], "alpha must be float"),
-    (["steps=1.5"], "steps must be int"),
-    (["ttur=0"], "ttur must be at least 1"),
+    (["alpha=three"], "alpha must be a finite number"),
+    (["steps=1.5"], "steps must be an integer"),
+    (["ttur=0"], "ttur must be an integer >= 1"),
     (["arm.normaliser=global"], "normaliser"),
     (["arm.tau_ca={kind: gauss}"], "tau_ca"),
 ])

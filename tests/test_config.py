@@ -12,7 +12,7 @@ from ddmd_lab.errors import UserError
 FLAT_KEYS = ["scale", "arm", "seed", "steps", "ttur", "batch_size", "alpha", "shift", "student_steps", "student_times",
              "student_sampler", "tau_clamp", "normaliser_eps", "critic_target", "meanvar_mu", "meanvar_var",
              "meanvar_scope", "lr_generator", "lr_fake", "betas", "weight_decay", "grad_clip", "max_nonfinite_in_row",
-             "eval_every", "log_every", "eval_samples", "diagnostics_every", "fid_samples", "checkpoint_every", "wandb",
+             "max_skipped_share", "ema_decay", "eval_every", "log_every", "eval_samples", "diagnostics_every", "fid_samples", "score_last", "checkpoint_every", "wandb",
              "runs_dir", "cache_dir", "accelerator", "devices", "strategy", "fsdp_teacher", "lora", "precision",
              "gradient_checkpointing", "master_dtype", "num_nodes", "progress_bar", "teacher", "data"]
 
@@ -46,7 +46,7 @@ def test_replace_changes_one_section_and_checks_it():
         cfg.replace(student_times=[0.0, 0.5])  # 2 times for a 4-step student
     with pytest.raises(UserError, match=r"unknown key\(s\) \['alpah'\]"):
         cfg.replace(alpah=3)
-    with pytest.raises(UserError, match="alpha must be float"):
+    with pytest.raises(UserError, match="alpha must be a finite number"):
         load_config("toy2d", "coupled", {"alpha": "three"})
     with pytest.raises(UserError, match="strategy=fsdp does not take LoRA"):
         RunConfig.of(strategy="fsdp", lora={"rank": 4})

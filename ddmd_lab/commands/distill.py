@@ -73,17 +73,20 @@ def _claim_sweep(args, seeds: list[int]) -> list:
     if args.arms or args.scale:
         raise UserError("CLAIM names its arms and scale (analysis/claims.yaml); drop ARMS / SCALE.")
     runs_dir = parse_overrides(args.overrides).pop("runs_dir", RunSettings.runs_dir)
-    if not seeds:
-        lines, n = claim_power(args.claim, runs_dir)
-        print("\n".join(lines))
-        if n is None:
-            raise UserError(f"claim {args.claim!r} has no pilot to size it from; run a pilot first: "
-                            f"make sweep CLAIM={args.claim} SEEDS=0,1,2")
+    if not seeds:  # the most any of the claims asks for
+        n = 0
+        for name in args.claim.split(","):
+            lines, need = claim_power(name, runs_dir)
+            print("\n".join(lines))
+            if need is None:
+                raise UserError(f"claim {name!r} has no pilot to size it from; run a pilot first: "
+                                f"make sweep CLAIM={name} SEEDS=0,1,2")
+            n = max(n, need)
         seeds = list(range(n))
     extra = {k: v for k, v in parse_overrides(args.overrides).items() if k != "runs_dir"}
     if args.seed is not None:
         raise UserError("CLAIM runs its seeds from SEEDS (or its power analysis); drop SEED.")
-    runs = claim_runs(args.claim, runs_dir, seeds, args.steps, extra)
+    runs = claim_runs(args.claim.split(","), runs_dir, seeds, args.steps, extra)
     print(f"claim {args.claim}: {len(runs)} run(s) to make for seeds {seeds[0]}..{seeds[-1]}")
     return runs
 
@@ -107,7 +110,7 @@ def register(sub) -> None:
     p = sub.add_parser("sweep", help="run every known arm, registry and experiments/arms/ variants (or --arms a,b,c)")
     p.add_argument("--arms", default="")
     p.add_argument("--seeds", default="", help="comma-separated seeds, each arm run once per seed (paired across arms)")
-    p.add_argument("--claim", default="", help="a claim of analysis/claims.yaml: run its terms for SEEDS, or for the "
-                   "seeds its power analysis asks (the runs it already has are kept)")
+    p.add_argument("--claim", default="", help="claims of analysis/claims.yaml (comma-separated): run their terms for "
+                   "SEEDS, or for the seeds their power analysis asks (the runs they already have are kept)")
     add_run_options(p)
     p.set_defaults(func=cmd_sweep)

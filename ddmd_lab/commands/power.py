@@ -29,20 +29,20 @@ def claim_power(name: str, runs_dir: str | Path, path: str | Path = CLAIMS_FILE)
     return lines, n
 
 
-def claim_runs(name: str, runs_dir: str | Path, seeds: list[int], steps: int | None = None,
+def claim_runs(names: list[str], runs_dir: str | Path, seeds: list[int], steps: int | None = None,
                extra: dict | None = None, path: str | Path = CLAIMS_FILE) -> list:
-    """The configs of the claim's terms for ``seeds`` that have no finished run yet (seed-major, so a
-    sweep cut short still holds paired seeds)."""
-    claim, _ = find_claim(name, path)
-    groups = seed_groups(finished_runs(runs_dir, claim.scale))
+    """The configs of the claims' terms for ``seeds`` that have no finished run yet, each once (claims
+    may share a term), seed-major, so a sweep cut short still holds paired seeds."""
+    claims = [find_claim(name, path)[0] for name in names]
+    groups = {c.scale: seed_groups(finished_runs(runs_dir, c.scale)) for c in claims}
     out, seen = [], set()
     for seed in seeds:
-        for term in claim.terms:
-            key = (term.arm, term.student_steps, term.settings)
+        for claim, term in ((c, t) for c in claims for t in c.terms):
+            key = (claim.scale, term.arm, term.student_steps, term.settings)
             if (key, seed) in seen:
                 continue
             seen.add((key, seed))
-            g = term_group(groups, term)
+            g = term_group(groups[claim.scale], term)
             if g is not None and seed in g.runs:
                 continue
             overrides = {**dict(term.settings), **(extra or {}), "seed": seed, "runs_dir": str(runs_dir)}
@@ -50,7 +50,7 @@ def claim_runs(name: str, runs_dir: str | Path, seeds: list[int], steps: int | N
                 overrides["steps"] = steps
             cfg = load_config(claim.scale, term.arm, overrides)
             if cfg.student.student_steps != term.student_steps:
-                raise UserError(f"claim {name!r}: arm {term.arm} runs {cfg.student.student_steps}-step, the claim says "
+                raise UserError(f"claim {claim.name!r}: arm {term.arm} runs {cfg.student.student_steps}-step, the claim says "
                                 f"{term.student_steps}; fix analysis/claims.yaml.")
             out.append(cfg)
     return out

@@ -44,19 +44,43 @@ def read_yaml(path: Path) -> dict:
         raise UserError(f"{path} is not valid YAML ({exc.__class__.__name__}); fix the file.") from None
 
 
-def load_config(scale: str, arm: str, overrides: dict | None = None) -> RunConfig:
+def load_config(scale: str, arm: str, overrides: dict | None = None, source: str = "--set") -> RunConfig:
+    """The scale's YAML, the arm's overrides (a variant file's) and ``overrides`` (the user's: ``source``),
+    merged and checked; a bad value is named with the file or ``--set`` it came from."""
     path = experiments_dir() / "scales" / f"{scale}.yaml"
     if not path.is_file():
         raise UserError(f"unknown scale {scale!r}; known scales: {', '.join(known_scales())}.")
     data = read_yaml(path)
     arm_obj, arm_overrides = resolve_arm(arm)
     overrides = dict(overrides or {})
+    if "scale" in overrides and overrides["scale"] != scale:  # it would be overwritten by the scale named here
+        raise UserError(f"{source}: scale={overrides['scale']!r} is not set with {source}; pick the scale with SCALE= "
+                        f"(--scale), here {scale!r}.")
     arm_changes = overrides.pop("arm", None)
-    if arm_changes:
-        arm_obj = arm_obj.with_overrides(**arm_changes)
+    if arm_changes is not None:
+        if not isinstance(arm_changes, dict):
+            raise UserError(f"{source}: arm={arm_changes!r} is not a mapping of arm keys; change one arm key with "
+                            f"arm.<key>=<value> (arm keys are {[f.name for f in fields(Arm)]}), or pick the arm with ARM=.")
+        try:
+            arm_obj = arm_obj.with_overrides(**arm_changes)
+        except UserError as exc:
+            raise UserError(f"{source}: {exc}") from None
     merged = _merge(_merge(data, arm_overrides), overrides)
     merged.update(scale=scale, arm=arm_obj)
-    return RunConfig.from_dict(merged, where=f"{path.name} + overrides")
+    files = {"scale file": _shown_path(path), "arm file": _shown_path(arms_dir() / f"{arm}.yaml")}
+    origins = {**{k: files["scale file"] for k in data}, **{k: files["arm file"] for k in arm_overrides},
+               **{k: source for k in overrides}}
+    where = " + ".join(dict.fromkeys([files["scale file"]] + ([files["arm file"]] if arm_overrides else [])
+                                     + ([source] if overrides else [])))
+    return RunConfig.from_dict(merged, where=where, origins=origins)
+
+
+def _shown_path(path: Path) -> str:
+    """A file under experiments/ as the user sees it (experiments/scales/toy2d.yaml)."""
+    try:
+        return str(path.relative_to(experiments_dir().parent))
+    except ValueError:
+        return str(path)
 
 
 def scale_settings(given: dict, defaults: dict, what: str) -> dict:
@@ -120,4 +144,6 @@ def resolve_arm(name: str, directory: Path | None = None) -> tuple[Arm, dict]:
         arm = base.with_overrides(name=name, **changes)
     except TypeError as exc:
         raise UserError(f"{path}: {exc}; arm keys are {[f.name for f in fields(Arm)]}.") from None
+    except UserError as exc:  # a value the arm does not accept: named with its file
+        raise UserError(f"{path}: {exc}") from None
     return arm, dict(spec.get("overrides") or {})

@@ -6,12 +6,19 @@ arm is a new registry entry or a YAML file in experiments/arms/ (read by config.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from ddmd_lab.core.tau import TauRule
 from ddmd_lab.errors import UserError
 
 NORMALISERS = ("shared", "per_term", "per_loss", "none")
+# the terms' weights: in [0, MAX_WEIGHT].  A negative weight turns its term around (CA away from the guided
+# prediction, DM towards the fake distribution, the GAN against itself).  A weight is relative to the other
+# terms' (CA and DM 1, DMD2's GAN 5e-3 / 1e-2): above 1e3 its term drowns the others, and a huge one makes the
+# loss or the gradient norm overflow float32, so every update is skipped
+WEIGHTS = ("ca_weight", "dm_weight", "meanvar_weight", "gan_weight", "gan_disc_weight")
+MAX_WEIGHT = 1e3
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,26 @@ class Arm:
     gan_disc_weight: float = 0.0  # the discriminator's loss weight, trained with the fake model
 
     def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name or not isinstance(self.description, str):
+            raise UserError(f"an arm needs a name and a description that are strings, got {self.name!r} and "
+                            f"{self.description!r}.")
+        for key in WEIGHTS:  # YAML 1.1 reads 5e-3 (no dot) as a string
+            value = getattr(self, key)
+            try:
+                number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+            except ValueError:
+                number = None
+            if number is None or not math.isfinite(number) or not 0 <= number <= MAX_WEIGHT:
+                raise UserError(f"arm {self.name!r}: {key} must be a finite number in [0, {MAX_WEIGHT:g}] (0 = the "
+                                f"term off), got {value!r}.")
+            object.__setattr__(self, key, number)
+        for key in ("shared_draw", "train_fake"):
+            if not isinstance(getattr(self, key), bool):
+                raise UserError(f"arm {self.name!r}: {key} must be true or false, got {getattr(self, key)!r}.")
+        for key in ("tau_ca", "tau_dm"):
+            if not isinstance(getattr(self, key), TauRule):
+                raise UserError(f"arm {self.name!r}: {key} must be a tau rule, written {{kind: uniform|above_t, "
+                                f"lo: 0.0, hi: 1.0}}, got {getattr(self, key)!r}.")
         if self.normaliser not in NORMALISERS:
             raise UserError(f"arm {self.name!r}: normaliser {self.normaliser!r} is unknown; use one of {', '.join(NORMALISERS)}.")
         if self.ca_weight == 0 and self.dm_weight == 0:
@@ -67,6 +94,9 @@ class Arm:
         return cls(**data)
 
     def with_overrides(self, **changes) -> "Arm":
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise UserError(f"arm keys {sorted(unknown)} are unknown; known keys are {sorted(f.name for f in fields(self))}.")
         for key in ("tau_ca", "tau_dm"):
             if isinstance(changes.get(key), dict):
                 changes[key] = _tau_rule({**getattr(self, key).to_dict(), **changes[key]}, key)
@@ -77,7 +107,7 @@ def _tau_rule(data: dict, key: str) -> TauRule:
     try:
         return TauRule(**data)
     except (TypeError, ValueError) as exc:
-        raise UserError(f"{key}: {exc} Write it as {{kind: uniform|above_t, lo: 0.0, hi: 1.0}}.") from None
+        raise UserError(f"{key}: {str(exc).rstrip('.')}; write it as {{kind: uniform|above_t, lo: 0.0, hi: 1.0}}.") from None
 
 
 FULL = TauRule("uniform", 0.0, 1.0)

@@ -87,7 +87,11 @@ class DistillModule(pl.LightningModule):
         self.generator_step_count = 0
         self.critic_step_count = 0
         self.skipped_steps = 0
+        self.skipped_generator_steps = 0  # of skipped_steps, the generator's (the rest: the critic's)
         self.nonfinite_in_row = 0
+        # which value of which model at which step was non-finite first, as this rank saw it (not a counter: ranks
+        # differ, and a resumed run names its own first one)
+        self.first_nonfinite: str | None = None
         self._generator_logs: dict = {}  # the last generator step's logs (0-dim tensors), logged at the next logged step
         # diagnostics (eval/diagnostics_callback.py): measured in due generator steps where its callback switches
         # them on; the step's binned result waits here for the callback
@@ -277,7 +281,17 @@ class DistillModule(pl.LightningModule):
         if stepped:
             return True
         self.skipped_steps += 1
+        self.skipped_generator_steps += name == "generator"
         self._step_had_nonfinite = True
+        if self.first_nonfinite is None:  # what went non-finite first, for NonFiniteError (read on a skip only)
+            out_ok = bool(torch.isfinite(logs.get("gen/out_mean", torch.zeros(()))))
+            what = ("output" if not out_ok else "update direction" if finite is not None and not bool(finite)
+                    else "loss" if not bool(torch.isfinite(loss.detach())) else "gradient norm"
+                    if not bool(torch.isfinite(grad_norm)) else "value (on another rank)")
+            taus = ", ".join(f"mean {k[4:10].replace('_ca', '_CA').replace('_dm', '_DM')} {float(logs[k]):.3g}"
+                             for k in ("gen/tau_ca_mean", "gen/tau_dm_mean") if k in logs)
+            self.first_nonfinite = (f"the {'fake model' if name == 'fake' else name}'s {what} at step "
+                                    f"{self.step_count + 1}" + (f" ({taus})" if taus else ""))
         return False
 
     def _on_every_rank(self, ok: Tensor) -> bool:
@@ -288,15 +302,30 @@ class DistillModule(pl.LightningModule):
         return not bool(bad)
 
     def _count_nonfinite_run(self) -> None:
-        """Stop after max_nonfinite_in_row training steps in a row had a skipped update."""
+        """Stop after max_nonfinite_in_row training steps in a row had a skipped update, or once more than
+        max_skipped_share of one model's updates attempted so far were skipped.  The share is each model's
+        own: a generator that skips every update (every ttur-th step) never makes many bad steps in a row
+        and, at ttur >= 10, is under a tenth of all updates, yet learns nothing.  It is judged from
+        SHARE_AFTER_UPDATES attempts of that model on (a share of a few says little)."""
+        o = self.cfg.optimisation
         self.nonfinite_in_row = self.nonfinite_in_row + 1 if self._step_had_nonfinite else 0
-        if self.nonfinite_in_row >= self.cfg.optimisation.max_nonfinite_in_row:
-            raise NonFiniteError(
-                f"{self.nonfinite_in_row} steps in a row had non-finite losses or updates at step {self.step_count}; "
-                "lower the learning rates or alpha, or raise normaliser_eps, then resume from the last checkpoint.")
+        first = f"; the first non-finite value was {self.first_nonfinite}" if self.first_nonfinite else ""
+        fix = "lower the learning rates or alpha, or raise normaliser_eps"
+        if self.nonfinite_in_row >= o.max_nonfinite_in_row:
+            raise NonFiniteError(f"{self.nonfinite_in_row} steps in a row had non-finite losses or updates at step "
+                                 f"{self.step_count}{first}; {fix}.")
+        skipped_critic = self.skipped_steps - self.skipped_generator_steps
+        for model, skipped, done in (("generator", self.skipped_generator_steps, self.generator_step_count),
+                                     ("critic", skipped_critic, self.critic_step_count)):
+            if skipped + done >= self.SHARE_AFTER_UPDATES and skipped > o.max_skipped_share * (skipped + done):
+                raise NonFiniteError(
+                    f"{skipped} of the {skipped + done} {model} updates attempted by step {self.step_count} were "
+                    f"skipped as non-finite, more than max_skipped_share={o.max_skipped_share:g} of them{first}; {fix}.")
 
     # ---- checkpoints ----------------------------------------------------------
-    COUNTERS = ("step_count", "generator_step_count", "critic_step_count", "skipped_steps", "nonfinite_in_row")
+    COUNTERS = ("step_count", "generator_step_count", "critic_step_count", "skipped_steps", "nonfinite_in_row",
+                "skipped_generator_steps")
+    SHARE_AFTER_UPDATES = 50  # a model's skipped share is judged once it attempted this many updates
 
     def _frozen_state(self) -> dict[str, Tensor]:
         """The frozen teacher's entries of state_dict (full fine-tuning: ``teacher.*``; LoRA: the

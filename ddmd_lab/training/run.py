@@ -13,7 +13,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from ddmd_lab.config import RunConfig, read_config, save_config
-from ddmd_lab.errors import UserError
+from ddmd_lab.errors import NonFiniteError, UserError
 from ddmd_lab.parallel.strategies import make_strategy
 from ddmd_lab.planning.memory_plan import write_run_plan
 from ddmd_lab.report.plots import run_figures
@@ -157,6 +157,7 @@ def _fit(cfg: RunConfig, run_dir: Path, teacher, init=None, ckpt_path: Path | No
     pl.seed_everything(cfg.run.seed, verbose=False)
     module = DistillModule(teacher, cfg, init)
     checkpoints = AtomicCheckpoint(run_dir / "checkpoints", cfg.run.checkpoint_every)
+    announce_cpu_processes(cfg)
     trainer = pl.Trainer(
         max_epochs=1,
         accelerator=cfg.parallel.accelerator,
@@ -180,9 +181,34 @@ def _fit(cfg: RunConfig, run_dir: Path, teacher, init=None, ckpt_path: Path | No
         # weights_only: Lightning reads the checkpoint (already read safely above) without running pickled code
         trainer.fit(module, scale.condition_loader(cfg, start_step), ckpt_path=ckpt_path, weights_only=True)
         checkpoints.save(trainer, "final.ckpt")
+    except NonFiniteError as exc:  # the folder and its checkpoints stay; say how to go on
+        raise NonFiniteError(f"{str(exc).rstrip('.')}: {after_nonfinite(cfg, run_dir)}.") from exc
     finally:
         _finish_wandb(trainer.loggers)
     return run_dir
+
+
+def after_nonfinite(cfg: RunConfig, run_dir: Path) -> str:
+    """How to go on after a NonFiniteError: a new run with the cause changed, or this run resumed from its last
+    checkpoint once its config.yaml changed (a resume restores the optimisers, learning rates included)."""
+    new = f'start anew with make ablation SCALE={cfg.run.scale} ARM={cfg.arm.name} SET="alpha=..."'
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return (f"{new} (the run stopped before its first checkpoint, checkpoint_every={cfg.run.checkpoint_every}; "
+                f"its folder {run_dir} stays)")
+    return (f"{new}, or set alpha / normaliser_eps / grad_clip in {run_dir / 'config.yaml'} and continue from its last "
+            f"checkpoint with make ablation RESUME={run_dir} (a resume keeps the checkpoint's learning rates)")
+
+
+@rank_zero_only
+def announce_cpu_processes(cfg: RunConfig) -> None:
+    """One line where a CPU run asks for more processes than the machine has cores: what will run (Lightning
+    gives each process cores // processes threads unless OMP_NUM_THREADS says otherwise)."""
+    devices, cores = cfg.parallel.devices, os.cpu_count() or 1
+    n = int(devices) if isinstance(devices, int) or (isinstance(devices, str) and devices.strip().isdigit()) else None
+    if cfg.parallel.accelerator == "cpu" and n is not None and n > cores:
+        threads = os.environ.get("OMP_NUM_THREADS") or max(1, cores // n)
+        print(f"devices={n} on {cores} CPU cores: {n} processes will run, {threads} thread(s) each, sharing the cores",
+              flush=True)
 
 
 def run_folder_figures(run_dir: Path, cfg: RunConfig) -> dict[str, str]:
