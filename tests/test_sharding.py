@@ -30,8 +30,7 @@ from .tiny_images import TINY
 ROOT = Path(__file__).resolve().parents[1]
 ARM = "decoupled_hybrid_gan"
 SETS = TINY + ["steps=4", "ttur=2", "batch_size=4", "student_steps=2", "eval_every=2", "eval_samples=20",
-               "fid_samples=0", "checkpoint_every=2", "log_every=1", "devices=2", "accelerator=cpu",
-               "ema_decay=0.5"]
+               "fid_samples=0", "checkpoint_every=2", "log_every=1", "devices=2", "accelerator=cpu"]
 HANG = 300  # seconds; a healthy two-rank run here takes ~30 s
 _launches = [0]
 
@@ -114,15 +113,6 @@ def test_fsdp_wraps_each_block_and_ends_with_the_weights_of_ddp(runs):
     print(f"\nfsdp vs ddp after 4 steps: largest weight difference {worst:.3g} over {len(ddp)} tensors "
           f"(the generator moved up to {moved:.3g} from the teacher)")
     assert worst < 1e-5 and moved > 1e-5
-    # the generator's weight average: under fsdp each rank keeps its own shards' (two entries), under ddp
-    # one; the student's whole weights, gathered at save, agree with ddp's
-    ckpt = {s: torch.load(runs[s]["run"] / "checkpoints" / "final.ckpt", weights_only=True) for s in ("ddp", "fsdp")}
-    assert len(ckpt["ddp"]["ddmd_ema"]) == 1 and len(ckpt["fsdp"]["ddmd_ema"]) == 2
-    assert ckpt["fsdp"]["ddmd_ema"][0]["updates"] == 2
-    student = {s: ckpt[s]["ddmd_student"] for s in ckpt}
-    assert student["ddp"].keys() == student["fsdp"].keys() and all(k.startswith("generator.") for k in student["fsdp"])
-    assert max((student["ddp"][k] - student["fsdp"][k]).abs().max().item() for k in student["ddp"]) < 1e-5
-    assert any(not torch.equal(student["ddp"][k], ddp[k]) for k in student["ddp"])  # the average is not the raw weights
     a, b = (json.loads((runs[s]["run"] / "summary.json").read_text()) for s in ("ddp", "fsdp"))
     assert a["ranks_identical"] is True and b["ranks_identical"] is True  # fsdp: the replicated GAN head
     assert (a["generator_steps"], a["critic_steps"]) == (b["generator_steps"], b["critic_steps"]) == (2, 4)
@@ -183,10 +173,6 @@ def test_an_fsdp_run_killed_after_a_checkpoint_resumes_exactly(runs):
             assert all(torch.equal(torch.as_tensor(o1["state"][k][n]), torch.as_tensor(o2["state"][k][n]))
                        for n in o1["state"][k])
     assert (run / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
-    full = [torch.load(r / "checkpoints" / "final.ckpt", weights_only=True) for r in (reference, run)]
-    for ea, eb in zip(full[0]["ddmd_ema"], full[1]["ddmd_ema"]):  # each rank's shards of the average
-        assert ea["updates"] == eb["updates"] and all(torch.equal(x, y) for x, y in zip(ea["average"], eb["average"]))
-    assert all(torch.equal(v, full[1]["ddmd_student"][k]) for k, v in full[0]["ddmd_student"].items())
 
 
 def test_fsdp_refuses_lora_and_blockless_backbones_naming_ddp():
@@ -280,8 +266,8 @@ def _probe_main() -> int:
     cls.training_step, cls._update, cls.on_train_start = probe_training_step, probe_update, probe_on_train_start
     real_sample = cls.sample
 
-    def probe_sample(self, noise, cond):
-        x = real_sample(self, noise, cond)
+    def probe_sample(self, noise, cond, generator=None):
+        x = real_sample(self, noise, cond, generator)
         now["sample_sum"] = now.get("sample_sum", 0.0) + float(x.double().sum())
         return x
 

@@ -17,7 +17,8 @@ PY=${PY:-.venv/bin/python}
 EXTRA=${EXTRA:-}   # e.g. EXTRA="--set runs_dir=runs_pilot"
 
 jobs() {
-  for s in $SEEDS; do for c in $CLAIMS; do echo "--claim $c --seeds $s $EXTRA"; done; done
+  # (no trailing blank: xargs -L would join the next line to this one)
+  for s in $SEEDS; do for c in $CLAIMS; do echo "--claim $c --seeds $s${EXTRA:+ $EXTRA}"; done; done
 }
 
 mkdir -p runs/sweep_logs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ddmd_lab.config import RunSettings, load_config
+from ddmd_lab.config import RunSettings, load_config, parse_overrides
 from ddmd_lab.errors import UserError
 from ddmd_lab.report.claims import CLAIMS_FILE, Claim, load_claims, power_lines, term_group
 from ddmd_lab.report.runs import finished_runs
@@ -45,7 +45,9 @@ def claim_runs(names: list[str], runs_dir: str | Path, seeds: list[int], steps: 
             g = term_group(groups[claim.scale], term)
             if g is not None and seed in g.runs:
                 continue
-            overrides = {**dict(term.settings), **(extra or {}), "seed": seed, "runs_dir": str(runs_dir)}
+            # dotted keys (arm.normaliser, teacher.kind) nest as SET= would nest them
+            overrides = {**parse_overrides([f"{k}={v}" for k, v in term.settings]), **(extra or {}), "seed": seed,
+                         "runs_dir": str(runs_dir)}
             if steps is not None:
                 overrides["steps"] = steps
             cfg = load_config(claim.scale, term.arm, overrides)

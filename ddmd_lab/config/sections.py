@@ -242,7 +242,11 @@ class RunConfig:
         _check([(not (self.parallel.strategy == "fsdp" and self.optimisation.lora_rank),
                  "strategy=fsdp does not take LoRA (the adapters sit inside the frozen base's shards, so each backward "
                  "would reduce-scatter a gradient buffer the size of the base); LoRA holds one base and fits one GPU "
-                 "(make plan): use strategy=ddp, or lora.rank=0 for sharded full fine-tuning")])
+                 "(make plan): use strategy=ddp, or lora.rank=0 for sharded full fine-tuning"),
+                (not (self.parallel.strategy == "fsdp" and self.optimisation.ema_decay > 0),
+                 "strategy=fsdp does not take ema_decay > 0 yet: legacy FSDP's flat shards do not see a weight average "
+                 "copied into the parameters, so evaluation and the saved student would be the raw generator (FSDP2, "
+                 "issue 23, holds it beside each rank's DTensor shards); use strategy=ddp, or ema_decay=0")])
 
     @classmethod
     def of(cls, **flat) -> "RunConfig":

@@ -368,13 +368,8 @@ class DistillModule(pl.LightningModule):
 
     def _student_entries(self) -> dict[str, Tensor]:
         """The generator's weight average as state_dict entries (whole tensors, keyed as in the
-        checkpoint's state_dict): what load_weights puts in place of the raw weights.  Under FSDP the
-        strategy gathers them (a collective: every rank saves)."""
-        strategy = self._trainer.strategy if self._trainer is not None else None
+        checkpoint's state_dict): what load_weights puts in place of the raw weights."""
         with self.ema.applied():
-            if sharded_ids(self):  # FSDP: the generator is its own root, keyed generator.*
-                state = strategy.lightning_module_state_dict()
-                return {k: v.detach().cpu().clone() for k, v in state.items() if k.startswith("generator.")}
             ids = {id(p) for p in self.ema.params}
             return {k: v.detach().cpu().clone() for k, v in self.state_dict(keep_vars=True).items() if id(v) in ids}
 
