@@ -270,6 +270,8 @@ def test_the_fakes_training_tau_uses_the_runs_shift():
     assert tau3.mean() < 0.4
     # shift 1 (toy, image scales): exactly the draws of before
     tau1 = _taus(1.0)
-    torch.manual_seed(5)
-    expected = sample_tau(CRITIC_TAU, torch.full((20000,), 0.5), 1.0, (0.02, 0.98))
+    # the critic's tau stream of the run's seed (core/streams.py), at step 0
+    from ddmd_lab.core.streams import Streams
+
+    expected = sample_tau(CRITIC_TAU, torch.full((20000,), 0.5), 1.0, (0.02, 0.98), Streams(0).at("critic_tau", 0))
     assert torch.equal(tau1, expected) and abs(tau1.mean().item() - 0.5) < 0.01
