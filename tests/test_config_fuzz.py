@@ -28,6 +28,8 @@ from ddmd_lab.core.arms import MAX_WEIGHT, REGISTRY, Arm
 from ddmd_lab.core.tau import TauRule
 from ddmd_lab.errors import NonFiniteError, UserError
 
+from .tiny_toy import TINY_TOY
+
 ARM = "decoupled_hybrid"
 NUMBERS = ["nan", "inf", "-1", "0", "1e-30", "1e30", "abc", ""]  # as typed after --set key=
 UNKNOWN = "no_such_name"
@@ -183,8 +185,7 @@ def test_lightnings_names_are_lightnings_own():
 
 # ---- accepted values train ------------------------------------------------------------------------------
 
-TINY = ["teacher={steps: 20, data_size: 1024, hidden: 32}", "steps=3", "ttur=1", "batch_size=16", "log_every=1",
-        "eval_samples=64", "diagnostics_every=0", "wandb=disabled", "progress_bar=false", "checkpoint_every=0"]
+TINY = TINY_TOY + ["steps=3", "ttur=1", "log_every=1"]
 
 
 @pytest.fixture(scope="module")

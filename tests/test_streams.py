@@ -13,8 +13,9 @@ from ddmd_lab.config import load_config, parse_overrides
 from ddmd_lab.core.streams import PURPOSES, Streams, stream_seed
 from ddmd_lab.method.ema import WeightAverage, decay_at
 
-SMALL = ["teacher={steps: 30, data_size: 4096, hidden: 32}", "batch_size=16", "ttur=2", "steps=6", "eval_every=100",
-         "eval_samples=64", "checkpoint_every=0", "progress_bar=false", "wandb=disabled", "diagnostics_every=0"]
+from .tiny_toy import TINY_TOY
+
+SMALL = TINY_TOY + ["ttur=2", "steps=6", "eval_every=100"]
 
 
 @pytest.fixture(scope="module")

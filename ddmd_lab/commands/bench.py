@@ -17,7 +17,7 @@ import torch
 from ddmd_lab.commands.common import add_run_options, config_from_args
 from ddmd_lab.core.arms import REGISTRY
 from ddmd_lab.data.steps import condition_of, real_data_of
-from ddmd_lab.scales.base import get_scale
+from ddmd_lab.scales.base import TEXT_TO_IMAGE, get_scale
 
 
 def step_floor(arm, cost: dict[str, float], ttur: int, student_steps: int) -> float:
@@ -37,20 +37,21 @@ def step_floor(arm, cost: dict[str, float], ttur: int, student_steps: int) -> fl
 
 
 def main(args) -> None:
-    from ddmd_lab.training.bench_fit import bench_arm, evaluation_costs, median_time  # deferred: Lightning
+    from ddmd_lab.training.bench_fit import bench_arm, evaluation_costs, median_time, precision_context  # deferred: Lightning
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)  # keep the table readable
-    base = config_from_args(args, "decoupled_hybrid")
-    steps = args.steps or 20 * base.schedule.ttur
-    base = base.replace(steps=steps, wandb="disabled", progress_bar=False)
+    run_cfg = config_from_args(args, "decoupled_hybrid").replace(wandb="disabled", progress_bar=False)
+    steps = args.steps or 20 * run_cfg.schedule.ttur
+    base = run_cfg.replace(steps=steps)
     scale = get_scale(base.run.scale)
     teacher = scale.load_teacher(base)
     loader = scale.condition_loader(base)
     cond = condition_of(next(iter(loader)))
     torch.manual_seed(0)
-    cost = evaluation_costs(teacher, cond, base.schedule.batch_size, args.repeats)
+    with precision_context(base, next(teacher.parameters()).device):  # each evaluation as the run makes it
+        cost = evaluation_costs(teacher, cond, base.schedule.batch_size, args.repeats)
     print(f"scale {base.run.scale}, batch {base.schedule.batch_size}, {base.student.student_steps}-step student, "
-          f"ttur {base.schedule.ttur}, "
+          f"ttur {base.schedule.ttur}, precision {base.parallel.precision}, "
           f"{steps} steps per arm, torch threads {torch.get_num_threads()}")
     print("network evaluations (median ms): " + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in cost.items()))
     print(f"host reads / step: ddmd_lab's own .item() / bool() / ... per step, logging every {base.evaluation.log_every} steps")
@@ -76,7 +77,30 @@ def main(args) -> None:
         inception = InceptionFeatures()
         seconds = median_time(lambda: inception.of_images(images), max(1, args.repeats // 10))
         print(f"Inception features (clean-fid resize + network): {len(images) / seconds:.1f} images/s")
+    if base.run.scale not in TEXT_TO_IMAGE and not args.no_whole_run:  # a whole run fits this machine's time
+        whole_run(run_cfg, cost)
     print(f"peak memory: {peak_memory_mb():.0f} MB ({'CUDA allocated' if torch.cuda.is_available() else 'process RSS'})")
+
+
+def whole_run(cfg, cost: dict[str, float]) -> None:
+    """One whole run of the scale as `make ablation` starts it (its YAML's steps, evaluations, checkpoints and
+    end-of-run spectra; no end-of-run Inception FID, whose cost the Inception line above gives): its wall
+    time per 100 generator steps, beside the network floor of its training steps."""
+    from ddmd_lab.training.bench_fit import timed_run  # deferred: Lightning
+
+    cfg = cfg.replace(fid_samples=0)
+    phases = timed_run(cfg)
+    per100 = 100 / cfg.schedule.generator_steps
+    floor = cfg.schedule.steps * step_floor(cfg.arm, cost, cfg.schedule.ttur, cfg.student.student_steps)
+    print(f"whole run: {cfg.arm.name}, {cfg.schedule.steps} steps ({cfg.schedule.generator_steps} generator steps), "
+          f"evaluation every {cfg.evaluation.eval_every} steps of {cfg.evaluation.eval_samples} samples, "
+          f"fid_samples=0, torch threads {torch.get_num_threads()}")
+    print("| per 100 generator steps | wall s | training steps s | steps' network floor s | steps / floor | "
+          "between steps (evaluation, checkpoints) s | set-up s | end of run s | wall / floor |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| {cfg.run.scale} | {phases.total * per100:.1f} | {phases.steps * per100:.1f} | {floor * per100:.1f} | "
+          f"{phases.steps / floor:.2f} | {phases.between * per100:.1f} | {phases.setup * per100:.1f} | "
+          f"{phases.end * per100:.1f} | {phases.total / floor:.2f} |")
 
 
 def diagnostics_overhead(teacher, base, loader, plain: dict[str, float], cost: dict[str, float]) -> None:
@@ -127,4 +151,5 @@ def register(sub) -> None:
     add_run_options(p)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--arms", default="", help="only these registry arms (comma-separated)")
+    p.add_argument("--no-whole-run", action="store_true", help="skip the whole run timed by phase (image and toy scales)")
     p.set_defaults(func=cmd_bench)

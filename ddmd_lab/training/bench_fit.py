@@ -1,17 +1,22 @@
 """What make bench and make gpu-check time, here where Lightning is allowed: one network evaluation at a
-time (evaluation_costs), and the training steps of a DistillModule fitted for one pass over a loader under
+time (evaluation_costs), the training steps of a DistillModule fitted for one pass over a loader under
 a bare Trainer -- no logger, checkpoints, progress bar or model summary -- with a StepTimer (bench_arm,
-timed_fit).  The commands read the numbers and never touch Lightning."""
+timed_fit), and a whole run as a user starts it, split into its phases (timed_run).  The commands read
+the numbers and never touch Lightning."""
 from __future__ import annotations
 
+import contextlib
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.plugins.precision import MixedPrecision
 
 from ddmd_lab.training.module import DistillModule
+from ddmd_lab.training.run import run_ablation
 from ddmd_lab.util.host_reads import counting_host_reads
 
 
@@ -93,9 +98,11 @@ def _bare_trainer(cfg, callbacks: list, **options) -> pl.Trainer:
 
 
 def bench_arm(teacher, cfg, loader, warmup: int, callbacks=()) -> tuple[float, float]:
-    """(mean seconds per step, host reads per step made by ddmd_lab's code: each waits for the device)."""
+    """(mean seconds per step in the run's precision, host reads per step made by ddmd_lab's code: each
+    waits for the device)."""
     timer = StepTimer(warmup)
-    trainer = _bare_trainer(cfg, [timer, *callbacks], log_every_n_steps=cfg.evaluation.log_every)
+    trainer = _bare_trainer(cfg, [timer, *callbacks], log_every_n_steps=cfg.evaluation.log_every,
+                            precision=cfg.parallel.precision)
     module = DistillModule(teacher, cfg)
     with counting_host_reads() as reads:
         trainer.fit(module, loader)
@@ -125,3 +132,57 @@ def timed_fit(teacher, cfg, loader, warmup: int = 1) -> TimedFit:
     module = DistillModule(teacher, cfg)
     trainer.fit(module, loader)
     return TimedFit(module, timer.times, trainer)
+
+
+def precision_context(cfg, device: torch.device):
+    """The forward context of the run's precision (Lightning's own autocast for the mixed ones), so a
+    network evaluation is timed as the run makes it."""
+    if cfg.parallel.precision in ("bf16-mixed", "16-mixed"):
+        return MixedPrecision(cfg.parallel.precision, device.type).forward_context()
+    return contextlib.nullcontext()
+
+
+class PhaseTimer(pl.Callback):
+    """Where a whole run's time goes.  First in the callback list, so a step's time (batch start to this
+    callback's batch end) holds the step alone; the evaluation, checkpoint and logging callbacks run
+    after it, between steps."""
+
+    def __init__(self):
+        self.steps, self.train_start, self.train_end, self._t0 = 0.0, 0.0, 0.0, 0.0
+
+    def on_train_start(self, trainer, module):
+        self.train_start = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        sync()
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        sync()
+        self.steps += time.perf_counter() - self._t0
+
+    def on_train_end(self, trainer, module):
+        self.train_end = time.perf_counter()
+
+
+@dataclass
+class RunPhases:
+    """Seconds of one whole run: set-up (networks, data, evaluator, trainer), training steps, the work
+    between steps (evaluations, checkpoints, logs; the step-0 evaluation included), the end (last
+    evaluation, end-of-run spectra and figures, final checkpoint)."""
+    total: float
+    setup: float
+    steps: float
+    between: float
+    end: float
+
+
+def timed_run(cfg) -> RunPhases:
+    """A whole run of ``cfg`` as ``make ablation`` runs it (in a scratch runs folder), timed by phase."""
+    timer = PhaseTimer()
+    with tempfile.TemporaryDirectory(prefix="ddmd_bench_run_") as scratch:
+        t0 = time.perf_counter()
+        run_ablation(cfg.replace(runs_dir=scratch), callbacks=[timer])
+        total = time.perf_counter() - t0
+    between = timer.train_end - timer.train_start - timer.steps
+    return RunPhases(total, timer.train_start - t0, timer.steps, between, t0 + total - timer.train_end)

@@ -62,8 +62,9 @@ warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint th
 RUN_DIR_ENV = "DDMD_RUN_DIR"
 
 
-def run_ablation(cfg: RunConfig) -> Path:
-    """A new run in a new folder (made only once the teacher and data load)."""
+def run_ablation(cfg: RunConfig, callbacks: tuple = ()) -> Path:
+    """A new run in a new folder (made only once the teacher and data load).  ``callbacks``: extra
+    Lightning callbacks, first in the list (make bench's phase timer)."""
     check_run_inputs(cfg)
     announce(cfg, "run")
     teacher, init = load_networks(cfg)
@@ -77,10 +78,10 @@ def run_ablation(cfg: RunConfig) -> Path:
         save_config(cfg, run_dir / "config.yaml")
     plan_run(cfg, run_dir)
     if handed_over or not _distributed(cfg):
-        return _fit(cfg, run_dir, teacher, init)
+        return _fit(cfg, run_dir, teacher, init, callbacks=callbacks)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # for the ranks the launcher starts during fit
     try:
-        return _fit(cfg, run_dir, teacher, init)
+        return _fit(cfg, run_dir, teacher, init, callbacks=callbacks)
     finally:  # the next run of a sweep in this process gets a folder of its own
         del os.environ[RUN_DIR_ENV]
 
@@ -151,7 +152,8 @@ def _drop_rows_after(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(keep))
 
 
-def _fit(cfg: RunConfig, run_dir: Path, teacher, init=None, ckpt_path: Path | None = None, start_step: int = 0) -> Path:
+def _fit(cfg: RunConfig, run_dir: Path, teacher, init=None, ckpt_path: Path | None = None, start_step: int = 0,
+         callbacks: tuple = ()) -> Path:
     scale = get_scale(cfg.run.scale)
     allow_tf32()
     pl.seed_everything(cfg.run.seed, verbose=False)
@@ -168,7 +170,7 @@ def _fit(cfg: RunConfig, run_dir: Path, teacher, init=None, ckpt_path: Path | No
         use_distributed_sampler=False,  # every rank reads its own batch of each step (data/steps.py)
         logger=make_loggers(cfg, run_dir),
         # order matters: the checkpoint after a step already holds that step's evaluation
-        callbacks=[*([DiagnosticsCallback(run_dir)] if cfg.evaluation.diagnostics_every else []),  # its rows before the checkpoint
+        callbacks=[*callbacks, *([DiagnosticsCallback(run_dir)] if cfg.evaluation.diagnostics_every else []),  # its rows before the checkpoint
                    EvalCallback(scale.make_evaluator(cfg, run_dir), run_dir, cfg.evaluation.eval_every, figures=run_folder_figures),
                    checkpoints, *([StepProgressBar("distillation")] if cfg.run.progress_bar else [])],
         log_every_n_steps=cfg.evaluation.log_every,

@@ -69,7 +69,9 @@ class EvalCallback(pl.Callback):
                 metrics = self.evaluate(module)
             measure = getattr(self.evaluate, "measure", None)  # metrics alone, nothing written
             if module.ema is not None and measure is not None:
-                metrics.update({f"raw_{k}": v for k, v in measure(module).items()})
+                # before the first update the average is the generator itself: its metrics, not a second sampling
+                raw = measure(module) if module.ema.updates else dict(metrics)
+                metrics.update({f"raw_{k}": v for k, v in raw.items()})
         module.train(was_training)
         row = {"step": module.step_count, "generator_steps": module.generator_step_count, **metrics}
         self.rows.append(row)
