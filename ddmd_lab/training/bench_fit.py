@@ -142,24 +142,17 @@ def precision_context(cfg, device: torch.device):
     return contextlib.nullcontext()
 
 
-class PhaseTimer(pl.Callback):
-    """Where a whole run's time goes.  First in the callback list, so a step's time (batch start to this
-    callback's batch end) holds the step alone; the evaluation, checkpoint and logging callbacks run
-    after it, between steps."""
+class PhaseTimer(StepTimer):
+    """Where a whole run's time goes: every step's time (StepTimer's, no warm-up left out), and when
+    training starts and ends.  First in the callback list, so a step's time holds the step alone; the
+    evaluation, checkpoint and logging callbacks run after it, between steps."""
 
     def __init__(self):
-        self.steps, self.train_start, self.train_end, self._t0 = 0.0, 0.0, 0.0, 0.0
+        super().__init__(warmup=0)
+        self.train_start, self.train_end = 0.0, 0.0
 
     def on_train_start(self, trainer, module):
         self.train_start = time.perf_counter()
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        sync()
-        self._t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        sync()
-        self.steps += time.perf_counter() - self._t0
 
     def on_train_end(self, trainer, module):
         self.train_end = time.perf_counter()
@@ -184,5 +177,6 @@ def timed_run(cfg) -> RunPhases:
         t0 = time.perf_counter()
         run_ablation(cfg.replace(runs_dir=scratch), callbacks=[timer])
         total = time.perf_counter() - t0
-    between = timer.train_end - timer.train_start - timer.steps
-    return RunPhases(total, timer.train_start - t0, timer.steps, between, t0 + total - timer.train_end)
+    steps = sum(timer.times)
+    return RunPhases(total, timer.train_start - t0, steps, timer.train_end - timer.train_start - steps,
+                     t0 + total - timer.train_end)
