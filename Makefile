@@ -129,6 +129,11 @@ OUT ?=
 export: setup
 	$(PY) -m ddmd_lab export --run "$(RUN)" $(if $(OUT),--out $(OUT))
 
+# a strategy=fsdp run's sharded checkpoint (checkpoints/final.dcp) as the single file sample / export read
+.PHONY: consolidate
+consolidate: setup
+	$(PY) -m ddmd_lab consolidate --run "$(RUN)"
+
 # per-GPU memory of a text-to-image recipe (real architectures on the meta device); FSDP_TEACHER=replicate
 GPU_GIB ?=
 FSDP_TEACHER ?=

@@ -14,7 +14,7 @@ FLAT_KEYS = ["scale", "arm", "seed", "steps", "ttur", "batch_size", "alpha", "sh
              "meanvar_scope", "lr_generator", "lr_fake", "betas", "weight_decay", "grad_clip", "max_nonfinite_in_row",
              "max_skipped_share", "ema_decay", "eval_every", "log_every", "eval_samples", "diagnostics_every", "fid_samples", "score_last", "checkpoint_every", "wandb",
              "runs_dir", "cache_dir", "accelerator", "devices", "strategy", "fsdp_teacher", "lora", "precision",
-             "gradient_checkpointing", "master_dtype", "num_nodes", "progress_bar", "teacher", "data"]
+             "gradient_checkpointing", "master_dtype", "num_nodes", "progress_bar", "pg_timeout", "teacher", "data"]
 
 
 def test_flat_keys_land_in_their_sections():
@@ -48,5 +48,5 @@ def test_replace_changes_one_section_and_checks_it():
         cfg.replace(alpah=3)
     with pytest.raises(UserError, match="alpha must be a finite number"):
         load_config("toy2d", "coupled", {"alpha": "three"})
-    with pytest.raises(UserError, match="strategy=fsdp does not take LoRA"):
-        RunConfig.of(strategy="fsdp", lora={"rank": 4})
+    with pytest.raises(UserError, match="strategy=fsdp with LoRA shards the one base.*set fsdp_teacher=shard"):
+        RunConfig.of(strategy="fsdp", lora={"rank": 4}, fsdp_teacher="replicate")

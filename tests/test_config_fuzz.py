@@ -37,7 +37,7 @@ UNKNOWN = "no_such_name"
 # logged or evaluated, the stopping rule, LoRA (off on toy2d)): their values are only checked, not trained
 PASSIVE = {"scale", "seed", "wandb", "runs_dir", "cache_dir", "checkpoint_every", "progress_bar", "eval_every",
            "log_every", "eval_samples", "diagnostics_every", "fid_samples", "score_last", "accelerator", "devices",
-           "num_nodes", "strategy", "fsdp_teacher", "precision", "max_nonfinite_in_row", "lora",
+           "num_nodes", "pg_timeout", "strategy", "fsdp_teacher", "precision", "max_nonfinite_in_row", "lora",
            "gradient_checkpointing", "master_dtype", "arm.name", "arm.description"}
 # the arm a math key is trained with: one that uses it
 ARM_FOR = {"meanvar_mu": "ca_meanvar", "meanvar_var": "ca_meanvar", "meanvar_scope": "ca_meanvar",

@@ -37,11 +37,12 @@ def test_gpu_check_runs_every_measurement_on_tiny_configs(tmp_path, monkeypatch)
 def test_gpu_check_compares_the_measured_peak_with_the_plans_training_part():
     """The plan's training part leaves out what gpu-check never loads (text encoders, VAE, its decode)."""
     from ddmd_lab.config import load_config
-    from ddmd_lab.planning.memory_plan import TRAINING, memory_plan
+    from ddmd_lab.planning.memory_plan import GIB, TRAINING, memory_plan, training_bytes
 
     plan = memory_plan(load_config("zimage", "decoupled_hybrid"), gpu_gib=140)
     gib = plan["gib"]
     assert set(TRAINING).isdisjoint({"text_encoders", "vae", "vae_decode"})
-    assert abs(plan["training_gib"] - sum(gib[k] for k in TRAINING)) < 0.05
+    assert abs(plan["training_gib"] - training_bytes(plan["bytes"]) / GIB) < 0.01  # held + one model's update
     assert abs(plan["peak_gib"] - plan["training_gib"] - gib["text_encoders"] - gib["vae"]) < 0.05  # decode < activations
-    assert 22.0 < plan["training_gib"] < 22.5 and plan["peak_gib"] > 29  # the recipe: 22.25 of 29.90 GiB
+    # the recipe: 21.76 of 29.40 GiB (22.25 of 29.90 while the plan counted both adapters' gradients and an autocast cache)
+    assert 21.5 < plan["training_gib"] < 22.0 and plan["peak_gib"] > 29

@@ -1,6 +1,7 @@
 """The memory plan (make plan): full-size architectures on the meta device match their
 published parameter counts, the byte arithmetic matches a small DistillModule measured
-on the CPU, and every shipped GPU recipe fits one 80 GB GPU as configured."""
+on the CPU (the transient terms: test_memory_terms.py), and every shipped GPU recipe fits
+one 80 GB GPU as configured."""
 import json
 
 import pytest
@@ -8,7 +9,8 @@ import torch
 
 from ddmd_lab.config import RunConfig, load_config
 from ddmd_lab.planning.architectures import Facts, build_meta, count, denoiser_facts, family_specs
-from ddmd_lab.planning.memory_plan import GIB, Settings, components, memory_plan, peak_bytes, write_run_plan
+from ddmd_lab.planning.memory_plan import (GIB, Settings, components, memory_plan, peak_bytes, step_bytes, training_bytes,
+                                           write_run_plan)
 from ddmd_lab.training.run import plan_run
 
 from .tiny_models import tiny_zimage_transformer
@@ -51,7 +53,7 @@ def test_full_size_architectures_on_meta_match_published_parameter_counts(family
 
 def _tiny_zimage_module_after_a_step(rank: int, dtype: torch.dtype, master: torch.dtype):
     """A DistillModule on a tiny Z-Image teacher (``dtype``) with ``master`` trained weights, after one backward
-    and AdamW step of each trained model."""
+    and AdamW step of each trained model; the gradient bytes each update held at its step."""
     from ddmd_lab.backbones.zimage import Captions, ZImageBackbone
     from ddmd_lab.training.module import DistillModule
 
@@ -61,11 +63,14 @@ def _tiny_zimage_module_after_a_step(rank: int, dtype: torch.dtype, master: torc
                                               master_dtype=str(master).removeprefix("torch.")))
     opts = module.configure_optimizers()
     cond = Captions([torch.randn(3, 16), torch.randn(5, 16)])
+    grads = []
     for net, opt in zip((module.generator, module.fake), opts):
         opt.zero_grad(set_to_none=True)
         net.x0(torch.randn(2, 16, 8, 8), torch.tensor([0.3, 0.7]), cond).float().square().mean().backward()
+        grads.append(sum(p.grad.numel() * p.grad.element_size() for p in module.parameters() if p.grad is not None))
         opt.step()
-    return module, opts
+        opt.zero_grad(set_to_none=True)  # as DistillModule._update ends
+    return module, opts, grads
 
 
 @pytest.mark.parametrize("rank,dtype,master", [(0, torch.float32, torch.float32), (2, torch.float32, torch.float32),
@@ -76,10 +81,9 @@ def _tiny_zimage_module_after_a_step(rank: int, dtype: torch.dtype, master: torc
 def test_plan_bytes_equal_a_tiny_distill_module_measured_on_cpu(rank, dtype, master):
     from ddmd_lab.backbones.lora import DEFAULT_TARGETS
 
-    module, opts = _tiny_zimage_module_after_a_step(rank, dtype, master)
+    module, opts, grads = _tiny_zimage_module_after_a_step(rank, dtype, master)
     params = list({id(p): p for p in module.parameters()}.values())
     weights = sum(p.numel() * p.element_size() for p in params)
-    grads = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
     opt_bytes = sum(t.numel() * t.element_size() for opt in opts for state in opt.state.values()
                     for k, t in state.items() if k in ("exp_avg", "exp_avg_sq"))  # 'step': a scalar on the CPU
 
@@ -90,7 +94,7 @@ def test_plan_bytes_equal_a_tiny_distill_module_measured_on_cpu(rank, dtype, mas
     c = components(facts, Settings(teacher_dtype=name[dtype], trained_dtype=name[master], precision="32-true",
                                    lora_rank=rank, text_on_gpu=False))
     assert c["teacher"] + c["generator"] + c["fake"] == weights
-    assert c["gradients"] == grads
+    assert grads == [c["gradients"]] * 2  # each update holds its own model's, in the trained dtype
     assert c["optimizer"] == opt_bytes
     if rank:  # the adapters in master_dtype (peft would give them the base's), rank * (in + out) per targeted linear
         adapters = [p for n, p in module.base.named_parameters() if "lora_" in n]
@@ -103,20 +107,49 @@ def test_strategies_divide_what_they_shard():
               vae_params=50)
     single = components(f, Settings(precision="bf16-mixed"))
     assert single["teacher"] == single["generator"] == single["fake"] == 4000
-    assert single["gradients"] == 8000 and single["optimizer"] == 16000
-    assert single["autocast_cache"] == 2 * 1000 * 2 and single["ddp_buckets"] == 0
+    # one model's gradients and AdamW foreach temporary; both models' states; no autocast cache (Lightning's is off)
+    assert single["gradients"] == single["adamw_step"] == 4000 and single["optimizer"] == 16000
+    assert "autocast_cache" not in single and single["ddp_buckets"] == 0
     assert single["text_encoders"] == 500 * 2 and single["vae"] == 50 * 4
+    assert components(f, Settings(adamw="fused"))["adamw_step"] == 0
     ddp = components(f, Settings(strategy="ddp", gpus=8))
-    assert ddp["gradients"] == 8000 and ddp["ddp_buckets"] == 4000  # one model's gradients, flattened (< 25 MiB)
+    assert ddp["gradients"] == 4000 and ddp["ddp_buckets"] == 4000  # one model's gradients, flattened (< 25 MiB)
     fsdp = components(f, Settings(strategy="fsdp", gpus=8))
-    assert (fsdp["teacher"], fsdp["generator"], fsdp["gradients"], fsdp["optimizer"]) == (500, 500, 1000, 2000)
-    assert fsdp["autocast_cache"] == 0 and fsdp["fsdp_gathered"] == 3 * 100 * 2
+    assert (fsdp["teacher"], fsdp["generator"], fsdp["gradients"], fsdp["optimizer"], fsdp["adamw_step"]) == (
+        500, 500, 500, 2000, 500)
+    assert fsdp["fsdp_gathered"] == 3 * 100 * 2
     assert components(f, Settings(strategy="fsdp", gpus=8, fsdp_teacher="replicate"))["teacher"] == 4000
     lora = components(f, Settings(lora_rank=4, teacher_dtype="bfloat16", trained_dtype="float32"))
-    assert (lora["teacher"], lora["generator"], lora["gradients"], lora["optimizer"]) == (2000, 40, 80, 160)
+    assert (lora["teacher"], lora["generator"], lora["gradients"], lora["optimizer"]) == (2000, 40, 40, 160)
     assert components(f, Settings(precision="bf16-true"))["generator"] == 2000  # Lightning casts the module
     assert components(f, Settings(text_on_gpu=False))["text_encoders"] == 0
-    assert peak_bytes(single) == sum(v for k, v in single.items() if k not in ("activations", "vae_decode", "fsdp_gathered"))
+    assert components(f, Settings(train_fake=False))["optimizer"] == 8000  # the generator's states only
+
+
+def test_a_models_update_adds_its_gradients_and_the_largest_of_its_phases():
+    c = {"teacher": 1, "generator": 10, "fake": 10, "optimizer": 40, "text_encoders": 3, "vae": 2, "gradients": 10,
+         "activations": 6, "fsdp_gathered": 0, "ddp_buckets": 0, "adamw_step": 10, "vae_decode": 5}
+    assert step_bytes(c) == 10 + 10  # the step's temporary outgrows the backward's activations
+    assert training_bytes(c) == 1 + 10 + 10 + 40 + 20 and peak_bytes(c) == training_bytes(c) + 3 + 2
+    assert step_bytes({**c, "adamw_step": 0}) == 10 + 6  # fused: the backward's activations are the larger
+    assert step_bytes({**c, "adamw_step": 0, "fsdp_gathered": 5}) == 10 + 6 + 5  # gathered while the graph runs
+    # an evaluation's decode comes between steps, with no gradients
+    assert peak_bytes({**c, "vae_decode": 100}) == 1 + 10 + 10 + 40 + 3 + 2 + 100
+    with pytest.raises(Exception, match="adamw 'sgd'.*pick one of them"):
+        components(Facts(denoiser_params=1), Settings(adamw="sgd"))
+
+
+def test_sdxl_full_fine_tuning_plans_what_an_h200_measured():
+    """The H200 gpu-check (reports/gpu_check/gpu_check_h200.json): SDXL full fine-tuning, batch 4, bf16-mixed,
+    82.12 GiB at its peak (possibly with the LoRA case's ~9.6 GiB left over). The plan's training part: a bf16
+    teacher 4.78 + two float32 trained copies 19.13 + their AdamW states 38.26 + one model's gradients 9.56 + the
+    foreach temporary 9.56 (above the 3.91 of activations): 81.3 GiB (94.77 when it counted both models'
+    gradients and an autocast cache)."""
+    plan = memory_plan(load_config("sdxl", "decoupled_hybrid", {"lora": {"rank": 0}, "batch_size": 4}))
+    assert plan["training_gib"] == pytest.approx(81.3, abs=0.05) and plan["settings"]["adamw"] == "foreach"
+    assert abs(plan["training_gib"] - 82.12) / 82.12 < 0.10
+    fused = memory_plan(load_config("sdxl", "decoupled_hybrid", {"lora": {"rank": 0}, "batch_size": 4}), adamw="fused")
+    assert fused["training_gib"] == pytest.approx(81.3 - 9.56 + 3.91, abs=0.05)  # the activations are the update's peak
 
 
 @pytest.mark.parametrize("scale", ["sdxl", "zimage", "lumina2"])
@@ -150,6 +183,8 @@ def test_make_plan_prints_the_table_and_writes_the_plan(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "activations" in out and "optimizer" in out and "fits" in out
+    assert "AdamW foreach" in out and "adamw: foreach, what the run builds" in out  # which AdamW it assumes
+    assert main([*args, "--adamw", "fused"]) == 0 and "AdamW fused" in capsys.readouterr().out
     plan = json.loads((tmp_path / "lumina2" / "memory_plan.json").read_text())
     assert plan["gpu_gib"] == 140 and plan["fits"]
     assert main(args) == 0 and "replaced the previous one" in capsys.readouterr().out

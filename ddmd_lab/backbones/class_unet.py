@@ -21,7 +21,7 @@ from diffusers import UNet2DModel
 from torch import Tensor
 
 from ddmd_lab.backbones.base import Backbone
-from ddmd_lab.core.flow import diffusers_timestep_from_t, expand_like
+from ddmd_lab.core.flow import diffusers_timestep_from_t, expand_like, timestep_input
 from ddmd_lab.errors import UserError
 
 UNET_SIZES = {
@@ -53,7 +53,7 @@ class ClassUNet(Backbone):
 
     def _net(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         z = F.pixel_unshuffle(x_t, self.patch) if self.patch > 1 else x_t
-        out = self.unet(z, diffusers_timestep_from_t(t), class_labels=cond).sample
+        out = self.unet(z, timestep_input(diffusers_timestep_from_t(t)), class_labels=cond).sample
         return F.pixel_shuffle(out, self.patch) if self.patch > 1 else out
 
     def x0(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:

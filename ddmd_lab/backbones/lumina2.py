@@ -18,7 +18,7 @@ from torch import Tensor
 from ddmd_lab.backbones.base import Backbone
 from ddmd_lab.backbones.feature_tap import grid_size, run_until, token_maps
 from ddmd_lab.backbones.text_to_image import TextToImage, TextWindow, latent_shape
-from ddmd_lab.core.flow import expand_like, x0_from_velocity
+from ddmd_lab.core.flow import expand_like, timestep_input, x0_from_velocity
 
 
 @dataclass
@@ -63,8 +63,10 @@ class Lumina2Backbone(Backbone):
 
     def _net(self, x_t: Tensor, t: Tensor, cond: PaddedText) -> Tensor:
         dtype = next(self.transformer.parameters()).dtype
-        return self.transformer(hidden_states=x_t.to(dtype), timestep=t.to(dtype), encoder_hidden_states=cond.embeds.to(dtype),
-                                encoder_attention_mask=cond.mask, return_dict=False)[0]
+        # t in float32 whatever the weights' dtype, as Lumina2Pipeline passes it (timestep_input)
+        return self.transformer(hidden_states=x_t.to(dtype), timestep=timestep_input(t),
+                                encoder_hidden_states=cond.embeds.to(dtype), encoder_attention_mask=cond.mask,
+                                return_dict=False)[0]
 
     def x0(self, x_t: Tensor, t: Tensor, cond: PaddedText) -> Tensor:
         return x0_from_velocity(x_t.float(), self._net(x_t, t, cond).float(), expand_like(t.float(), x_t))

@@ -18,8 +18,8 @@ from torch import Tensor
 from ddmd_lab.backbones.base import Backbone
 from ddmd_lab.backbones.feature_tap import grid_size, pooled, run_until
 from ddmd_lab.backbones.text_to_image import TextToImage, TextWindow, latent_shape
-from ddmd_lab.core.flow import (alpha_bar_from_t, ddpm_timestep_from_t, expand_like, t_from_ddpm_timestep, vp_scale,
-                                x0_from_ddpm_eps)
+from ddmd_lab.core.flow import (alpha_bar_from_t, ddpm_timestep_from_t, expand_like, t_from_ddpm_timestep,
+                                timestep_input, vp_scale, x0_from_ddpm_eps)
 
 
 @dataclass
@@ -57,11 +57,15 @@ class SDXLBackbone(Backbone):
         self.sample_shape = latent_shape
 
     def _unet(self, x_vp: Tensor, t: Tensor, cond: SDXLCondition):
-        """The UNet on a VP sample at the (fractional) DDPM timestep of t: its epsilon."""
+        """The UNet on a VP sample at the (fractional) DDPM timestep of t: its epsilon.  Inputs in the
+        weights' dtype but the timestep and the time ids: both only feed sinusoidal embeddings, which
+        the UNet computes in float32 (the pipeline passes the timestep in float32 too; its time ids, in
+        the text dtype, are exact there for the usual sizes)."""
         dtype = next(self.unet.parameters()).dtype
-        timestep = ddpm_timestep_from_t(t, self.alphas_cumprod)
-        return self.unet(x_vp.to(dtype), timestep.to(dtype), encoder_hidden_states=cond.tokens.to(dtype),
-                         added_cond_kwargs={"text_embeds": cond.text_embeds.to(dtype), "time_ids": cond.time_ids.to(dtype)},
+        timestep = timestep_input(ddpm_timestep_from_t(t, self.alphas_cumprod))
+        return self.unet(x_vp.to(dtype), timestep, encoder_hidden_states=cond.tokens.to(dtype),
+                         added_cond_kwargs={"text_embeds": cond.text_embeds.to(dtype),
+                                            "time_ids": timestep_input(cond.time_ids)},
                          return_dict=False)[0]
 
     def x0(self, x_t: Tensor, t: Tensor, cond: SDXLCondition) -> Tensor:

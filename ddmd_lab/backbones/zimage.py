@@ -22,7 +22,7 @@ from torch import Tensor
 from ddmd_lab.backbones.base import Backbone
 from ddmd_lab.backbones.feature_tap import grid_size, run_until, token_maps
 from ddmd_lab.backbones.text_to_image import TextToImage, TextWindow, latent_shape
-from ddmd_lab.core.flow import expand_like, x0_from_velocity
+from ddmd_lab.core.flow import expand_like, timestep_input, x0_from_velocity
 
 
 def zimage_prompt_text(tokenizer, prompt: str, system_prompt: str | None = None, thinking: str | None = None) -> str:
@@ -83,7 +83,8 @@ class ZImageBackbone(Backbone):
     def _net(self, x_t: Tensor, t: Tensor, cond: Captions):
         dtype = next(self.transformer.parameters()).dtype
         latents = list(x_t.to(dtype).unsqueeze(2).unbind(0))  # (C, 1, H, W) each
-        return self.transformer(latents, t.to(dtype), [c.to(dtype) for c in cond.features], return_dict=False)[0]
+        # t in float32 whatever the weights' dtype, as ZImagePipeline passes it (timestep_input)
+        return self.transformer(latents, timestep_input(t), [c.to(dtype) for c in cond.features], return_dict=False)[0]
 
     def x0(self, x_t: Tensor, t: Tensor, cond: Captions) -> Tensor:
         velocity = torch.stack([o.float() for o in self._net(x_t, t, cond)]).squeeze(2)

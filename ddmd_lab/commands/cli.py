@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ddmd_lab.commands import bench, distill, evaluate, export, finetune, floors, inspect, plan, power, report, sample
+from ddmd_lab.commands import (bench, consolidate, distill, evaluate, export, finetune, floors, inspect, plan, power, report,
+                               sample)
 from ddmd_lab.errors import NonFiniteError, UserError
 
 # in the order of `--help`
-COMMANDS = (distill, report, inspect, sample, evaluate, export, plan, finetune, bench, power, floors)
+COMMANDS = (distill, report, inspect, sample, evaluate, export, consolidate, plan, finetune, bench, power, floors)
 
 
 def main(argv: list[str] | None = None) -> int:

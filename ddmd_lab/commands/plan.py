@@ -15,7 +15,7 @@ def cmd_plan(args) -> None:
     cfg = config_from_args(args, args.arm or DEFAULT_ARM)
     if cfg.run.scale not in TEXT_TO_IMAGE:
         raise UserError(f"a memory plan is for the GPU scales: make plan SCALE={'|'.join(TEXT_TO_IMAGE)}.")
-    plan = memory_plan(cfg, gpu_gib=args.gpu_gib, fsdp_teacher=args.fsdp_teacher)
+    plan = memory_plan(cfg, gpu_gib=args.gpu_gib, fsdp_teacher=args.fsdp_teacher, adamw=args.adamw)
     print(format_table(plan))
     path = Path(cfg.run.runs_dir) / cfg.run.scale / PLAN_FILE
     replaced = write_plan(plan, path)
@@ -42,6 +42,9 @@ def register(sub) -> None:
     p.add_argument("--fsdp-teacher", choices=("shard", "replicate"), default=None,
                    help="under strategy=fsdp: the frozen teacher sharded like the trained weights, or replicated "
                    "(default: the config's fsdp_teacher, as the run does)")
+    p.add_argument("--adamw", choices=("foreach", "fused"), default=None,
+                   help="the AdamW implementation to plan for (default foreach, what the run builds on CUDA: its "
+                   "step holds one model-sized temporary; fused holds none)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("embed", help="text conditions of data.prompts (and the eval prompts) computed once into "

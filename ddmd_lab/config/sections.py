@@ -36,6 +36,8 @@ LIGHTNING_STRATEGIES = (
     "deepspeed_stage_3_offload", "deepspeed_stage_3_offload_nvme", "fsdp_cpu_offload", "single_device", "single_xla",
     "xla_debug", "xla", "single_tpu")
 STRATEGIES = ("auto", "ddp", "fsdp") + LIGHTNING_STRATEGIES
+# what strategy=fsdp runs under: Lightning's ModelParallelStrategy takes these precisions (no 16-mixed scaler)
+FSDP_PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-true")
 SEED_MAX = 2**32 - 1  # Lightning's seed_everything replaces a seed outside [0, 2**32 - 1] by a random one
 
 
@@ -196,11 +198,17 @@ class Parallel:
     # Lightning's precision, e.g. "bf16-mixed" (autocast; the math stays float32/64)
     precision: str = key("32-true", OneOf(PRECISIONS, numbers_as_names=True,
                                           described="one of Lightning's precisions " + ", ".join(PRECISIONS)))
+    # seconds a collective may wait for the other ranks before the run stops (a dead rank, or one evaluating
+    # alone); torch's and Lightning's default, 30 minutes, written out so a long end-of-run FID can raise it
+    pg_timeout: float = key(1800.0, Number(0, lo_open=True, note="seconds"))
 
     def __post_init__(self):
         check_fields(self)
         d = self.devices
-        _check([(self.accelerator != "cpu" or d == "auto" or isinstance(d, int) and d >= 1
+        _check([(self.strategy != "fsdp" or str(self.precision) in FSDP_PRECISIONS,
+                 f"strategy=fsdp takes precision {', '.join(FSDP_PRECISIONS)} (FSDP2 casts the gathered weights itself; "
+                 f"no gradient scaler), not {self.precision!r}: use precision=bf16-mixed"),
+                (self.accelerator != "cpu" or d == "auto" or isinstance(d, int) and d >= 1
                  or isinstance(d, str) and d.strip().isdigit(),
                  f"accelerator=cpu takes devices as a number of processes (or auto), not {d!r}; "
                  "device indices and -1 are for GPUs")])
@@ -218,7 +226,7 @@ KEY_ORDER = ("scale", "arm", "seed", "steps", "ttur", "batch_size", "alpha", "sh
              "max_skipped_share", "ema_decay",              "eval_every", "log_every", "eval_samples", "diagnostics_every", "fid_samples", "score_last",
              "checkpoint_every", "wandb",
              "runs_dir", "cache_dir", "accelerator", "devices", "strategy", "fsdp_teacher", "lora", "precision",
-             "gradient_checkpointing", "master_dtype", "num_nodes", "progress_bar", "teacher", "data")
+             "gradient_checkpointing", "master_dtype", "num_nodes", "progress_bar", "pg_timeout", "teacher", "data")
 KNOWN_KEYS = frozenset(KEY_ORDER)
 assert KNOWN_KEYS == set(SECTION_OF) | {"arm", "teacher", "data"}, "every section key has its place in KEY_ORDER"
 
@@ -239,14 +247,10 @@ class RunConfig:
     data: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        _check([(not (self.parallel.strategy == "fsdp" and self.optimisation.lora_rank),
-                 "strategy=fsdp does not take LoRA (the adapters sit inside the frozen base's shards, so each backward "
-                 "would reduce-scatter a gradient buffer the size of the base); LoRA holds one base and fits one GPU "
-                 "(make plan): use strategy=ddp, or lora.rank=0 for sharded full fine-tuning"),
-                (not (self.parallel.strategy == "fsdp" and self.optimisation.ema_decay > 0),
-                 "strategy=fsdp does not take ema_decay > 0 yet: legacy FSDP's flat shards do not see a weight average "
-                 "copied into the parameters, so evaluation and the saved student would be the raw generator (FSDP2, "
-                 "issue 23, holds it beside each rank's DTensor shards); use strategy=ddp, or ema_decay=0")])
+        _check([(not (self.parallel.strategy == "fsdp" and self.optimisation.lora_rank
+                      and self.parallel.fsdp_teacher == "replicate"),
+                 "strategy=fsdp with LoRA shards the one base the teacher and both adapters share, so it cannot keep "
+                 "the teacher whole: set fsdp_teacher=shard (or use strategy=ddp)")])
 
     @classmethod
     def of(cls, **flat) -> "RunConfig":

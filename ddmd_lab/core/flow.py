@@ -100,6 +100,15 @@ def diffusers_timestep_from_t(t: Tensor, num_train_timesteps: int = 1000) -> Ten
     return (1 - t) * num_train_timesteps
 
 
+def timestep_input(timestep: Tensor) -> Tensor:
+    """A denoiser's timestep argument, in whatever convention the model counts: float32, whatever
+    the weights' dtype, as diffusers' pipelines pass it.  The models' timestep embeddings compute
+    their sinusoids in float32 and cast only the result to the weights' dtype; a timestep cast to
+    bfloat16 first is already rounded (8 significant bits: DDPM timestep 999 -> 1000, 749 -> 748;
+    Z-Image's and Lumina2's t near 0.25 to a multiple of 2^-9)."""
+    return timestep.float()
+
+
 # ---- variance-preserving (DDPM) models inside the flow convention ------
 # A VP sample x_vp = sqrt(ab) x0 + sqrt(1-ab) eps and a flow sample
 # x_t = t x0 + (1-t) eps with the same signal-to-noise ratio differ only by a

@@ -1,7 +1,10 @@
 """What each data-parallel rank draws and keeps: its own seed, its RNG state in checkpoints, and one
-object gathered from every rank.  Plain torch.distributed, so it runs on gloo ranks in the tests."""
+object gathered from every rank; and which rank a process is before any process group exists (its
+node-local index, the job an external launcher started it in).  Plain torch.distributed and the
+launchers' environment variables, so it runs on gloo ranks in the tests."""
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -52,3 +55,30 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# where a process learns its index on its node: Lightning's launcher (ranks 1..) and torchrun set LOCAL_RANK;
+# under srun nothing sets it before Lightning's SLURMEnvironment, which reads SLURM_LOCALID
+LOCAL_RANK_VARIABLES = ("LOCAL_RANK", "SLURM_LOCALID")
+
+
+def local_rank() -> int:
+    """This process's index among the ranks of its node (0 for a single process)."""
+    for name in LOCAL_RANK_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return int(value)
+    return 0
+
+
+def external_job() -> tuple[str, int] | None:
+    """(a name shared by every rank of this job, this process's global rank) where an external launcher
+    started every rank (srun, torchrun), or None (one process, or Lightning's launcher, which starts
+    ranks 1.. itself and hands them rank 0's run folder).  torchrun's name is its rendezvous id, so it
+    must be given one (--rdzv-id, or --standalone, which makes one)."""
+    env = os.environ
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and env.get("SLURM_PROCID", "") != "":
+        return f"slurm{env.get('SLURM_JOB_ID', 'job')}.{env.get('SLURM_STEP_ID', '0')}", int(env["SLURM_PROCID"])
+    if "TORCHELASTIC_RUN_ID" in env and int(env.get("WORLD_SIZE", "1") or 1) > 1:
+        return f"torchrun-{env['TORCHELASTIC_RUN_ID']}", int(env.get("RANK", "0") or 0)
+    return None

@@ -190,7 +190,7 @@ def _meta_forward(net, family: str, batch: int, side: int, tokens: int, dtype):
         return torch.empty(*shape, device="meta", dtype=dt)
 
     c = net.config
-    t = empty(batch)
+    t = empty(batch, dt=torch.float32)  # as the adapters pass it (flow.timestep_input)
     if family == "sdxl":
         pooled = c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim
         return net(empty(batch, c.in_channels, side, side), t, encoder_hidden_states=empty(batch, tokens, c.cross_attention_dim),

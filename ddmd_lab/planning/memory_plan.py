@@ -6,8 +6,15 @@ What the run holds follows the code:
 
 - full fine-tuning (lora.rank 0): the teacher, and the generator and fake as
   deep copies of it (module.py): the teacher in ``teacher.dtype``, the trained
-  copies in ``master_dtype``, each with gradients and AdamW's two states
-  (exp_avg, exp_avg_sq) in that dtype.
+  copies in ``master_dtype``, each with AdamW's two states (exp_avg,
+  exp_avg_sq) in that dtype, held all along.
+- gradients of one trained model at a time: the generator's update, then the
+  fake's; the idle model is frozen during the other's, and each update ends
+  with zero_grad(set_to_none=True) (module.py ``_update``).
+- AdamW as module.py builds it (neither foreach nor fused named): on CUDA
+  torch's foreach implementation, whose step holds one temporary of the
+  stepped model's size (the sqrt of exp_avg_sq) beside its gradients;
+  ``fused=True`` holds none (``--adamw fused`` plans that).
 - LoRA (lora.rank > 0): one frozen base (the teacher) and two peft adapters on
   the ``lora.targets`` linears (lora.py), the adapters in ``master_dtype``.
 - ``ddp``: everything replicated, plus one flattened bucket of the stepped model's
@@ -15,15 +22,20 @@ What the run holds follows the code:
   trained weights, gradients and optimiser states divided by the GPUs, the
   frozen teacher sharded or replicated (``fsdp_teacher``), plus the gathered
   block.  ``auto`` on one GPU: everything once.
-- ``precision: bf16-mixed`` keeps float32 weights; torch.autocast caches the
-  bf16 copy of every weight that requires grad for the whole training_step.
+- ``precision: bf16-mixed`` keeps float32 weights; Lightning's autocast runs
+  with cache_enabled=False, so a weight's bf16 copy lives only as long as the
+  op that cast it needs it (no cache of every weight for the whole step).
 - frozen text encoders in ``teacher.text_dtype`` on the GPU unless prompts are
   precomputed (``data.precompute``); the VAE in ``teacher.dtype``, moved to the
   GPU for the evaluation grids.
 
-The arithmetic (``components``) is separate from the meta instantiation
-(``architectures.architecture_facts``) so that the tests check it against a
-small model measured on the CPU.
+A step's peak is what is held plus one model's update: its gradients with the
+largest of what the update's phases add -- the backward's activations, ddp's
+bucket in the all-reduce after it, AdamW's temporary in the step after that.
+
+The arithmetic (``components``, ``step_bytes``) is separate from the meta
+instantiation (``architectures.architecture_facts``) so that the tests check
+each term against a small model measured on the CPU.
 """
 from __future__ import annotations
 
@@ -50,6 +62,11 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 DEFAULT_GPU_GIB = 80.0  # A100 / H100 80 GB (80 GiB); an H200's 141 GB is ~140 GiB
 DEFAULT_MARGIN = 0.10  # kept free: CUDA context, cuBLAS/NCCL workspaces, allocator fragmentation
 PLAN_FILE = "memory_plan.json"
+# AdamW implementations the plan knows: the bytes its step adds, in trained models' sizes
+ADAMW_STEP_MODELS = {"foreach": 1, "fused": 0}
+# what DistillModule.configure_optimizers builds on CUDA (torch.optim.AdamW without foreach / fused: torch
+# picks foreach there); tests/test_memory_terms.py fails when the two part
+ADAMW_DEFAULT = "foreach"
 
 DEFAULT_TEXT_TOKENS = {"zimage": 512, "lumina2": 256}  # the adapters' max_length (SDXL: CLIP's 77)
 
@@ -76,6 +93,17 @@ class Settings:
     text_on_gpu: bool = True
     gpu_gib: float = DEFAULT_GPU_GIB
     margin: float = DEFAULT_MARGIN
+    adamw: str = ADAMW_DEFAULT  # foreach | fused (ADAMW_STEP_MODELS)
+
+
+def adamw_variant(defaults: dict, device_type: str = "cuda") -> str:
+    """The AdamW implementation torch runs for an optimiser built with these ``defaults`` on that device:
+    fused=True: 'fused'; foreach=True, or neither named on CUDA (torch's default there): 'foreach';
+    otherwise the per-tensor loop, 'for-loop' (torch's default on the CPU)."""
+    if defaults.get("fused"):
+        return "fused"
+    foreach = defaults.get("foreach")
+    return "foreach" if foreach or (foreach is None and device_type == "cuda") else "for-loop"
 
 
 def weight_dtypes(s: Settings) -> tuple[str, str]:
@@ -97,22 +125,25 @@ def training_activations(a: Activations | None, s: Settings) -> int:
 
 def components(f: Facts, s: Settings) -> dict[str, int]:
     """Per-GPU bytes by component (the peak is ``peak_bytes``)."""
+    if s.adamw not in ADAMW_STEP_MODELS:
+        raise UserError(f"adamw {s.adamw!r}: the memory plan knows {' and '.join(ADAMW_STEP_MODELS)}; "
+                        "pick one of them (make plan ... --adamw fused).")
     teacher_dtype, trained_dtype = weight_dtypes(s)
     tb, rb = DTYPE_BYTES[teacher_dtype], DTYPE_BYTES[trained_dtype]
     trained = f.adapter_params if s.lora_rank else f.denoiser_params  # one trained model's parameters
     n_trained = 2 if s.train_fake else 1
     shard = s.gpus if s.strategy == "fsdp" else 1
     teacher_shard = shard if s.fsdp_teacher == "shard" else 1
-    mixed = str(s.precision).endswith("-mixed") and compute_bytes(s.precision) < 4
+    one = math.ceil(trained * rb / shard)  # one trained model's weights on this GPU, in their dtype
     return {
         "teacher": math.ceil(f.denoiser_params * tb / teacher_shard),
-        "generator": math.ceil(trained * rb / shard),
-        "fake": math.ceil(trained * rb / shard) if s.train_fake else 0,
-        "gradients": math.ceil(n_trained * trained * rb / shard),
-        "optimizer": math.ceil(2 * n_trained * trained * rb / shard),  # AdamW: exp_avg + exp_avg_sq
+        "generator": one,
+        "fake": one if s.train_fake else 0,
+        "optimizer": 2 * n_trained * one,  # AdamW's exp_avg + exp_avg_sq of every trained model, held all along
+        # the stepped model's only: the idle one is frozen, and gradients are set to None after each update
+        "gradients": one,
+        "adamw_step": ADAMW_STEP_MODELS[s.adamw] * one,  # foreach: sqrt(exp_avg_sq) for every tensor at once
         "ddp_buckets": min(trained * rb, DDP_BUCKET_BYTES) if s.strategy == "ddp" else 0,
-        # autocast keeps the low-precision copy of each float32 weight that requires grad
-        "autocast_cache": n_trained * trained * compute_bytes(s.precision) if mixed and rb == 4 and s.strategy != "fsdp" else 0,
         # FSDP: one block gathered, the next prefetched, its unsharded gradient (compute dtype)
         "fsdp_gathered": 3 * f.largest_block_params * compute_bytes(s.precision) if s.strategy == "fsdp" else 0,
         "text_encoders": sum(n for _, n in f.text_encoder_params) * DTYPE_BYTES[s.text_dtype] if s.text_on_gpu else 0,
@@ -123,34 +154,44 @@ def components(f: Facts, s: Settings) -> dict[str, int]:
     }
 
 
-STATIC = ("teacher", "generator", "fake", "gradients", "optimizer", "ddp_buckets", "autocast_cache",
-          "text_encoders", "vae")
+# held through the whole run; the training step's own part of them (gpu_check.py loads neither text
+# encoders nor a VAE: its measured peak compares with the training part)
+HELD = ("teacher", "generator", "fake", "optimizer", "text_encoders", "vae")
+TRAINING_HELD = ("teacher", "generator", "fake", "optimizer")
+# one model's update, on top of what is held (step_bytes)
+STEP = ("gradients", "activations", "fsdp_gathered", "ddp_buckets", "adamw_step")
+TRAINING = TRAINING_HELD + STEP
+
+
+def step_bytes(c: dict[str, int]) -> int:
+    """One model's update: its gradients (they grow through the backward and live until the step's
+    end), with the largest of what its phases add -- the backward's activations (and FSDP's gathered
+    blocks), ddp's all-reduce bucket after it, AdamW's temporary in the step after that.  The phases
+    follow one another, so only the largest counts.  (Counting the whole graph beside all the
+    gradients is pessimistic: the backward frees the graph as the gradients fill.)"""
+    return c["gradients"] + max(c["activations"] + c["fsdp_gathered"], c["ddp_buckets"], c["adamw_step"])
 
 
 def peak_bytes(c: dict[str, int]) -> int:
-    """Everything held, plus the larger transient: a training step's or an evaluation's decode."""
-    return sum(c[k] for k in STATIC) + c["fsdp_gathered"] + max(c["activations"], c["vae_decode"])
-
-
-# The training step's own part of the plan: the peak without the frozen text encoders, the VAE and
-# its decode (a run with precomputed prompts between evaluations).  gpu_check.py loads neither text
-# encoders nor a VAE, so this is what its measured peak compares with.
-TRAINING = ("teacher", "generator", "fake", "gradients", "optimizer", "ddp_buckets", "autocast_cache",
-            "fsdp_gathered", "activations")
+    """Everything held, plus the larger transient: a training step's update or an evaluation's decode
+    (between steps: no gradients then)."""
+    return sum(c[k] for k in HELD) + max(step_bytes(c), c["vae_decode"])
 
 
 def training_bytes(c: dict[str, int]) -> int:
-    return sum(c[k] for k in TRAINING)
+    """The training step's own part of the peak: without the frozen text encoders, the VAE and its decode
+    (a run with precomputed prompts between evaluations)."""
+    return sum(c[k] for k in TRAINING_HELD) + step_bytes(c)
 
 
 DESCRIPTIONS = {
     "teacher": "frozen teacher denoiser (LoRA: the shared base)",
     "generator": "generator weights (full copy or LoRA adapter)",
     "fake": "fake-model weights (full copy or LoRA adapter)",
-    "gradients": "gradients of the trained weights",
-    "optimizer": "AdamW exp_avg + exp_avg_sq",
+    "optimizer": "AdamW exp_avg + exp_avg_sq of both trained models",
+    "gradients": "gradients of the stepped model (one at a time)",
+    "adamw_step": "AdamW step's temporary (foreach: one model's size; fused: 0)",
     "ddp_buckets": "ddp: one all-reduce bucket of the stepped model's gradients",
-    "autocast_cache": "autocast's bf16 copies of float32 trained weights",
     "fsdp_gathered": "FSDP: gathered + prefetched block, its gradient",
     "text_encoders": "frozen text encoders (0: prompts precomputed)",
     "vae": "VAE (evaluation decoding)",
@@ -192,7 +233,7 @@ def teacher_queries(arm) -> int:
 
 
 def settings_from_config(cfg, gpu_gib: float | None = None, fsdp_teacher: str | None = None,
-                         margin: float = DEFAULT_MARGIN) -> tuple[Settings, dict]:
+                         margin: float = DEFAULT_MARGIN, adamw: str | None = None) -> tuple[Settings, dict]:
     t, d = scale_settings(cfg.teacher, TEACHER_DEFAULTS, "teacher"), data_settings(cfg)  # no checkpoint needed
     for key in ("dtype", "text_dtype"):
         if t[key] is not None and t[key] not in DTYPE_BYTES:
@@ -206,15 +247,16 @@ def settings_from_config(cfg, gpu_gib: float | None = None, fsdp_teacher: str | 
                  precision=str(cfg.parallel.precision), lora_rank=int(cfg.optimisation.lora.get("rank", 0)), train_fake=cfg.arm.train_fake,
                  strategy=strategy_kind(cfg, gpus), gpus=gpus, fsdp_teacher=fsdp_teacher,
                  gradient_checkpointing=cfg.optimisation.gradient_checkpointing, text_on_gpu=not d["precompute"],
-                 gpu_gib=float(gpu_gib or DEFAULT_GPU_GIB), margin=margin)
+                 gpu_gib=float(gpu_gib or DEFAULT_GPU_GIB), margin=margin, adamw=adamw or ADAMW_DEFAULT)
     return s, t
 
 
 def memory_plan(cfg, gpu_gib: float | None = None, fsdp_teacher: str | None = None,
-                margin: float = DEFAULT_MARGIN, model=None) -> dict:
+                margin: float = DEFAULT_MARGIN, model=None, adamw: str | None = None) -> dict:
     """The plan of a text-to-image run's config, as a JSON-ready dict: for the family's full-size
-    architecture, or for ``model`` (a loaded TextToImage teacher: what a run holds)."""
-    s, t = settings_from_config(cfg, gpu_gib, fsdp_teacher, margin)
+    architecture, or for ``model`` (a loaded TextToImage teacher: what a run holds); ``adamw``: the
+    AdamW implementation to plan for (default ADAMW_DEFAULT, what the run builds)."""
+    s, t = settings_from_config(cfg, gpu_gib, fsdp_teacher, margin, adamw)
     family = model.family if model is not None else t["family"]
     if family not in CHECKPOINTED:
         raise UserError(f"no memory plan for teacher.family {family!r}; known: {', '.join(sorted(CHECKPOINTED))}.")
@@ -238,6 +280,7 @@ def memory_plan(cfg, gpu_gib: float | None = None, fsdp_teacher: str | None = No
                    "vae": facts.vae_params},
         "bytes": c, "gib": {k: round(v / GIB, 2) for k, v in c.items()},
         "peak_gib": round(peak / GIB, 2), "training_gib": round(training_bytes(c) / GIB, 2),
+        "step_gib": round(step_bytes(c) / GIB, 2),
         "gpu_gib": s.gpu_gib, "usable_gib": round(usable / GIB, 2),
         "fits": peak <= usable, "headroom_gib": round((usable - peak) / GIB, 2),
         "notes": notes(s, family),
@@ -258,19 +301,40 @@ def notes(s: Settings, family: str) -> list[str]:
           f"({s.teacher_queries} x batch) while the generator's graph is held, one block's internals at that batch "
           "(pessimistic: a no-grad pass frees as it goes). Float32 norms and upcasts under autocast can add some.",
         "vae_decode: 3 x the decoder's largest activation x data.eval_batch, in the VAE's dtype; it happens "
-        "between steps, so the peak takes the larger of it and the step's activations.",
+        "between steps (no gradients then), so the peak takes the larger of it and a model's update.",
+        "gradients: one trained model's at a time (the generator's update, then the fake's: the idle model is "
+        "frozen, and each update ends with zero_grad(set_to_none=True)); the update adds the largest of its "
+        "phases: the backward's activations, ddp's bucket, AdamW's step temporary.",
+        ADAMW_NOTES[s.adamw],
         f"fits: peak <= {1 - s.margin:.0%} of {s.gpu_gib:g} GiB (the rest: CUDA context, workspaces, fragmentation).",
     ]
     teacher_dtype, trained_dtype = weight_dtypes(s)
     if trained_dtype in ("bfloat16", "float16"):
         out.append(f"trained weights in {trained_dtype} have no float32 master copy: AdamW updates smaller than "
                    "~1/256 of a weight (lr 5e-7 gives such updates) are rounded away.")
+    if mixed_precision(s) and s.strategy != "fsdp":
+        out.append("no autocast weight cache: Lightning's MixedPrecision runs torch.autocast(cache_enabled=False), "
+                   "so a float32 weight's bf16 copy lives only while its op needs it.")
     if s.strategy == "fsdp":
         out.append(f"fsdp: every {' / '.join(classes)} is its own FSDP unit inside each model's FSDP root "
                    "(ddmd_lab/sharding.py PerBlockFSDP, auto_wrap_policy on these classes), so one block is "
-                   "gathered at a time. Autocast's weight cache is not modelled under FSDP (its mixed precision "
-                   f"gathers bf16 weights). Teacher: {s.fsdp_teacher}ed (fsdp_teacher).")
+                   "gathered at a time; its mixed precision gathers bf16 weights, so autocast has nothing to "
+                   f"cast. Teacher: {s.fsdp_teacher}ed (fsdp_teacher).")
     return out
+
+
+ADAMW_NOTES = {
+    "foreach": "adamw: foreach, what the run builds (torch.optim.AdamW without foreach / fused: torch's default on "
+               "CUDA); its step holds sqrt(exp_avg_sq) for every tensor at once, one model's size (adamw_step). "
+               "fused=True would hold none: make plan ... --adamw fused.",
+    "fused": "adamw: fused (torch.optim.AdamW(fused=True), one CUDA kernel, no model-sized temporary); the run builds "
+             "the foreach one today (DistillModule.configure_optimizers), whose step adds one model's size.",
+}
+
+
+def mixed_precision(s: Settings) -> bool:
+    """A Lightning *-mixed precision with a 16-bit compute dtype: autocast over float32 weights."""
+    return str(s.precision).endswith("-mixed") and compute_bytes(s.precision) < 4
 
 
 # ---- output -------------------------------------------------------------------------------------
@@ -280,12 +344,15 @@ def format_table(plan: dict) -> str:
     lora = f"LoRA rank {s['lora_rank']}" if s["lora_rank"] else "full fine-tuning"
     head = (f"memory plan: {plan['scale']} ({plan['family']}), {lora}, {s['strategy']} on {s['gpus']} GPU(s), "
             f"batch {s['batch']}/GPU at {plan['resolution']} px, teacher {s['teacher_dtype']}, trained "
-            f"{s['trained_dtype']}, {s['precision']}, gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}")
+            f"{s['trained_dtype']}, {s['precision']}, gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}, "
+            f"AdamW {s['adamw']}")
     rows = [head, "", f"{'component':<16}{'GiB/GPU':>9}  what"]
     for key, what in DESCRIPTIONS.items():
         rows.append(f"{key:<16}{plan['gib'][key]:>9.2f}  {what}")
     verdict = "fits" if plan["fits"] else "DOES NOT FIT"
-    rows += ["", f"{'peak':<16}{plan['peak_gib']:>9.2f}  held + fsdp_gathered + max(activations, vae_decode)",
+    rows += ["", f"{'update':<16}{plan['step_gib']:>9.2f}  one model's: gradients + max(activations + fsdp_gathered, "
+             "ddp_buckets, adamw_step)",
+             f"{'peak':<16}{plan['peak_gib']:>9.2f}  held (teacher .. optimizer, text encoders, VAE) + max(update, vae_decode)",
              f"{'training part':<16}{plan['training_gib']:>9.2f}  without text encoders, VAE, VAE decode "
              "(what make gpu-check measures)",
              f"{verdict}: {plan['peak_gib']:.2f} of {plan['usable_gib']:.2f} usable GiB "

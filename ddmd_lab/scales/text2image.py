@@ -14,7 +14,6 @@ of those same images.
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from ddmd_lab.data.prompts import read_prompts, warn_truncated
 from ddmd_lab.data.real_latents import cached_latents, coco_images
 from ddmd_lab.data.steps import step_loader
 from ddmd_lab.errors import UserError
+from ddmd_lab.parallel.ranks import local_rank
 from ddmd_lab.scales import text2image_eval
 
 TEACHER_DEFAULTS = {"family": None, "source": None, "dtype": "float32", "resolution": 1024,
@@ -173,10 +173,11 @@ def load_teacher(cfg: RunConfig):
 
 def encode_device(cfg: RunConfig) -> torch.device:
     """This rank's accelerator, for the text encoders and the VAE outside the training step.  Read
-    from LOCAL_RANK (set by Lightning's launcher for ranks 1.. and by torchrun) and cfg.parallel.devices, not
-    from torch.cuda.current_device(): loaders and evaluators are made before Lightning sets it."""
+    from the node-local rank (parallel/ranks.local_rank: LOCAL_RANK, or SLURM_LOCALID under srun, where every
+    task would otherwise take cuda:0) and cfg.parallel.devices, not from torch.cuda.current_device():
+    loaders and evaluators are made before Lightning sets it."""
     if cfg.parallel.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        rank = int(os.environ.get("LOCAL_RANK", 0))
+        rank = local_rank()
         devices = cfg.parallel.devices
         if isinstance(devices, str) and "," in devices:
             devices = [int(d) for d in devices.split(",") if d.strip()]

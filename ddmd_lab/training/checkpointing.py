@@ -2,7 +2,8 @@
 
 A checkpoint is written to a temporary file in the same folder and renamed
 over ``last.ckpt``: a kill during the write leaves the previous checkpoint
-whole.  Periods are counted in the module's own steps (Lightning's
+whole.  Under strategy=fsdp it is a folder of shards, ``last.dcp``, put in
+place the same way (training/sharded_checkpoint.py).  Periods are counted in the module's own steps (Lightning's
 global_step counts every optimiser's step).
 
 A checkpoint holds what training changes (generator and fake weights, or the
@@ -23,6 +24,8 @@ import torch
 from tqdm import tqdm  # writes above a progress bar, or plainly without one
 
 from ddmd_lab.errors import UserError
+from ddmd_lab.parallel.dcp_state import META
+from ddmd_lab.training.sharded_checkpoint import folder_bytes, replace_folder, whole_folder
 
 # Fault injection for tests: "kill_during_write:N" SIGKILLs the process while
 # it writes its N-th checkpoint (after the temporary file is half written).
@@ -39,9 +42,12 @@ class AtomicCheckpoint(pl.Callback):
             self.save(trainer, "last.ckpt")
 
     def save(self, trainer, name: str) -> Path:
+        """``name``: last.ckpt or final.ckpt; a strategy that writes folders of shards names its suffix
+        (ShardedFSDP2: last.dcp, put in place by sharded_checkpoint.replace_folder)."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        name = Path(name).stem + getattr(trainer.strategy, "checkpoint_suffix", ".ckpt")
         target = self.folder / name
-        tmp = self.folder / f".{name}.{os.getpid()}.tmp"
+        tmp = self.folder / f".{name}.{os.getpid()}.tmp"  # rank 0's name: the strategy broadcasts it
         start = time.perf_counter()
         # every rank calls it; Lightning writes on global rank 0.  Lightning's weights_only here says what is
         # *written* (True: the model's weights alone, no optimiser or callback states), not how a file is read
@@ -50,9 +56,14 @@ class AtomicCheckpoint(pl.Callback):
         trainer.save_checkpoint(tmp, weights_only=WRITE_MODEL_WEIGHTS_ONLY)
         self.writes += 1
         if trainer.is_global_zero:
-            size, seconds = tmp.stat().st_size, time.perf_counter() - start
-            _maybe_inject_fault(tmp, self.writes)
-            os.replace(tmp, target)
+            seconds = time.perf_counter() - start
+            if tmp.is_dir():
+                size = folder_bytes(tmp)
+                replace_folder(tmp, target)
+            else:
+                size = tmp.stat().st_size
+                _maybe_inject_fault(tmp, self.writes)
+                os.replace(tmp, target)
 
             tqdm.write(f"checkpoint {name} (step {trainer.lightning_module.step_count}): {_size(size)} in {seconds:.2f} s")
         return target
@@ -131,12 +142,13 @@ def student_state(checkpoint: dict) -> dict:
 def resolve_resume(target: str) -> tuple[Path, Path]:
     """(run folder, checkpoint) from a run folder or a checkpoint file."""
     path = Path(target)
-    if path.is_file() and path.suffix == ".ckpt":
+    if (path.is_file() and path.suffix == ".ckpt") or (path / META).is_file():  # a file, or a folder of shards
         run_dir = path.parent.parent
         ckpt = path
     elif path.is_dir():
-        run_dir, ckpt = path, path / "checkpoints" / "last.ckpt"
-        if not ckpt.is_file():
+        run_dir = path
+        ckpt = whole_folder(path / "checkpoints", "last") or path / "checkpoints" / "last.ckpt"
+        if not ckpt.exists():
             raise UserError(f"RESUME={target} has no checkpoints/last.ckpt (the run stopped before its first "
                             "checkpoint); start a new run instead, or lower checkpoint_every.")
     else:
@@ -149,7 +161,9 @@ def resolve_resume(target: str) -> tuple[Path, Path]:
 def latest_unfinished_run(runs_dir: Path, scale: str, arm: str) -> Path:
     """For RESUME=auto: the newest run of this scale and arm without summary.json."""
     parent = Path(runs_dir) / scale / arm
-    candidates = sorted(p for p in parent.glob("*/checkpoints/last.ckpt") if not (p.parents[1] / "summary.json").exists())
+    runs = {p.parents[1] for p in parent.glob("*/checkpoints/last.ckpt")}
+    runs |= {p.parent for p in parent.glob("*/checkpoints") if whole_folder(p, "last")}
+    candidates = sorted(r for r in runs if not (r / "summary.json").exists())
     if not candidates:
         raise UserError(f"RESUME=auto found no interrupted run with a checkpoint under {parent}; start a new run.")
-    return candidates[-1].parents[1]
+    return candidates[-1]

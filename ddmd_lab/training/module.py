@@ -140,7 +140,7 @@ class DistillModule(pl.LightningModule):
 
     def _student_input(self, cond, batch: int) -> tuple[Tensor, Tensor]:
         """Draw a step index k and the student's input at t_k (backward simulation).  Under FSDP every
-        rank runs k generator calls, each a collective: rank 0's k then holds for all (sharding.py)."""
+        rank runs k generator calls, each a collective: rank 0's k then holds for all (strategies.rank_zeros_draw)."""
         s, step = self.streams(), self.step_count
         k = s.randint("student_k", step, len(self.times))
         k = rank_zeros_draw(self._trainer.strategy if self._trainer is not None else None, k, self.device)
@@ -261,7 +261,7 @@ class DistillModule(pl.LightningModule):
         """Backward, clip, step -- on every rank, or on none (the update is skipped and counted).
 
         Every rank runs backward whatever its loss: the gradients are then averaged over the
-        ranks (sharding.reduce_and_clip: only this optimiser's, all-reduced or reduce-scattered),
+        ranks (strategies.reduce_and_clip: only this optimiser's, all-reduced, or reduce-scattered by FSDP2),
         a collective the other ranks would wait in forever.  Then all ranks agree
         on one flag: the loss, ``finite`` (the generator's update direction and output) and
         the clipped gradient norm are finite on every rank.  A NaN on one rank makes all
@@ -362,6 +362,12 @@ class DistillModule(pl.LightningModule):
     def _ema_params(self) -> list[Tensor]:
         return [p for p in self.generator.parameters() if p.requires_grad]
 
+    def _ema_names(self) -> list[str]:
+        """The averaged tensors' names in this module's named_parameters (with LoRA the adapters' names
+        under the shared base), in the average's order."""
+        names = {id(p): n for n, p in self.named_parameters()}
+        return [names[id(p)] for p in self._ema_params()]
+
     def ema_weights(self):
         """A context in which the generator holds its weight average (a no-op without one)."""
         return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
@@ -382,11 +388,15 @@ class DistillModule(pl.LightningModule):
         # every rank's state, in rank order (every rank calls trainer.save_checkpoint)
         checkpoint["ddmd_rng"] = every_rank(rng_state())
         if self.ema is not None:
-            # to resume: each rank's average as it holds it (under FSDP its shards; elsewhere the ranks
-            # agree, so one); to sample: the average as whole weights
-            state = self.ema.state()
-            checkpoint["ddmd_ema"] = every_rank(state) if sharded_ids(self) else [state]
-            checkpoint["ddmd_student"] = self._student_entries()
+            if sharded_ids(self):
+                # FSDP2: the average as DTensors keyed by parameter name, written shard by shard with the
+                # weights (parallel/dcp_state.py); the whole student is made by `make consolidate`
+                checkpoint["ddmd_ema"] = {"decay": self.ema.decay, "updates": self.ema.updates,
+                                          "average": dict(zip(self._ema_names(), self.ema.sharded_average()))}
+            else:
+                # to resume: the average (the ranks agree, so one); to sample: the average as whole weights
+                checkpoint["ddmd_ema"] = [self.ema.state()]
+                checkpoint["ddmd_student"] = self._student_entries()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_teacher(checkpoint, self.teacher_fingerprint, self.cfg)  # then Lightning calls load_state_dict
@@ -408,20 +418,38 @@ class DistillModule(pl.LightningModule):
         # base seed), which an uninterrupted run does not do at that point.
         self._pending_rng = states[self.global_rank] if states is not None else None
         averages = checkpoint.get("ddmd_ema")
-        if averages is not None:
+        if isinstance(averages, dict):  # a sharded checkpoint's: {parameter name: this rank's part}
+            self._pending_ema = {"updates": averages["updates"],
+                                 "average": [averages["average"][name] for name in self._ema_names()]}
+        elif averages is not None:  # older FSDP1 checkpoints held one entry per rank
             self._pending_ema = averages[self.global_rank if len(averages) > 1 else 0]
         elif self.cfg.optimisation.ema_decay > 0 and self.generator_step_count > 0:
             raise UserError("this checkpoint holds no weight average of the generator but the run's ema_decay is "
                             f"{self.cfg.optimisation.ema_decay}; resume with the config it was written with "
                             "(ema_decay=0), or start a new run.")
+        if averages is not None and self.ema is not None:
+            # a strategy that restores after setup (fsdp: the optimisers must exist to load their shards)
+            # reads the checkpoint after on_fit_start built the average from the weights: rebuild it
+            self._build_ema()
+
+    def configure_model(self) -> None:
+        """Lightning's hook for sharding, called once the process group and device mesh exist and before
+        the optimisers are built: under strategy=fsdp the strategy shards the networks here
+        (parallel/fsdp2.py); other strategies have nothing to do."""
+        shard = getattr(self._trainer.strategy, "shard", None) if self._trainer is not None else None
+        if shard is not None:
+            shard(self)
 
     def on_fit_start(self) -> None:
         if self.cfg.optimisation.ema_decay > 0 and self.ema is None:
-            # built here: after the strategy placed (and sharded) the weights and a checkpoint was read,
-            # before the first evaluation (EvalCallback.on_train_start)
-            pending, self._pending_ema = self._pending_ema, None
-            self.ema = WeightAverage(self._ema_params(), self.cfg.optimisation.ema_decay,
-                                     pending["updates"] if pending else 0, pending["average"] if pending else None)
+            # built here: after the strategy placed (and sharded) the weights, before the first evaluation
+            # (EvalCallback.on_train_start); from a checkpoint's average where one was read already
+            self._build_ema()
+
+    def _build_ema(self) -> None:
+        pending, self._pending_ema = self._pending_ema, None
+        self.ema = WeightAverage(self._ema_params(), self.cfg.optimisation.ema_decay,
+                                 pending["updates"] if pending else 0, pending["average"] if pending else None)
 
     def on_train_start(self) -> None:
         if self.global_rank > 0:

@@ -14,6 +14,7 @@ from ddmd_lab.scales.text2image import load_model
 from ddmd_lab.training.checkpointing import student_state
 from ddmd_lab.training.module import DistillModule
 from ddmd_lab.training.networks import load_networks
+from ddmd_lab.training.sharded_checkpoint import whole_folder
 from ddmd_lab.util.io import safe_torch_load
 
 RUN_HINT = "runs/<scale>/<arm>/<run-id>"
@@ -32,6 +33,9 @@ def run_checkpoint(run_dir: Path, missing: str | None = None) -> Path:
     for name in ("final.ckpt", "last.ckpt"):
         if (run_dir / "checkpoints" / name).is_file():
             return run_dir / "checkpoints" / name
+    if whole_folder(run_dir / "checkpoints", "final") or whole_folder(run_dir / "checkpoints", "last"):
+        raise UserError(f"{run_dir} holds sharded checkpoints (strategy=fsdp), read by one rank each; write its single-file "
+                        f"student first with make consolidate RUN={run_dir}.")
     raise UserError(missing or f"{run_dir} has no checkpoints/final.ckpt or last.ckpt; pass a run folder that saved a "
                     f"checkpoint ({RUN_HINT}).")
 
@@ -40,6 +44,9 @@ def load_run(run_dir: Path, checkpoint: str = "final.ckpt") -> DistillModule:
     """The run's DistillModule (teacher, generator, fake) with the weights of ``checkpoint``."""
     cfg = read_config(run_dir / "config.yaml")
     path = run_dir / "checkpoints" / checkpoint
+    if not path.is_file() and whole_folder(path.parent, path.stem):
+        raise UserError(f"{path} is kept as shards (strategy=fsdp); write it as one file first with make consolidate "
+                        f"RUN={run_dir}.")
     if not path.is_file():
         raise UserError(f"{path} does not exist; the run has not finished (resume it with RESUME={run_dir}).")
     state = safe_torch_load(path, "use a checkpoint ddmd_lab wrote (the run's own checkpoints/final.ckpt)",

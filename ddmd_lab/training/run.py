@@ -1,4 +1,8 @@
-"""Running one arm: a run folder, a Trainer, the DistillModule, the callbacks."""
+"""Running one arm: a run folder, a Trainer, the DistillModule, the callbacks.
+
+One run folder per job: Lightning's launcher hands rank 0's to the ranks it starts (DDMD_RUN_DIR); under
+srun / torchrun every rank names the same one from the job's id (job_run_dir).  The strategies take
+the config's pg_timeout (parallel/strategies.py)."""
 from __future__ import annotations
 
 import json
@@ -14,6 +18,8 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from ddmd_lab.config import RunConfig, read_config, save_config
 from ddmd_lab.errors import NonFiniteError, UserError
+from ddmd_lab.parallel.dcp_state import read_meta
+from ddmd_lab.parallel.ranks import external_job
 from ddmd_lab.parallel.strategies import make_strategy
 from ddmd_lab.planning.memory_plan import write_run_plan
 from ddmd_lab.report.plots import run_figures
@@ -26,6 +32,7 @@ from ddmd_lab.training.callbacks.progress import StepProgressBar
 from ddmd_lab.training.checkpointing import AtomicCheckpoint, resolve_resume
 from ddmd_lab.training.module import DistillModule
 from ddmd_lab.training.networks import load_networks
+from ddmd_lab.training.sharded_checkpoint import CONSOLIDATED
 from ddmd_lab.util.io import atomic_write_text, new_run_dir, safe_torch_load
 
 
@@ -57,9 +64,19 @@ warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint th
 
 
 # Lightning's ddp launcher starts ranks 1.. by re-running this command; they inherit the
-# environment, so the folder rank 0 made is handed over here.  Under torchrun / SLURM,
-# where no rank starts another, set it to a shared folder yourself.
+# environment, so the folder rank 0 made is handed over here.  Under srun / torchrun, where
+# no rank starts another, every rank names the same folder from the job (job_run_dir); set
+# this to choose it yourself.
 RUN_DIR_ENV = "DDMD_RUN_DIR"
+
+
+def job_run_dir(cfg: RunConfig) -> tuple[Path, int] | None:
+    """(the run folder every rank of an externally launched job names alike, this process's global rank):
+    runs/<scale>/<arm>/<job>-s<seed>, from the job's id (parallel/ranks.external_job); None elsewhere."""
+    job = external_job()
+    if job is None:
+        return None
+    return Path(cfg.run.runs_dir) / cfg.run.scale / cfg.arm.name / f"{job[0]}-s{cfg.run.seed}", job[1]
 
 
 def run_ablation(cfg: RunConfig, callbacks: tuple = ()) -> Path:
@@ -68,16 +85,16 @@ def run_ablation(cfg: RunConfig, callbacks: tuple = ()) -> Path:
     check_run_inputs(cfg)
     announce(cfg, "run")
     teacher, init = load_networks(cfg)
-    handed_over = os.environ.get(RUN_DIR_ENV)
-    if handed_over:
-        run_dir = Path(handed_over)
+    handed_over, job = os.environ.get(RUN_DIR_ENV), job_run_dir(cfg)
+    if handed_over or job:
+        run_dir = Path(handed_over) if handed_over else job[0]
         run_dir.mkdir(parents=True, exist_ok=True)
     else:
         run_dir = new_run_dir(Path(cfg.run.runs_dir), cfg.run.scale, cfg.arm.name, cfg.run.seed)
-    if not (run_dir / "config.yaml").exists():
+    if not (run_dir / "config.yaml").exists() and (job is None or job[1] == 0):  # one writer per job
         save_config(cfg, run_dir / "config.yaml")
     plan_run(cfg, run_dir)
-    if handed_over or not _distributed(cfg):
+    if handed_over or job or not _distributed(cfg):
         return _fit(cfg, run_dir, teacher, init, callbacks=callbacks)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # for the ranks the launcher starts during fit
     try:
@@ -105,19 +122,23 @@ def resume_ablation(target: str, scale: str | None = None, arm: str | None = Non
         raise UserError(f"RESUME={target} is a run of arm {cfg.arm.name!r} at scale {cfg.run.scale!r}, not "
                         f"{arm or cfg.arm.name!r} at {scale or cfg.run.scale!r}; drop ARM/SCALE or pass the run's own.")
     fix = "resume from another checkpoint of the run (one ddmd_lab wrote), or start a new run"
-    checkpoint = safe_torch_load(ckpt, fix, "checkpoint", mmap=True)
+    # a folder of shards (strategy=fsdp): its meta.pt holds the counters; the shards are read by every rank later
+    checkpoint = read_meta(ckpt) if ckpt.is_dir() else safe_torch_load(ckpt, fix, "checkpoint", mmap=True)
     try:
         step = checkpoint["ddmd_counters"]["step_count"]
     except (KeyError, TypeError):
         raise UserError(f"checkpoint {ckpt} holds no ddmd_lab step counter, so it is not a checkpoint of a "
                         f"distillation run; {fix}.") from None
+    if CONSOLIDATED in checkpoint:
+        raise UserError(f"{ckpt} was consolidated from {checkpoint[CONSOLIDATED]} for sampling and holds no optimiser "
+                        f"states; resume from the run folder (RESUME={run_dir}), which reads the sharded checkpoint.")
     del checkpoint
     check_run_inputs(cfg)
     announce(cfg, f"resuming {run_dir} at step {step}:")
     for rows in ("metrics.csv", "diagnostics.csv"):
         _drop_rows_after(run_dir / rows, step)
     for partial in (run_dir / "checkpoints").glob(".*.tmp"):  # half-written by the killed process
-        partial.unlink()
+        shutil.rmtree(partial) if partial.is_dir() else partial.unlink()
     return _fit(cfg, run_dir, *load_networks(cfg), ckpt_path=ckpt, start_step=step)
 
 
