@@ -77,10 +77,11 @@ class Judged:
 
     def line(self) -> str:
         c = self.claim
+        head = f"**{c.name}** ({c.family}{'' if c.primary else ', exploratory'}): {c.question}"
         if self.missing:
-            return f"**{c.name}** ({c.family}): {c.question} -- not run yet ({'; '.join(self.missing)})."
+            return f"{head} -- not run yet ({'; '.join(self.missing)})."
         level = "Holm-adjusted" if c.primary else "unadjusted, exploratory"
-        text = (f"**{c.name}** ({c.family}{'' if c.primary else ', exploratory'}): {c.question}. {c.metric} contrast "
+        text = (f"{head}. {c.metric} contrast "
                 f"{self.diff} over seeds {sorted(self.values)}, paired sd {self.sd:.3g}; p = {self.p:.3g} "
                 f"({level} {self.p_adjusted:.3g}) -- **{self.verdict}**")
         if self.verdict == "inconclusive":

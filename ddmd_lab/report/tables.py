@@ -18,6 +18,7 @@ from ddmd_lab.report.run_record import RunRecord
 from ddmd_lab.report.runs import finished_runs, require_runs
 from ddmd_lab.report.scale_facts import ScaleFacts
 from ddmd_lab.report.seeded import claims, seed_groups, seeded_rows, sweep_settings
+from ddmd_lab.report.stats import score
 
 PAPER_NUMBERS = Path(__file__).resolve().parents[2] / "analysis" / "paper_numbers.yaml"
 SCHEDULES = ("coupled", "decoupled_full", "decoupled_constrained", "decoupled_hybrid")  # the paper's #1..#4
@@ -26,7 +27,7 @@ REGULARISERS = {"none (CA only)": "ca_only", "mean-variance KL": "ca_meanvar", "
 FIG2_ARMS = {"CA": "ca_only", "CA+DM (coupled)": "coupled", "DM": "dm_only"}
 # summary keys left out of the results table (bookkeeping, or shown in their own figure)
 SKIP = {"step", "generator_steps", "nonfinite_samples", "critic_steps", "skipped_steps", "fid_samples", "out_of_range",
-        "out_mean_spread", "ranks", "ranks_identical", "clipped_r", "clipped_g", "clipped_b"}
+        "out_mean_spread", "ranks", "ranks_identical", "clipped_r", "clipped_g", "clipped_b", "score_last", "scores"}
 # colour relative to the teacher (eval/colour.py): ratios (x) for saturation and contrast, differences for the rest
 COLOUR_VS_TEACHER = {"sat. vs teacher (x)": "hsv_saturation_vs_teacher", "a* vs teacher": "lab_a_vs_teacher",
                      "b* vs teacher": "lab_b_vs_teacher", "contrast vs teacher (x)": "rms_contrast_vs_teacher",
@@ -79,20 +80,24 @@ def _paper_row(table: dict, arm: str) -> dict:
 
 
 def results_table(runs: dict[tuple[str, int], RunRecord], reference: dict[str, dict] | None = None) -> Table:
-    """Every arm's final numbers (whatever its scale measures), the scale's reference rows below."""
+    """Every arm's numbers (whatever its scale measures): each metric's score (stats.score: the mean of the run's
+    last score_last evaluations) where the run has one, else its final value; the scale's reference rows below."""
     keys: list[str] = []
     for r in runs.values():
         keys += [k for k in r.summary if k not in keys and k not in SKIP and not k.startswith(SKIP_PREFIXES)]
     t = Table("Every arm after the same number of generator steps",
               ["arm", "student steps", "generator steps", *keys, "run"])
     for (arm, steps), r in runs.items():
-        t.rows.append([arm, steps, r.summary.get("generator_steps"), *(r.summary.get(k) for k in keys), r.path.name])
+        t.rows.append([arm, steps, r.summary.get("generator_steps"), *(score(r.summary, k) for k in keys), r.path.name])
     for name, m in (reference or {}).items():
         t.rows.append([name, "–", "–", *(m.get(k) for k in keys), "–"])
     if runs:
         r = next(iter(runs.values()))
         fid = f", FID on {r.summary['fid_samples']} samples (clean-fid protocol, Inception 2015-12-05)" if "fid_samples" in r.summary else ""
-        t.notes.append(f"scale {r.cfg.run.scale}, alpha {r.cfg.objective.alpha:g}{fid}; cheap metrics on the fixed evaluation noise.")
+        last = r.summary.get("score_last")
+        scored = f"each metric the mean of the run's last {last} evaluations (its score)" if last else "final values"
+        t.notes.append(f"scale {r.cfg.run.scale}, alpha {r.cfg.objective.alpha:g}{fid}; cheap metrics on the fixed "
+                       f"evaluation noise, {scored}.")
     return t
 
 
